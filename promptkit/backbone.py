@@ -1,0 +1,114 @@
+"""Backbones: load a Hugging Face model and its tokenizer, know its kind, fingerprint it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+BackboneKind = Literal["masked_lm", "causal_lm", "encoder"]
+_LOADERS = {
+    "masked_lm": AutoModelForMaskedLM,
+    "causal_lm": AutoModelForCausalLM,
+    "encoder": AutoModel,
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Backbone:
+    """A frozen pretrained model with its tokenizer.
+
+    ``kind`` is "masked_lm" or "causal_lm" (an LM head, for verbalizers) or "encoder".
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    kind: BackboneKind
+    name: str
+
+    @property
+    def is_causal(self) -> bool:
+        """Whether the answer is read as a next-token prediction."""
+        return self.kind == "causal_lm"
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the input embeddings and hidden states."""
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the model predicts tokens (what a verbalizer needs)."""
+        return self.kind != "encoder"
+
+    def fingerprint(self) -> str:
+        """A hash of the architecture and the input embeddings: the same only for the same
+        backbone, so trained prompts are never loaded onto another one unnoticed."""
+        config = self.model.config
+        digest = hashlib.sha256()
+        for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
+            digest.update(f"{key}={getattr(config, key, None)};".encode())
+        weights = self.model.get_input_embeddings().weight.detach().float().cpu().contiguous()
+        digest.update(weights.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def detect_kind(name: str) -> BackboneKind:
+    """A model's kind from the architectures its config names."""
+    architectures = AutoConfig.from_pretrained(name).architectures or []
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "masked_lm"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal_lm"
+    return "encoder"
+
+
+def load_backbone(
+    name: str, kind: BackboneKind | Literal["auto"] = "auto", dtype: str = "float32"
+) -> Backbone:
+    """Load a backbone from a hub id or a local folder.
+
+    Args:
+        name: hub id or path.
+        kind: "auto" reads it from the config's architectures.
+        dtype: "float32", "bfloat16" or "float16".
+    """
+    kind = detect_kind(name) if kind == "auto" else kind
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    model = _LOADERS[kind].from_pretrained(name, dtype=_DTYPES[dtype])
+    return Backbone(model, tokenizer, kind, name)
+
+
+@contextmanager
+def reading_at(model: PreTrainedModel, positions: torch.Tensor) -> Iterator[None]:
+    """Within this context, the model's head sees only the hidden states at ``positions``.
+
+    The LM head is applied to whatever the base model returns, so gathering one position per
+    sequence before it avoids computing logits over the whole vocabulary for every token.
+    """
+
+    def gather(_module, _args, output):
+        hidden = output[0]
+        index = positions.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        output["last_hidden_state"] = hidden.gather(1, index)
+        return output
+
+    handle = model.base_model.register_forward_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()

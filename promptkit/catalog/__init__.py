@@ -1,0 +1,34 @@
+"""Catalogs of ready, named specs shipped with promptkit: templates and verbalizers (YAML)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from promptkit.errors import ConfigError
+
+
+def _folder(kind: str) -> Path:
+    return Path(str(resources.files(__package__) / kind))
+
+
+def entries(kind: str) -> dict[str, dict[str, Any]]:
+    """All entries of one catalog ("templates" or "verbalizers"), by name."""
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(_folder(kind).glob("*.yaml"))}
+
+
+def entry(kind: str, name: str) -> dict[str, Any]:
+    """One catalog entry; an unknown name is an error listing the known ones."""
+    path = _folder(kind) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(entries(kind))
+        raise ConfigError(f"no {kind[:-1]} named {name!r} in the catalog; known: {known}")
+    return yaml.safe_load(path.read_text())
+
+
+def has(kind: str, name: str) -> bool:
+    """Whether the catalog has an entry of that name."""
+    return (_folder(kind) / f"{name}.yaml").is_file()

@@ -1,0 +1,233 @@
+"""The ``promptkit`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from promptkit import catalog
+from promptkit.config import DataConfig, load_config
+from promptkit.data import Split, as_examples, label_indices, read_rows
+from promptkit.errors import PromptkitError
+from promptkit.template import SegmentKind, Template
+
+app = typer.Typer(
+    help="Prompt learning for transformers: templates, soft prompts, verbalizers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+template_app = typer.Typer(help="Check and render templates.", no_args_is_help=True)
+app.add_typer(template_app, name="template")
+console = Console()
+err_console = Console(stderr=True)
+
+_STYLE = {
+    SegmentKind.TEXT: "white",
+    SegmentKind.INPUT: "cyan",
+    SegmentKind.SOFT: "magenta",
+    SegmentKind.MASK: "bold yellow",
+}
+
+
+def _template(source: str) -> Template:
+    if catalog.has("templates", source):
+        return Template(catalog.entry("templates", source)["template"], name=source)
+    return Template(source)
+
+
+def _fail(err: Exception) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def fit(
+    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+    output: Annotated[Path | None, typer.Option(help="run folder (default: output_dir)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the run's resume state")] = False,
+) -> None:
+    """Train a prompt as CONFIG says, then evaluate it on the test split."""
+    from promptkit.pipeline import fit as run_fit
+
+    try:
+        cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
+        result = run_fit(cfg, resume=resume)
+    except PromptkitError as err:
+        raise _fail(err) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: progress saved in {cfg.output_dir}/resume; continue with "
+            f"`promptkit fit {config} --resume`"
+        )
+        raise typer.Exit(130) from None
+    console.print(f"run saved in [bold]{result.run_dir}[/]")
+    console.print(
+        f"trainable parameters: {result.trainable_parameters:,} "
+        f"(saved: {result.saved_parameters:,})"
+    )
+    console.print(f"best validation: {json.dumps(result.validation)}")
+    if result.test is not None:
+        console.print(f"test: {json.dumps(result.test)}")
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder")],
+    data: Annotated[str, typer.Option(help="labelled file (csv/json/jsonl/parquet)")],
+    label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
+) -> None:
+    """Accuracy and macro-F1 of a trained prompt on labelled data."""
+    from promptkit.pipeline import evaluate_split
+    from promptkit.run import load
+
+    try:
+        predictor = load(run_dir)
+        data_cfg = _run_data_config(run_dir)
+        if label_column:
+            data_cfg = data_cfg.model_copy(update={"label_column": label_column})
+        rows = read_rows(data)
+        split = Split(predictor.examples(rows), label_indices(rows, data_cfg, predictor.classes))
+        metrics = evaluate_split(predictor.model, split)
+    except PromptkitError as err:
+        raise _fail(err) from None
+    console.print(json.dumps(metrics))
+
+
+def _run_data_config(run_dir: Path) -> DataConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return DataConfig()
+    return DataConfig.model_validate(yaml.safe_load(path.read_text()).get("data", {}))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder")],
+    input: Annotated[str, typer.Option("--input", help="file of examples")],
+    output: Annotated[Path, typer.Option("--output", help="jsonl to write")],
+) -> None:
+    """Label each example of INPUT; write one JSON line per example with label and scores."""
+    from promptkit.run import load
+
+    try:
+        predictor = load(run_dir)
+        rows = read_rows(input)
+        probs = predictor.predict_proba(rows)
+    except PromptkitError as err:
+        raise _fail(err) from None
+    with open(output, "w") as f:
+        for row, p in zip(rows, probs, strict=True):
+            f.write(json.dumps({**row, "prediction": max(p, key=p.get), "scores": p}) + "\n")
+    console.print(f"{len(rows)} predictions written to {output}")
+
+
+@app.command("catalog")
+def list_catalog() -> None:
+    """List the catalog's templates and verbalizers."""
+    for kind in ("templates", "verbalizers"):
+        table = Table(title=kind, show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name, entry in catalog.entries(kind).items():
+            table.add_row(name, entry.get("description", ""))
+        console.print(table)
+
+
+@template_app.command("check")
+def template_check(
+    template: Annotated[str, typer.Argument(help="template text or catalog name")],
+) -> None:
+    """Compile TEMPLATE and show its pieces: anchors, inputs, soft slots, mask."""
+    try:
+        compiled = _template(template)
+    except PromptkitError as err:
+        raise _fail(err) from None
+    table = Table("piece", "kind", "detail")
+    for seg in compiled.segments():
+        if seg.kind is SegmentKind.TEXT and not seg.text.strip():
+            continue
+        detail = {
+            SegmentKind.TEXT: "frozen anchor",
+            SegmentKind.INPUT: "truncatable input",
+            SegmentKind.MASK: "answer is read here",
+        }.get(seg.kind, "")
+        if seg.kind is SegmentKind.SOFT:
+            slot = compiled.slots[seg.slot]
+            detail = f"trainable vector #{seg.slot}, init: {slot.init or 'default'}"
+        shown = {
+            SegmentKind.INPUT: f"<{seg.name}>",
+            SegmentKind.MASK: "[MASK]",
+            SegmentKind.SOFT: f"[{compiled.slots[seg.slot].name}]",
+        }.get(seg.kind, repr(seg.text))
+        table.add_row(shown, f"[{_STYLE[seg.kind]}]{seg.kind}[/]", detail)
+    console.print(table)
+    console.print(
+        f"ok: {len(compiled.inputs)} input slot(s), {compiled.n_slots} soft slot(s), "
+        f"{'a' if compiled.has_mask else 'no'} [MASK]"
+    )
+
+
+@template_app.command("render")
+def template_render(
+    template: Annotated[str, typer.Argument(help="template text or catalog name")],
+    example: Annotated[str, typer.Option(help="the example as JSON")],
+    model: Annotated[str | None, typer.Option(help="tokenize with this model's tokenizer")] = None,
+    max_length: Annotated[int, typer.Option()] = 256,
+) -> None:
+    """Render TEMPLATE over an example; with --model, show the tokens it encodes to."""
+    try:
+        compiled = _template(template)
+        values = json.loads(example)
+        segments = compiled.render(as_examples([values], {}, compiled.inputs)[0])
+        if model is None:
+            console.print("".join(_show(s, compiled) for s in segments), highlight=False)
+            return
+        _show_tokens(compiled, values, model, max_length)
+    except json.JSONDecodeError as err:
+        raise _fail(ValueError(f"--example is not valid JSON: {err}")) from None
+    except PromptkitError as err:
+        raise _fail(err) from None
+
+
+def _show(seg, compiled: Template) -> str:
+    if seg.kind is SegmentKind.INPUT:
+        return f"[{_STYLE[seg.kind]}]{seg.text}[/]"
+    if seg.kind is SegmentKind.SOFT:
+        return f"[{_STYLE[seg.kind]}]<{compiled.slots[seg.slot].name}>[/]"
+    if seg.kind is SegmentKind.MASK:
+        return f"[{_STYLE[seg.kind]}]<MASK>[/]"
+    return seg.text.replace("[", "\\[")
+
+
+def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) -> None:
+    from transformers import AutoTokenizer
+
+    from promptkit.backbone import detect_kind
+    from promptkit.encoding import PromptTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    encoder = PromptTokenizer(compiled, tokenizer, max_length, detect_kind(model) == "causal_lm")
+    encoded = encoder(as_examples([values], {}, compiled.inputs))[0]
+    table = Table("#", "token", "id", "kind")
+    for pos, (tid, slot, word) in enumerate(
+        zip(encoded.input_ids, encoded.slot_ids, encoded.word_ids, strict=True)
+    ):
+        kind = (
+            f"soft [{compiled.slots[slot].name}]"
+            if slot >= 0
+            else f"input word {word}"
+            if word >= 0
+            else "template"
+        )
+        if pos == encoded.mask_position:
+            kind += " <- answer read here"
+        token = "" if slot >= 0 else tokenizer.convert_ids_to_tokens(tid)
+        table.add_row(str(pos), token, "" if slot >= 0 else str(tid), kind)
+    console.print(table)

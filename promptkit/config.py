@@ -1,0 +1,196 @@
+"""Run configuration: a YAML file validated by pydantic. Unknown keys are errors.
+
+A ``ModelConfig`` is the recipe of a trained prompt (saved with it); a ``RunConfig`` adds the
+data, the trainer settings and where the run goes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from promptkit.errors import ConfigError
+from promptkit.heads import Pool
+from promptkit.prompts import EncoderKind, InitKind
+from promptkit.verbalizer import Aggregate, MultiToken
+
+Group = Literal["prompts", "head", "bias", "all"]
+DEFAULT_LR: dict[str, float] = {"prompts": 1e-2, "head": 1e-3, "bias": 1e-3, "all": 2e-5}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """Which pretrained model to prompt."""
+
+    name: str = Field(description="hub id or local folder")
+    kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _absolute_if_local(cls, value: str) -> str:
+        # A local folder is saved as an absolute path, so the run loads from anywhere.
+        return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+class PromptsConfig(_Strict):
+    """How the soft slots are initialised and parameterised."""
+
+    init: InitKind = Field("vocab", description="default init of slots that name none")
+    encoder: EncoderKind = Field("none", description="none | mlp | lstm (P-tuning v1)")
+    encoder_hidden: int | None = None
+    dropout: float = 0.0
+
+
+class HeadConfig(_Strict):
+    """What turns the backbone's output into labels."""
+
+    type: Literal["verbalizer", "classifier"] = "verbalizer"
+    verbalizer: str | dict[str, list[str] | str] | None = Field(
+        None, description="catalog name, YAML path or {class: [words]}"
+    )
+    multi_token: MultiToken = "mean"
+    aggregate: Aggregate = "mean"
+    pool: Pool = "cls"
+    classes: list[str] | None = Field(None, description="classifier labels (default: from data)")
+    dropout: float = 0.1
+
+
+class ModelConfig(_Strict):
+    """The recipe of a prompt model: everything needed to rebuild it around its backbone."""
+
+    backbone: BackboneConfig
+    template: str = Field(description="a template or a catalog template's name")
+    inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    trainable: list[Group] = Field(default_factory=lambda: ["prompts"])
+    max_length: int = 256
+    padding_side: Literal["auto", "left", "right"] = "auto"
+    seed: int = 13
+
+    @field_validator("trainable")
+    @classmethod
+    def _some_group(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one of prompts, head, bias, all")
+        return list(dict.fromkeys(value))
+
+
+class DataConfig(_Strict):
+    """Where the examples come from and how their columns and labels map."""
+
+    dataset: str | None = Field(
+        None, description="a hub data set; train/validation/test then name its splits"
+    )
+    subset: str | None = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    label_column: str = "label"
+    label_map: dict[str, str] | None = Field(None, description="raw label -> class name")
+    validation_size: float = Field(0.1, gt=0, lt=1)
+    few_shot: int | None = Field(None, gt=0, description="examples per class for training")
+    validation_few_shot: int | None = Field(None, gt=0)
+
+
+class TrainerConfig(_Strict):
+    """How training runs."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: dict[Group, float] = Field(default_factory=dict, description="per trainable group")
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0
+    patience: int | None = Field(None, gt=0, description="epochs without improvement")
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    progress: bool = True
+
+    def learning_rate(self, group: str) -> float:
+        """The learning rate of one trainable group."""
+        return self.lr.get(group, DEFAULT_LR[group])
+
+
+class RunConfig(ModelConfig):
+    """A whole training run."""
+
+    data: DataConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output_dir: str = "runs/run"
+
+    def recipe(self) -> ModelConfig:
+        """The part of the config that is saved with the trained prompt."""
+        return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override (``a.b=value``, value parsed as YAML) and validate a run config."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such config file") from err
+    for item in overrides:
+        _apply_override(data, item)
+    return validate_config(data, str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config mapping; errors name each bad key and suggest the fix."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            f"{source}: invalid config\n" + "\n".join(f"  - {_describe(e)}" for e in err.errors())
+        ) from None
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. trainer.epochs=5")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(error["loc"][:-1])
+        known = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: unknown key{hint}; known keys here: {', '.join(known)}"
+    if error["type"] == "missing":
+        return f"{where}: required, but missing"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

@@ -1,0 +1,209 @@
+"""Turn rendered templates into token ids, soft-slot ids, mask positions and word ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from promptkit.errors import TemplateError
+from promptkit.template import Segment, SegmentKind, Template
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """One example, ready to collate.
+
+    ``slot_ids`` is -1 for a real token, else the soft-slot index whose vector replaces it;
+    ``word_ids`` is -1 outside input slots, else the index of the input word the token is from;
+    ``mask_position`` is where the answer is read (-1 if the template has no [MASK]).
+    """
+
+    input_ids: list[int]
+    slot_ids: list[int]
+    word_ids: list[int]
+    mask_position: int
+
+
+def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
+    """Shorten the longest lengths first until they sum to at most ``budget``."""
+    if sum(lengths) <= budget:
+        return list(lengths)
+    ordered = sorted(lengths)
+    # Find the cap c such that sum(min(l, c)) <= budget, as large as possible.
+    total, cap = 0, 0
+    for i, length in enumerate(ordered):
+        remaining = len(ordered) - i
+        if total + length * remaining > budget:
+            cap = (budget - total) // remaining
+            break
+        total += length
+    capped = [min(length, cap) for length in lengths]
+    spare = budget - sum(capped)
+    # Hand the remainder out one token at a time, first to the inputs that were cut.
+    for i, length in enumerate(lengths):
+        if spare and length > cap:
+            capped[i] += 1
+            spare -= 1
+    return capped
+
+
+class PromptTokenizer:
+    """Encodes examples through a template with a tokenizer.
+
+    Args:
+        template: the compiled template.
+        tokenizer: a Hugging Face tokenizer (fast tokenizers give word ids).
+        max_length: the longest sequence; only input slots are truncated, longest first.
+        causal: read the answer as a causal LM does: the sequence ends at [MASK] and the
+            answer is the next-token prediction of the last token before it (anything after
+            [MASK] cannot influence that prediction, so it is not fed).
+    """
+
+    def __init__(
+        self,
+        template: Template,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int = 256,
+        causal: bool = False,
+    ) -> None:
+        self.template = template
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.causal = causal
+        self.prefix, self.suffix = _special_tokens_around(tokenizer)
+        if causal:
+            self.suffix = []
+        self.placeholder_id = next(
+            i for i in (tokenizer.unk_token_id, tokenizer.pad_token_id, 0) if i is not None
+        )
+        if template.has_mask and not causal and tokenizer.mask_token_id is None:
+            raise TemplateError(
+                f"{template.name} has [MASK] but the tokenizer has no mask token: "
+                "use a masked LM, or a causal LM with `kind: causal_lm`."
+            )
+        self._anchor_cache: dict[str, list[int]] = {}
+
+    def __call__(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
+        """Encode a batch of examples (tokenising all their pieces in one call)."""
+        rendered = [self._trim(self.template.render(ex)) for ex in examples]
+        inputs = [s.text for segs in rendered for s in segs if s.kind is SegmentKind.INPUT]
+        input_encoding = self.tokenizer(inputs, add_special_tokens=False) if inputs else None
+        self._cache_anchors(rendered)
+        encoded, cursor = [], 0
+        for segments in rendered:
+            n_inputs = sum(s.kind is SegmentKind.INPUT for s in segments)
+            pieces = [
+                (input_encoding["input_ids"][cursor + i], _word_ids(input_encoding, cursor + i))
+                for i in range(n_inputs)
+            ]
+            cursor += n_inputs
+            encoded.append(self._assemble(segments, pieces))
+        return encoded
+
+    def _trim(self, segments: list[Segment]) -> list[Segment]:
+        """Drop what follows [MASK] for causal LMs and the space before [MASK] (it belongs to
+        the label words, which are tokenised with a leading space when the template has one)."""
+        out: list[Segment] = []
+        for seg in segments:
+            if seg.kind is SegmentKind.MASK:
+                if out and out[-1].kind is SegmentKind.TEXT:
+                    out[-1] = Segment(SegmentKind.TEXT, out[-1].text.rstrip())
+                out.append(seg)
+                if self.causal:
+                    break
+            else:
+                out.append(seg)
+        return [s for s in out if s.kind is not SegmentKind.TEXT or s.text]
+
+    def _cache_anchors(self, rendered: list[list[Segment]]) -> None:
+        new = list(
+            dict.fromkeys(
+                s.text
+                for segs in rendered
+                for s in segs
+                if s.kind is SegmentKind.TEXT and s.text not in self._anchor_cache
+            )
+        )
+        if new:
+            ids = self.tokenizer(new, add_special_tokens=False)["input_ids"]
+            self._anchor_cache.update(zip(new, ids, strict=True))
+
+    def _assemble(
+        self, segments: list[Segment], inputs: list[tuple[list[int], list[int]]]
+    ) -> EncodedPrompt:
+        fixed = (
+            len(self.prefix)
+            + len(self.suffix)
+            + sum(
+                len(self._anchor_cache[s.text]) if s.kind is SegmentKind.TEXT else 1
+                for s in segments
+                if s.kind is not SegmentKind.INPUT
+                and not (self.causal and s.kind is SegmentKind.MASK)
+            )
+        )
+        budget = self.max_length - fixed
+        if budget < (1 if inputs else 0):
+            raise TemplateError(
+                f"{self.template.name} takes {fixed} tokens without its inputs, "
+                f"which leaves no room in max_length={self.max_length}: raise "
+                "max_length or shorten the template."
+            )
+        lengths = fit_lengths([len(ids) for ids, _ in inputs], budget)
+        input_ids, slot_ids, word_ids = (
+            list(self.prefix),
+            [-1] * len(self.prefix),
+            [-1] * len(self.prefix),
+        )
+        mask_position, n_input, word_offset = -1, 0, 0
+        for seg in segments:
+            if seg.kind is SegmentKind.TEXT:
+                ids, slots, words = self._anchor_cache[seg.text], -1, None
+            elif seg.kind is SegmentKind.SOFT:
+                ids, slots, words = [self.placeholder_id], seg.slot, None
+            elif seg.kind is SegmentKind.MASK:
+                if self.causal:
+                    if not input_ids:
+                        raise TemplateError(
+                            f"{self.template.name}: a causal LM reads [MASK] from "
+                            "the token before it; put text before [MASK]."
+                        )
+                    mask_position = len(input_ids) - 1
+                    continue
+                mask_position = len(input_ids)
+                ids, slots, words = [self.tokenizer.mask_token_id], -1, None
+            else:
+                full_ids, full_words = inputs[n_input]
+                ids = full_ids[: lengths[n_input]]
+                words = [w + word_offset for w in full_words[: lengths[n_input]]]
+                word_offset += (max(full_words) + 1) if full_words else 0
+                slots, n_input = -1, n_input + 1
+            input_ids += ids
+            slot_ids += [slots] * len(ids)
+            word_ids += words if words is not None else [-1] * len(ids)
+        n_suffix = len(self.suffix)
+        return EncodedPrompt(
+            input_ids + self.suffix,
+            slot_ids + [-1] * n_suffix,
+            word_ids + [-1] * n_suffix,
+            mask_position,
+        )
+
+
+def _word_ids(encoding, index: int) -> list[int]:
+    """Word index of each token of one input (fast tokenizers; else whitespace words)."""
+    if encoding.is_fast:
+        return [-1 if w is None else w for w in encoding.word_ids(index)]
+    ids = encoding["input_ids"][index]
+    return list(range(len(ids)))
+
+
+def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. [CLS] ... [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []

@@ -1,0 +1,29 @@
+"""The errors promptkit raises for bad input: each says what is wrong and how to fix it."""
+
+
+class PromptkitError(Exception):
+    """Base class of every error promptkit raises on purpose."""
+
+
+class TemplateError(PromptkitError):
+    """A template that cannot be compiled or rendered."""
+
+
+class VerbalizerError(PromptkitError):
+    """A verbalizer that does not fit the labels or the tokenizer."""
+
+
+class ConfigError(PromptkitError):
+    """A configuration that does not validate."""
+
+
+class DataError(PromptkitError):
+    """Data that does not fit the template, the labels or the task."""
+
+
+class BackboneMismatchError(PromptkitError):
+    """Trained parameters loaded onto a backbone they were not trained on."""
+
+
+class TrainingError(PromptkitError):
+    """Training that cannot go on (for example a NaN loss)."""

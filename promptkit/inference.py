@@ -1,0 +1,44 @@
+"""Batched inference and metrics over encoded examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from promptkit.data import collate
+from promptkit.encoding import EncodedPrompt
+from promptkit.model import PromptModel
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: PromptModel,
+    encoded: Sequence[EncodedPrompt],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Class logits ``[N, C]`` in the order of ``encoded``. Examples are batched by length so
+    that little is spent on padding."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    pad_id = model.backbone.tokenizer.pad_token_id or 0
+    out = torch.empty(len(encoded), len(model.classes))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate([encoded[i] for i in chunk], pad_id, model.padding_side)
+        out[chunk] = model({k: v.to(device) for k, v in batch.items()}).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
+    """Accuracy and macro-F1 of argmax predictions."""
+    predictions = logits.argmax(-1).tolist()
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+    }

@@ -1,0 +1,150 @@
+"""Tiny backbones built from configs, saved as real model folders, and their tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+WORDS = [
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "was",
+    "is",
+    "it",
+    "great",
+    "good",
+    "terrible",
+    "bad",
+    "awful",
+    "fine",
+    "boring",
+    "fun",
+    "really",
+    "very",
+    "not",
+    "so",
+    "and",
+    "but",
+    "i",
+    "loved",
+    "hated",
+    "this",
+    "that",
+    "acting",
+    "story",
+    ".",
+    ",",
+    "!",
+    "?",
+    "topic",
+    ":",
+    "yes",
+    "no",
+    "maybe",
+    "wonderful",
+    "dull",
+    "actors",
+    "scenes",
+]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>"]
+HIDDEN = 32
+
+
+def make_tokenizer(masked: bool) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: [CLS] x [SEP] for masked LMs, <s> x for causal LMs."""
+    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    if masked:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 5)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<s>",
+        eos_token="[SEP]",
+    )
+
+
+def _small(**extra) -> dict:
+    return dict(
+        vocab_size=len(SPECIALS) + len(WORDS),
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
+    )
+
+
+def make_model(kind: str) -> torch.nn.Module:
+    """A tiny randomly initialised model of one family."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        return BertForMaskedLM(BertConfig(**_small(pad_token_id=0)))
+    if kind == "bert-encoder":
+        return BertModel(BertConfig(**_small(pad_token_id=0)))
+    if kind == "roberta":
+        return RobertaForMaskedLM(RobertaConfig(**_small(pad_token_id=0)))
+    if kind == "gpt2":
+        cfg = _small()
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=cfg["vocab_size"], n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=128
+            )
+        )
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**_small(num_key_value_heads=2, pad_token_id=0)))
+    raise ValueError(kind)
+
+
+MASKED = {"bert", "bert-encoder", "roberta"}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """Returns a function kind -> folder holding that tiny model and its tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            folder = root / kind
+            make_model(kind).save_pretrained(folder)
+            make_tokenizer(kind in MASKED).save_pretrained(folder)
+            made[kind] = folder
+        return made[kind]
+
+    return get
