@@ -71,16 +71,16 @@ class ModelConfig(_Strict):
     inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
     head: HeadConfig = Field(default_factory=HeadConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    trainable: list[Group] = Field(default_factory=lambda: ["prompts"])
+    trainable: list[Group] = Field(
+        default_factory=lambda: ["prompts"], description="what trains; [] for zero-shot use"
+    )
     max_length: int = 256
     padding_side: Literal["auto", "left", "right"] = "auto"
     seed: int = 13
 
     @field_validator("trainable")
     @classmethod
-    def _some_group(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("name at least one of prompts, head, bias, all")
+    def _unique(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
 
 

@@ -15,7 +15,7 @@ from promptkit.data import Split, as_examples, few_shot, label_indices, read_row
 from promptkit.errors import ConfigError
 from promptkit.inference import classification_metrics, predict_logits
 from promptkit.model import PromptModel, build_model, check_recipe
-from promptkit.run import RESUME_FILE, append_metrics
+from promptkit.run import RESUME_FILE, Predictor, append_metrics
 from promptkit.train import Trainer
 
 
@@ -37,6 +37,7 @@ class FitResult:
     test: dict[str, float] | None
     trainable_parameters: int
     saved_parameters: int
+    predictor: Predictor
 
 
 def load_splits(
@@ -130,4 +131,5 @@ def fit(config: RunConfig, resume: bool = False) -> FitResult:
         test,
         model.n_trainable(),
         sum(v.numel() for v in model.trained_state().values()),
+        Predictor(model.eval(), recipe),
     )

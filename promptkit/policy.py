@@ -31,7 +31,7 @@ def parameter_groups(
         else [p for n, p in backbone.named_parameters() if n.endswith("bias")],
         "all": list(backbone.parameters()),
     }
-    chosen = {g: groups[g] for g in ("prompts", "head", "bias", "all") if g in policy}
+    chosen = {g: [p for p in groups[g] if p.numel()] for g in groups if g in policy}
     for group, params in chosen.items():
         if not params:
             raise ConfigError(_EMPTY[group])

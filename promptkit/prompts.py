@@ -68,6 +68,8 @@ class SoftPrompts(nn.Module):
         super().__init__()
         self.table = nn.Parameter(torch.zeros(n_slots, dim))
         hidden = encoder_hidden or dim
+        if n_slots == 0:
+            encoder = "none"
         self.encoder: nn.Module | None = {
             "none": lambda: None,
             "mlp": lambda: _MLP(dim, hidden, dim),
@@ -83,7 +85,7 @@ class SoftPrompts(nn.Module):
     def forward(self) -> torch.Tensor:
         """The vectors of all slots, ``[n_slots, dim]``."""
         table = self.table
-        if self.encoder is not None and self.n_slots:
+        if self.encoder is not None:
             table = table + self.encoder(table)
         return self.dropout(table)
 
@@ -91,7 +93,7 @@ class SoftPrompts(nn.Module):
     def collapse(self) -> torch.Tensor:
         """The vectors as a plain table (encoder applied, no dropout), for saving."""
         table = self.table
-        if self.encoder is not None and self.n_slots:
+        if self.encoder is not None:
             table = table + self.encoder(table)
         return table.detach().clone()
 

@@ -306,7 +306,7 @@ class Template:
             return self._jinja.render(example)
         except jinja2.UndefinedError as err:
             raise TemplateError(
-                f"{self.name}: {err.message}; the example has the fields "
+                f"{self.name}: {err.message}; the example has the fields: "
                 f"{', '.join(map(str, example)) or 'none'}."
             ) from err
         except jinja2.TemplateError as err:

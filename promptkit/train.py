@@ -64,6 +64,8 @@ class Trainer:
         fingerprint: str,
         seed: int = 13,
     ) -> None:
+        if not model.groups:
+            raise TrainingError("nothing to train: set `trainable` (prompts, head, bias, all).")
         self.model, self.recipe, self.config = model, recipe, config
         self.validation, self.run_dir, self.fingerprint, self.seed = (
             validation,
@@ -156,6 +158,7 @@ class Trainer:
             batch_size=self.config.batch_size,
             sampler=RandomSampler(self.train_set, generator=generator),
             collate_fn=self.collator,
+            generator=generator,  # so creating the loader draws nothing from the global RNG
         )
         loader = self.accelerator.skip_first_batches(
             self.accelerator.prepare_data_loader(loader), state.step_in_epoch

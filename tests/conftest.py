@@ -122,7 +122,13 @@ def make_model(kind: str) -> torch.nn.Module:
         cfg = _small()
         return GPT2LMHeadModel(
             GPT2Config(
-                vocab_size=cfg["vocab_size"], n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=128
+                bos_token_id=5,
+                eos_token_id=3,
+                vocab_size=cfg["vocab_size"],
+                n_embd=HIDDEN,
+                n_layer=2,
+                n_head=4,
+                n_positions=128,
             )
         )
     if kind == "llama":
@@ -148,3 +154,50 @@ def model_dir(tmp_path_factory):
         return made[kind]
 
     return get
+
+
+POSITIVE = ["great", "good", "wonderful", "fun", "fine"]
+NEGATIVE = ["terrible", "bad", "awful", "boring", "dull"]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """A toy sentiment task the tiny models can learn: the label word is in the text."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        words = POSITIVE if i % 2 else NEGATIVE
+        word = words[int(torch.randint(len(words), (1,), generator=g))]
+        rows.append({"text": f"the movie was {word}", "label": i % 2})
+    return rows
+
+
+@pytest.fixture
+def sentiment_data(tmp_path):
+    """train / validation / test jsonl files of the toy task; returns their folder."""
+    import json
+
+    for name, n, seed in (("train", 64, 0), ("validation", 24, 1), ("test", 24, 2)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in sentiment_rows(n, seed))
+    return tmp_path
+
+
+def run_config(model_folder: Path, data_folder: Path, **overrides) -> dict:
+    """A small, complete run config as a mapping."""
+    config = {
+        "backbone": {"name": str(model_folder)},
+        "template": "<x> it was [P1][P2] [MASK].",
+        "inputs": {"x": "text"},
+        "head": {"verbalizer": {"positive": ["great", "good"], "negative": ["terrible", "bad"]}},
+        "data": {
+            "train": str(data_folder / "train.jsonl"),
+            "validation": str(data_folder / "validation.jsonl"),
+            "test": str(data_folder / "test.jsonl"),
+            "label_map": {"1": "positive", "0": "negative"},
+        },
+        "trainer": {"epochs": 3, "batch_size": 8, "progress": False},
+        "output_dir": str(data_folder / "run"),
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config

@@ -1,0 +1,183 @@
+"""Training, checkpoints, resume, save -> load, and the errors around them."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_config
+from safetensors.torch import load_file
+
+from promptkit.config import validate_config
+from promptkit.errors import BackboneMismatchError, ConfigError, TrainingError
+from promptkit.model import PromptModel
+from promptkit.pipeline import fit
+from promptkit.run import load, read_resume
+
+
+def metrics_lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_learns_saves_and_reloads_with_identical_predictions(model_dir, sentiment_data):
+    cfg = validate_config(
+        run_config(
+            model_dir("bert"),
+            sentiment_data,
+            trainable=["prompts", "all"],
+            trainer={
+                "epochs": 10,
+                "batch_size": 8,
+                "progress": False,
+                "lr": {"prompts": 0.05, "all": 3e-3},
+            },
+        )
+    )
+    result = fit(cfg)
+    run_dir = result.run_dir
+    assert result.test["accuracy"] >= 0.9
+    assert {p.name for p in run_dir.iterdir()} >= {
+        "prompt.safetensors",
+        "promptkit.json",
+        "metrics.jsonl",
+        "resume",
+        "config.yaml",
+    }
+    lines = metrics_lines(run_dir)
+    assert [m["epoch"] for m in lines if m["split"] == "validation"] == list(range(1, 11))
+    assert lines[-1]["split"] == "test"
+    saved = load_file(str(run_dir / "prompt.safetensors"))
+    assert saved["prompts.table"].shape == (2, 32)
+    assert all(k == "prompts.table" or k.startswith("lm.") for k in saved)
+    assert sum(v.numel() for v in saved.values()) == result.saved_parameters
+
+    predictor = load(run_dir)
+    texts = ["the movie was great", "the movie was awful", "boring", "fun and good"]
+    examples = [{"text": t} for t in texts]
+    assert predictor.predict(texts) == ["positive", "negative", "negative", "positive"]
+    torch.testing.assert_close(predictor.logits(examples), result.predictor.logits(examples))
+
+
+def test_encoder_is_collapsed_on_save_and_resume_keeps_it(model_dir, sentiment_data):
+    cfg = validate_config(
+        run_config(
+            model_dir("gpt2"), sentiment_data, prompts={"encoder": "lstm", "encoder_hidden": 16}
+        )
+    )
+    result = fit(cfg)
+    saved = load_file(str(result.run_dir / "prompt.safetensors"))
+    assert list(saved) == ["prompts.table"]
+    resume = read_resume(result.run_dir)
+    assert any("encoder" in k for k in resume["trainable"])
+    assert result.trainable_parameters > result.saved_parameters == 64
+
+
+def test_loading_onto_another_backbone_is_an_error(model_dir, sentiment_data, tmp_path):
+    result = fit(validate_config(run_config(model_dir("bert"), sentiment_data)))
+    other = tmp_path / "other-bert"
+    from conftest import make_model, make_tokenizer
+
+    torch.manual_seed(1)
+    model = make_model("bert")
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(0.01)
+    model.save_pretrained(other)
+    make_tokenizer(True).save_pretrained(other)
+    with pytest.raises(BackboneMismatchError, match="trained on .* fingerprint"):
+        load(result.run_dir, backbone=str(other))
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(
+    model_dir, sentiment_data, monkeypatch
+):
+    base = run_config(model_dir("bert"), sentiment_data, trainable=["prompts", "bias"])
+    straight = fit(validate_config({**base, "output_dir": str(sentiment_data / "straight")}))
+
+    calls = {"n": 0}
+    forward = PromptModel.forward
+
+    def interrupted(self, batch):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 11:  # mid-epoch 2 (8 batches an epoch)
+                raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(PromptModel, "forward", interrupted)
+    cfg = validate_config({**base, "output_dir": str(sentiment_data / "resumed")})
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    state = read_resume(sentiment_data / "resumed")
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 2
+    with pytest.raises(ConfigError, match="resume it with --resume"):
+        fit(cfg)
+    resumed = fit(cfg, resume=True)
+    a = load_file(str(straight.run_dir / "prompt.safetensors"))
+    b = load_file(str(resumed.run_dir / "prompt.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    assert resumed.test == straight.test
+
+
+def test_resume_without_state_is_an_error(model_dir, sentiment_data):
+    cfg = validate_config(run_config(model_dir("bert"), sentiment_data))
+    with pytest.raises(TrainingError, match="no resume state"):
+        fit(cfg, resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error(model_dir, sentiment_data, monkeypatch):
+    forward = PromptModel.forward
+    monkeypatch.setattr(PromptModel, "forward", lambda self, b: forward(self, b) * float("nan"))
+    cfg = validate_config(run_config(model_dir("bert"), sentiment_data))
+    with pytest.raises(TrainingError, match="loss is nan.*lower the learning rates"):
+        fit(cfg)
+    assert read_resume(sentiment_data / "run") is not None
+
+
+def test_early_stopping_and_accumulation(model_dir, sentiment_data):
+    cfg = validate_config(
+        run_config(
+            model_dir("bert"),
+            sentiment_data,
+            trainer={
+                "epochs": 5,
+                "batch_size": 8,
+                "grad_accum": 3,
+                "patience": 1,
+                "lr": {"prompts": 0.0},
+                "progress": False,
+            },
+        )
+    )
+    fit(cfg)
+    validation = [m for m in metrics_lines(sentiment_data / "run") if m["split"] == "validation"]
+    assert len(validation) == 2  # no improvement after epoch 1, patience 1
+    state = read_resume(sentiment_data / "run")
+    assert state["progress"]["optimizer_steps"] == 2 * 3  # ceil(8 batches / 3) per epoch
+
+
+def test_classifier_head_on_an_encoder_learns(model_dir, sentiment_data):
+    cfg = validate_config(
+        run_config(
+            model_dir("bert-encoder"),
+            sentiment_data,
+            template="<x>",
+            head={"type": "classifier", "pool": "mean"},
+            trainable=["head", "all"],
+            trainer={
+                "epochs": 6,
+                "batch_size": 8,
+                "progress": False,
+                "lr": {"head": 0.01, "all": 0.001},
+            },
+        )
+    )
+    result = fit(cfg)
+    assert result.test["accuracy"] >= 0.9
+    assert load(result.run_dir).classes == ["negative", "positive"]
+
+
+def test_nothing_to_train_is_an_error(model_dir, sentiment_data):
+    cfg = validate_config(run_config(model_dir("bert"), sentiment_data, trainable=[]))
+    with pytest.raises(TrainingError, match="nothing to train"):
+        fit(cfg)
