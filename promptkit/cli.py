@@ -15,7 +15,7 @@ from promptkit import catalog
 from promptkit.config import DataConfig, load_config
 from promptkit.data import Split, as_examples, label_indices, read_rows
 from promptkit.errors import PromptkitError
-from promptkit.template import SegmentKind, Template
+from promptkit.template import Segment, SegmentKind, Template
 
 app = typer.Typer(
     help="Prompt learning for transformers: templates, soft prompts, verbalizers.",
@@ -42,7 +42,8 @@ def _template(source: str) -> Template:
 
 
 def _fail(err: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+    err_console.print("error:", style="bold red", end=" ")
+    err_console.print(str(err), markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -151,22 +152,8 @@ def template_check(
         raise _fail(err) from None
     table = Table("piece", "kind", "detail")
     for seg in compiled.segments():
-        if seg.kind is SegmentKind.TEXT and not seg.text.strip():
-            continue
-        detail = {
-            SegmentKind.TEXT: "frozen anchor",
-            SegmentKind.INPUT: "truncatable input",
-            SegmentKind.MASK: "answer is read here",
-        }.get(seg.kind, "")
-        if seg.kind is SegmentKind.SOFT:
-            slot = compiled.slots[seg.slot]
-            detail = f"trainable vector #{seg.slot}, init: {slot.init or 'default'}"
-        shown = {
-            SegmentKind.INPUT: f"<{seg.name}>",
-            SegmentKind.MASK: "[MASK]",
-            SegmentKind.SOFT: f"[{compiled.slots[seg.slot].name}]",
-        }.get(seg.kind, repr(seg.text))
-        table.add_row(shown, f"[{_STYLE[seg.kind]}]{seg.kind}[/]", detail)
+        if seg.kind is not SegmentKind.TEXT or seg.text.strip():
+            table.add_row(*_describe(seg, compiled))
     console.print(table)
     console.print(
         f"ok: {len(compiled.inputs)} input slot(s), {compiled.n_slots} soft slot(s), "
@@ -196,7 +183,23 @@ def template_render(
         raise _fail(err) from None
 
 
-def _show(seg, compiled: Template) -> str:
+def _describe(seg: Segment, compiled: Template) -> tuple[str, str, str]:
+    kind = f"[{_STYLE[seg.kind]}]{seg.kind}[/]"
+    if seg.kind is SegmentKind.SOFT:
+        slot = compiled.slots[seg.slot]
+        return (
+            f"[{slot.name}]",
+            kind,
+            f"trainable vector #{seg.slot}, init: {slot.init or 'default'}",
+        )
+    if seg.kind is SegmentKind.INPUT:
+        return f"<{seg.name}>", kind, "input, truncated if too long"
+    if seg.kind is SegmentKind.MASK:
+        return "[MASK]", kind, "the answer is read here"
+    return repr(seg.text), kind, "frozen anchor"
+
+
+def _show(seg: Segment, compiled: Template) -> str:
     if seg.kind is SegmentKind.INPUT:
         return f"[{_STYLE[seg.kind]}]{seg.text}[/]"
     if seg.kind is SegmentKind.SOFT:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from promptkit.backbone import load_backbone
+from promptkit.backbone import Backbone, load_backbone
 from promptkit.config import RunConfig
 from promptkit.data import Split, as_examples, few_shot, label_indices, read_rows, stratified_split
 from promptkit.errors import ConfigError
@@ -85,12 +85,13 @@ def evaluate_split(model: PromptModel, split: Split, batch_size: int = 64) -> di
     return classification_metrics(logits, split.labels)
 
 
-def fit(config: RunConfig, resume: bool = False) -> FitResult:
+def fit(config: RunConfig, resume: bool = False, backbone: Backbone | None = None) -> FitResult:
     """Train a prompt as the config says, save the run folder, evaluate on the test split.
 
     Args:
         config: the run config.
         resume: continue the run in ``config.output_dir`` from its resume state.
+        backbone: ``config.backbone`` already loaded (it is loaded otherwise).
     """
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -104,7 +105,9 @@ def fit(config: RunConfig, resume: bool = False) -> FitResult:
     checked = check_recipe(recipe)  # before any model is loaded
     classes = checked.verbalizer.classes if checked.verbalizer else config.head.classes
     splits, classes = load_splits(config, classes, checked.template.inputs)
-    backbone = load_backbone(config.backbone.name, config.backbone.kind, config.backbone.dtype)
+    backbone = backbone or load_backbone(
+        config.backbone.name, config.backbone.kind, config.backbone.dtype
+    )
     fingerprint = backbone.fingerprint()
     model = build_model(recipe, classes, backbone)
     run_dir.mkdir(parents=True, exist_ok=True)

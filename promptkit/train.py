@@ -38,6 +38,7 @@ class TrainingState:
     best: float = -math.inf
     best_epoch: int = -1
     stale_epochs: int = 0
+    epoch_loss: float = 0.0  # sum over the batches of the current epoch
 
 
 class Trainer:
@@ -143,7 +144,7 @@ class Trainer:
             )
             while state.epoch < cfg.epochs:
                 self._train_epoch(bar, task)
-                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                state.epoch += 1
                 if self._end_of_epoch():
                     break
 
@@ -171,8 +172,8 @@ class Trainer:
                     self._save_resume()
                     raise TrainingError(
                         f"loss is {loss.item()} at epoch {state.epoch}, step "
-                        f"{state.step_in_epoch}: lower the learning rates (trainer.lr) or use float32; the last good "
-                        "state is in resume/."
+                        f"{state.step_in_epoch}: lower the learning rates (trainer.lr) or use "
+                        "float32; the last good state is in resume/."
                     )
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
@@ -186,6 +187,7 @@ class Trainer:
                     self.scheduler.step()
                 self.optimizer.zero_grad()
             state.step_in_epoch += 1
+            state.epoch_loss += loss.item()
             bar.update(
                 task, advance=1, description=f"epoch {state.epoch + 1} loss {loss.item():.4f}"
             )
@@ -196,6 +198,8 @@ class Trainer:
     def _end_of_epoch(self) -> bool:
         """Evaluate, keep the best, save; True when early stopping says stop."""
         state, cfg = self.progress, self.config
+        train_loss = state.epoch_loss / max(state.step_in_epoch, 1)
+        state.step_in_epoch, state.epoch_loss = 0, 0.0
         metrics = self.evaluate()
         score = metrics[cfg.metric]
         improved = score > state.best
@@ -216,6 +220,7 @@ class Trainer:
             {
                 "epoch": state.epoch,
                 "split": "validation",
+                "train_loss": train_loss,
                 **metrics,
                 "lr": self.scheduler.get_last_lr()[0],
                 "best": improved,

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint assets
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev,examples]"
+	touch $(STAMP)
+
+assets: $(STAMP)
+	$(BIN)/python examples/assets.py
+
+demo: $(STAMP)
+	$(BIN)/python examples/sentiment/run.py
+
+test: $(STAMP)
+	$(BIN)/python examples/assets.py --only minilm mr
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

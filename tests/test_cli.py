@@ -1,0 +1,101 @@
+"""The command line, end to end on tiny models."""
+
+import json
+
+import yaml
+from conftest import run_config
+from typer.testing import CliRunner
+
+from promptkit.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_template_check_shows_the_pieces():
+    result = invoke("template", "check", "<x> It was [P1:great][P2] [MASK].")
+    assert result.exit_code == 0, result.output
+    for piece in ("<x>", "[P1]", "[P2]", "[MASK]", "anchor", "init: great"):
+        assert piece in result.output
+    assert "1 input slot(s), 2 soft slot(s), a [MASK]" in result.output
+
+
+def test_template_check_of_a_catalog_entry():
+    result = invoke("template", "check", "null_prompt")
+    assert result.exit_code == 0 and "0 soft slot(s)" in result.output
+
+
+def test_template_check_fails_with_position():
+    result = invoke("template", "check", "<x> It was [MSK].")
+    assert result.exit_code == 2
+    assert "line 1, column 12" in result.output and "unknown slot" in result.output
+    assert "^" in result.output
+
+
+def test_template_render_with_and_without_model(model_dir):
+    example = json.dumps({"x": "the movie was fun"})
+    plain = invoke("template", "render", "<x> it was [P1] [MASK].", "--example", example)
+    assert plain.exit_code == 0 and "the movie was fun it was <P1> <MASK>." in plain.output
+    tokens = invoke(
+        "template",
+        "render",
+        "<x> it was [P1] [MASK].",
+        "--example",
+        example,
+        "--model",
+        str(model_dir("bert")),
+    )
+    assert tokens.exit_code == 0
+    assert "[CLS]" in tokens.output and "soft [P1]" in tokens.output
+    assert "answer read here" in tokens.output and "input word 3" in tokens.output
+    bad = invoke("template", "render", "<x> [MASK]", "--example", "{not json")
+    assert bad.exit_code == 2 and "not valid JSON" in bad.output
+
+
+def test_catalog_lists_entries():
+    result = invoke("catalog")
+    assert result.exit_code == 0
+    assert "null_prompt" in result.output and "sentiment" in result.output
+
+
+def test_fit_eval_predict(model_dir, sentiment_data):
+    config = sentiment_data / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    run_dir = sentiment_data / "cli-run"
+    fitted = invoke("fit", str(config), "--set", "trainer.epochs=1", "--output", str(run_dir))
+    assert fitted.exit_code == 0, fitted.output
+    assert "trainable parameters: 64 (saved: 64)" in fitted.output
+    assert (run_dir / "prompt.safetensors").is_file()
+
+    evaluated = invoke("eval", str(run_dir), "--data", str(sentiment_data / "test.jsonl"))
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+    out = sentiment_data / "predictions.jsonl"
+    predicted = invoke(
+        "predict", str(run_dir), "--input", str(sentiment_data / "test.jsonl"), "--output", str(out)
+    )
+    assert predicted.exit_code == 0, predicted.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 24
+    assert rows[0]["prediction"] in {"positive", "negative"}
+    assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-5
+
+
+def test_fit_with_an_unknown_key_fails_early(sentiment_data):
+    config = sentiment_data / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump({**run_config(sentiment_data, sentiment_data), "trainr": {"epochs": 1}})
+    )
+    result = invoke("fit", str(config))
+    assert result.exit_code == 2
+    assert "trainr: unknown key (did you mean 'trainer'?)" in result.output
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
+    result = invoke("eval", str(tmp_path), "--data", "x.jsonl")
+    assert result.exit_code == 2 and "is not a promptkit run" in result.output
