@@ -95,7 +95,7 @@ def evaluate(
             data_cfg = data_cfg.model_copy(update={"label_column": label_column})
         rows = read_rows(data)
         split = Split(predictor.examples(rows), label_indices(rows, data_cfg, predictor.classes))
-        metrics = evaluate_split(predictor.model, split)
+        metrics = evaluate_split(predictor.model, split, progress=True)
     except PromptkitError as err:
         raise _fail(err) from None
     console.print(json.dumps(metrics))

@@ -165,14 +165,3 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[EncodedPrompt, int]:
         return self.encoded[i], self.labels[i]
-
-
-@dataclass(frozen=True)
-class Collator:
-    """``collate`` for DataLoader items of ``EncodedDataset``."""
-
-    pad_id: int
-    padding_side: str = "right"
-
-    def __call__(self, items: Sequence[tuple[EncodedPrompt, int]]) -> dict[str, torch.Tensor]:
-        return collate([e for e, _ in items], self.pad_id, self.padding_side, [y for _, y in items])

@@ -25,6 +25,9 @@ class EncodedPrompt:
     word_ids: list[int]
     mask_position: int
 
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
 
 def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
     """Shorten the longest lengths first until they sum to at most ``budget``."""
@@ -130,58 +133,50 @@ class PromptTokenizer:
             ids = self.tokenizer(new, add_special_tokens=False)["input_ids"]
             self._anchor_cache.update(zip(new, ids, strict=True))
 
+    def _tokens(self, seg: Segment) -> tuple[list[int], int]:
+        """Token ids and soft-slot id of a segment that is not an input."""
+        if seg.kind is SegmentKind.TEXT:
+            return self._anchor_cache[seg.text], -1
+        if seg.kind is SegmentKind.SOFT:
+            return [self.placeholder_id], seg.slot
+        return ([] if self.causal else [self.tokenizer.mask_token_id]), -1
+
     def _assemble(
         self, segments: list[Segment], inputs: list[tuple[list[int], list[int]]]
     ) -> EncodedPrompt:
-        fixed = (
-            len(self.prefix)
-            + len(self.suffix)
-            + sum(
-                len(self._anchor_cache[s.text]) if s.kind is SegmentKind.TEXT else 1
-                for s in segments
-                if s.kind is not SegmentKind.INPUT
-                and not (self.causal and s.kind is SegmentKind.MASK)
-            )
-        )
+        fixed = len(self.prefix) + len(self.suffix)
+        fixed += sum(len(self._tokens(s)[0]) for s in segments if s.kind is not SegmentKind.INPUT)
         budget = self.max_length - fixed
         if budget < (1 if inputs else 0):
             raise TemplateError(
-                f"{self.template.name} takes {fixed} tokens without its inputs, "
-                f"which leaves no room in max_length={self.max_length}: raise "
-                "max_length or shorten the template."
+                f"{self.template.name} takes {fixed} tokens without its inputs, which leaves no "
+                f"room in max_length={self.max_length}: raise max_length or shorten the template."
             )
-        lengths = fit_lengths([len(ids) for ids, _ in inputs], budget)
+        cut_inputs = zip(inputs, fit_lengths([len(ids) for ids, _ in inputs], budget), strict=True)
         input_ids, slot_ids, word_ids = (
-            list(self.prefix),
+            [*self.prefix],
             [-1] * len(self.prefix),
             [-1] * len(self.prefix),
         )
-        mask_position, n_input, word_offset = -1, 0, 0
+        mask_position, word_offset = -1, 0
         for seg in segments:
-            if seg.kind is SegmentKind.TEXT:
-                ids, slots, words = self._anchor_cache[seg.text], -1, None
-            elif seg.kind is SegmentKind.SOFT:
-                ids, slots, words = [self.placeholder_id], seg.slot, None
-            elif seg.kind is SegmentKind.MASK:
-                if self.causal:
-                    if not input_ids:
-                        raise TemplateError(
-                            f"{self.template.name}: a causal LM reads [MASK] from "
-                            "the token before it; put text before [MASK]."
-                        )
-                    mask_position = len(input_ids) - 1
-                    continue
-                mask_position = len(input_ids)
-                ids, slots, words = [self.tokenizer.mask_token_id], -1, None
+            if seg.kind is SegmentKind.MASK:
+                mask_position = len(input_ids) - 1 if self.causal else len(input_ids)
+            if seg.kind is SegmentKind.INPUT:
+                (full_ids, full_words), length = next(cut_inputs)
+                ids, slot = full_ids[:length], -1
+                word_ids += [w + word_offset for w in full_words[:length]]
+                word_offset += max(full_words, default=-1) + 1
             else:
-                full_ids, full_words = inputs[n_input]
-                ids = full_ids[: lengths[n_input]]
-                words = [w + word_offset for w in full_words[: lengths[n_input]]]
-                word_offset += (max(full_words) + 1) if full_words else 0
-                slots, n_input = -1, n_input + 1
+                (ids, slot) = self._tokens(seg)
+                word_ids += [-1] * len(ids)
             input_ids += ids
-            slot_ids += [slots] * len(ids)
-            word_ids += words if words is not None else [-1] * len(ids)
+            slot_ids += [slot] * len(ids)
+        if self.causal and self.template.has_mask and mask_position < 0:
+            raise TemplateError(
+                f"{self.template.name}: a causal LM reads [MASK] from the token before it; "
+                "put text before [MASK]."
+            )
         n_suffix = len(self.suffix)
         return EncodedPrompt(
             input_ids + self.suffix,

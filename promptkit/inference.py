@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from rich.progress import track
 from sklearn.metrics import accuracy_score, f1_score
 
-from promptkit.data import collate
 from promptkit.encoding import EncodedPrompt
 from promptkit.model import PromptModel
 
@@ -18,18 +18,19 @@ def predict_logits(
     encoded: Sequence[EncodedPrompt],
     batch_size: int = 64,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Class logits ``[N, C]`` in the order of ``encoded``. Examples are batched by length so
+    """Class logits ``[N, C]`` in the order of ``encoded``. Examples are batched by length, so
     that little is spent on padding."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    pad_id = model.backbone.tokenizer.pad_token_id or 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = torch.empty(len(encoded), len(model.classes))
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in track(starts, description="scoring", disable=not progress, transient=True):
         chunk = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in chunk], pad_id, model.padding_side)
+        batch = model.collate([encoded[i] for i in chunk])
         out[chunk] = model({k: v.to(device) for k, v in batch.items()}).float().cpu()
     model.train(was_training)
     return out

@@ -11,6 +11,7 @@ from torch import nn
 from promptkit import catalog
 from promptkit.backbone import Backbone, load_backbone
 from promptkit.config import ModelConfig
+from promptkit.data import collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads import ClassifierHead, VerbalizerHead
@@ -65,6 +66,13 @@ class PromptModel(nn.Module):
     def encode(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
         """Encode examples (mappings from input-slot names and Jinja fields to values)."""
         return self.tokenizer(examples)
+
+    def collate(
+        self, encoded: Sequence[EncodedPrompt], labels: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Pad encoded examples into a batch (the padding side suits the backbone)."""
+        pad_id = self.backbone.tokenizer.pad_token_id
+        return collate(encoded, 0 if pad_id is None else pad_id, self.padding_side, labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Class logits ``[B, C]`` for a collated batch."""

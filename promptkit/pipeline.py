@@ -79,9 +79,11 @@ def load_splits(
     return Splits(train, validation, splits.get("test")), classes
 
 
-def evaluate_split(model: PromptModel, split: Split, batch_size: int = 64) -> dict[str, float]:
+def evaluate_split(
+    model: PromptModel, split: Split, batch_size: int = 64, progress: bool = False
+) -> dict[str, float]:
     """Accuracy and macro-F1 of the model on a labelled split."""
-    logits = predict_logits(model, model.encode(split.examples), batch_size)
+    logits = predict_logits(model, model.encode(split.examples), batch_size, progress=progress)
     return classification_metrics(logits, split.labels)
 
 
@@ -126,7 +128,9 @@ def fit(config: RunConfig, resume: bool = False, backbone: Backbone | None = Non
     best = trainer.fit(resume=resume)
     test = None
     if splits.test is not None:
-        test = evaluate_split(model, splits.test, config.trainer.eval_batch_size)
+        test = evaluate_split(
+            model, splits.test, config.trainer.eval_batch_size, config.trainer.progress
+        )
         append_metrics(run_dir, {"split": "test", **test})
     return FitResult(
         run_dir,

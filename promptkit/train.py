@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
 from promptkit.config import ModelConfig, TrainerConfig
-from promptkit.data import Collator, EncodedDataset, Split
+from promptkit.data import EncodedDataset, Split
 from promptkit.errors import TrainingError
 from promptkit.inference import classification_metrics, predict_logits
 from promptkit.model import PromptModel
@@ -81,7 +81,6 @@ class Trainer:
         )
         self.train_set = EncodedDataset(model.encode(train.examples), train.labels)
         self.validation_encoded = model.encode(validation.examples)
-        self.collator = Collator(model.backbone.tokenizer.pad_token_id or 0, model.padding_side)
         self.optimizer = torch.optim.AdamW(
             [
                 {
@@ -106,6 +105,9 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.progress = TrainingState()
         self._best_state: dict[str, torch.Tensor] | None = None
+
+    def _collate(self, items: list[tuple[object, int]]) -> dict[str, torch.Tensor]:
+        return self._unwrapped.collate([x for x, _ in items], [y for _, y in items])
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         return {
@@ -158,7 +160,7 @@ class Trainer:
             self.train_set,
             batch_size=self.config.batch_size,
             sampler=RandomSampler(self.train_set, generator=generator),
-            collate_fn=self.collator,
+            collate_fn=self._collate,
             generator=generator,  # so creating the loader draws nothing from the global RNG
         )
         loader = self.accelerator.skip_first_batches(

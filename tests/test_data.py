@@ -99,3 +99,10 @@ def test_collate_pads_left_and_right():
     assert left["input_ids"].tolist() == [[1, 2, 3], [9, 9, 4]]
     assert left["slot_ids"].tolist() == [[-1, 0, -1], [-1, -1, -1]]
     assert left["mask_positions"].tolist() == [2, 2]
+
+
+def test_dataset_splits_by_name(tmp_path):
+    # The hub route (`data.dataset`) on a local folder: datasets finds splits by file name.
+    for split in ("train", "test"):
+        pd.DataFrame(ROWS).to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
+    assert read_rows("test", dataset=str(tmp_path)) == ROWS

@@ -48,7 +48,7 @@ def main() -> None:
     hard = build_model(zero_shot, backbone=backbone)
     splits, _ = load_splits(config, hard.classes, hard.template.inputs)
     console.print(f"zero-shot: scoring {len(splits.test)} test sentences ...")
-    zero = evaluate_split(hard, splits.test, config.trainer.eval_batch_size)
+    zero = evaluate_split(hard, splits.test, config.trainer.eval_batch_size, progress=True)
 
     console.print(f"P-tuning on {len(splits.train)} examples ...")
     trained = promptkit.fit(config, backbone=backbone)
