@@ -94,7 +94,9 @@ def evaluate(
         if label_column:
             data_cfg = data_cfg.model_copy(update={"label_column": label_column})
         rows = read_rows(data)
-        split = Split(predictor.examples(rows), label_indices(rows, data_cfg, predictor.classes))
+        split = Split(
+            predictor.model.examples(rows), label_indices(rows, data_cfg, predictor.classes)
+        )
         metrics = evaluate_split(predictor.model, split, progress=True)
     except PromptkitError as err:
         raise _fail(err) from None

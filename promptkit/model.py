@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,18 +12,18 @@ from torch import nn
 from promptkit import catalog
 from promptkit.backbone import Backbone, load_backbone
 from promptkit.config import ModelConfig
-from promptkit.data import collate
+from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads import ClassifierHead, VerbalizerHead
 from promptkit.injection import InputInjector
-from promptkit.policy import parameter_groups
+from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer
 
 
-class PromptModel(nn.Module):
+class PromptModel(PolicyModule):
     """Everything that runs a prompt: ``model(batch)`` gives logits over ``model.classes``.
 
     Args:
@@ -33,6 +34,7 @@ class PromptModel(nn.Module):
         trainable: the policy, any of "prompts", "head", "bias", "all".
         max_length: longest encoded sequence.
         padding_side: "left" or "right".
+        inputs: input slot -> data column, as in training.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class PromptModel(nn.Module):
         trainable: Sequence[str],
         max_length: int = 256,
         padding_side: str = "right",
+        inputs: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -52,6 +55,7 @@ class PromptModel(nn.Module):
         self.head = head
         self.template = template
         self.padding_side = padding_side
+        self.inputs = dict(inputs or {})
         self.injector = InputInjector(backbone.model)
         self.tokenizer = PromptTokenizer(
             template, backbone.tokenizer, max_length, backbone.is_causal
@@ -62,6 +66,21 @@ class PromptModel(nn.Module):
     def classes(self) -> list[str]:
         """Label names, in logit order."""
         return self.head.classes
+
+    def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Bind user inputs: a string fills the template's only input slot; a mapping is a data
+        row (columns mapped to slots as in training)."""
+        slots = self.template.inputs
+        rows = []
+        for item in items:
+            if isinstance(item, str):
+                if len(slots) != 1:
+                    raise ConfigError(
+                        f"the template has inputs {list(slots)}: pass mappings, not strings."
+                    )
+                item = {self.inputs.get(slots[0], slots[0]): item}
+            rows.append(dict(item))
+        return as_examples(rows, self.inputs, slots)
 
     def encode(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
         """Encode examples (mappings from input-slot names and Jinja fields to values)."""
@@ -80,36 +99,6 @@ class PromptModel(nn.Module):
             batch["input_ids"], batch["slot_ids"], batch["attention_mask"], self.prompts()
         )
         return self.head(self.lm, inputs, batch)
-
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        """The trained parameters only, prompt encoders collapsed to the plain table."""
-        state = {
-            n: p.detach().clone()
-            for n, p in self.named_parameters()
-            if p.requires_grad and not n.startswith("prompts.")
-        }
-        if "prompts" in self.groups:
-            state["prompts.table"] = self.prompts.collapse()
-        return state
-
-    def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load what ``trained_state`` saved (onto a model built with a plain prompt table)."""
-        own = dict(self.named_parameters())
-        unknown = [k for k in state if k not in own]
-        if unknown:
-            raise ConfigError(f"saved parameters do not fit this model: {unknown[:3]}...")
-        with torch.no_grad():
-            for name, value in state.items():
-                if own[name].shape != value.shape:
-                    raise ConfigError(
-                        f"saved {name} has shape {tuple(value.shape)}, the model "
-                        f"expects {tuple(own[name].shape)}"
-                    )
-                own[name].copy_(value)
-
-    def n_trainable(self) -> int:
-        """How many parameters train."""
-        return sum(p.numel() for params in self.groups.values() for p in params)
 
 
 @dataclass(frozen=True)
@@ -230,5 +219,12 @@ def build_model(
     if padding == "auto":
         padding = "left" if backbone.is_causal else "right"
     return PromptModel(
-        backbone, template, prompts, head, recipe.trainable, recipe.max_length, padding
+        backbone,
+        template,
+        prompts,
+        head,
+        recipe.trainable,
+        recipe.max_length,
+        padding,
+        recipe.inputs,
     )

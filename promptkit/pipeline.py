@@ -138,5 +138,5 @@ def fit(config: RunConfig, resume: bool = False, backbone: Backbone | None = Non
         test,
         model.n_trainable(),
         sum(v.numel() for v in model.trained_state().values()),
-        Predictor(model.eval(), recipe),
+        Predictor(model.eval()),
     )

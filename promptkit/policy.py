@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import torch
 from torch import nn
 
 from promptkit.errors import ConfigError
@@ -20,20 +21,24 @@ def parameter_groups(
 ) -> dict[str, list[nn.Parameter]]:
     """Freeze everything, then unfreeze the groups the policy names; return them by group.
 
-    A parameter belongs to one group only (``all`` takes the backbone's biases too).
+    Groups are claimed in the order prompts, head, bias, all: a parameter belongs to the first
+    group that names it (a head inside the backbone is not in ``bias`` or ``all``).
     """
     policy = set(policy)
-    groups: dict[str, list[nn.Parameter]] = {
-        "prompts": list(prompts.parameters()),
-        "head": list(head.parameters()),
-        "bias": []
-        if "all" in policy
-        else [p for n, p in backbone.named_parameters() if n.endswith("bias")],
-        "all": list(backbone.parameters()),
+    candidates = {
+        "prompts": prompts.parameters(),
+        "head": head.parameters(),
+        "bias": (p for n, p in backbone.named_parameters() if n.endswith("bias")),
+        "all": backbone.parameters(),
     }
-    chosen = {g: [p for p in groups[g] if p.numel()] for g in groups if g in policy}
-    for group, params in chosen.items():
-        if not params:
+    claimed: set[int] = set()
+    chosen: dict[str, list[nn.Parameter]] = {}
+    for group, params in candidates.items():
+        if group not in policy:
+            continue
+        chosen[group] = [p for p in params if p.numel() and id(p) not in claimed]
+        claimed.update(id(p) for p in chosen[group])
+        if not chosen[group]:
             raise ConfigError(_EMPTY[group])
     for module in (prompts, head, backbone):
         module.requires_grad_(False)
@@ -41,6 +46,46 @@ def parameter_groups(
         for p in params:
             p.requires_grad_(True)
     return chosen
+
+
+class PolicyModule(nn.Module):
+    """Base of prompt models: ``self.prompts`` plus parameter ``self.groups`` from a policy.
+
+    Subclasses define ``classes``, ``examples(items)`` (user inputs -> examples),
+    ``encode(examples)``, ``collate(encoded, labels)`` and ``forward(batch) -> logits``.
+    """
+
+    groups: dict[str, list[nn.Parameter]]
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained parameters only, prompt encoders collapsed to the plain table."""
+        state = {
+            n: p.detach().clone()
+            for n, p in self.named_parameters()
+            if p.requires_grad and not n.startswith("prompts.")
+        }
+        if "prompts" in self.groups:
+            state["prompts.table"] = self.prompts.collapse()
+        return state
+
+    def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what ``trained_state`` saved (onto a model built with a plain prompt table)."""
+        own = dict(self.named_parameters())
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise ConfigError(f"saved parameters do not fit this model: {unknown[:3]}...")
+        with torch.no_grad():
+            for name, value in state.items():
+                if own[name].shape != value.shape:
+                    raise ConfigError(
+                        f"saved {name} has shape {tuple(value.shape)}, the model expects "
+                        f"{tuple(own[name].shape)}"
+                    )
+                own[name].copy_(value)
+
+    def n_trainable(self) -> int:
+        """How many parameters train."""
+        return sum(p.numel() for params in self.groups.values() for p in params)
 
 
 _EMPTY = {

@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from promptkit.backbone import Backbone, load_backbone
 from promptkit.config import ModelConfig
-from promptkit.data import as_examples
 from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.inference import predict_logits
 from promptkit.model import PromptModel, build_model
+from promptkit.policy import PolicyModule
 
 PROMPT_FILE = "prompt.safetensors"
 RECIPE_FILE = "promptkit.json"
@@ -87,45 +87,30 @@ def read_recipe(run_dir: str | Path) -> dict[str, Any]:
 
 
 class Predictor:
-    """A trained prompt on its backbone, ready to label new examples."""
+    """A trained prompt on its backbone, ready to label new examples.
 
-    def __init__(self, model: PromptModel, recipe: ModelConfig) -> None:
+    Items are what the model takes: for text a string (the template's only input) or a data
+    row; for images a path, a PIL image or an array.
+    """
+
+    def __init__(self, model: PolicyModule) -> None:
         self.model = model
-        self.recipe = recipe
 
     @property
     def classes(self) -> list[str]:
         """Label names."""
         return self.model.classes
 
-    def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Bind inputs: a string fills the template's only input slot; a mapping is a data row
-        (columns mapped to slots as in training)."""
-        inputs = self.model.template.inputs
-        rows = []
-        for item in items:
-            if isinstance(item, str):
-                if len(inputs) != 1:
-                    raise ConfigError(
-                        f"the template has inputs {list(inputs)}: pass mappings, not strings."
-                    )
-                item = {self.recipe.inputs.get(inputs[0], inputs[0]): item}
-            rows.append(dict(item))
-        return as_examples(rows, self.recipe.inputs, inputs)
-
-    def logits(
-        self, items: Sequence[str | Mapping[str, Any]], batch_size: int = 64
-    ) -> torch.Tensor:
+    def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
         """Class logits ``[N, C]``."""
-        return predict_logits(self.model, self.model.encode(self.examples(items)), batch_size)
+        encoded = self.model.encode(self.model.examples(items))
+        return predict_logits(self.model, encoded, batch_size)
 
-    def predict(self, items: Sequence[str | Mapping[str, Any]], batch_size: int = 64) -> list[str]:
+    def predict(self, items: Sequence[Any], batch_size: int = 64) -> list[str]:
         """The predicted label of each item."""
         return [self.classes[i] for i in self.logits(items, batch_size).argmax(-1).tolist()]
 
-    def predict_proba(
-        self, items: Sequence[str | Mapping[str, Any]], batch_size: int = 64
-    ) -> list[dict[str, float]]:
+    def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[dict[str, float]]:
         """Class probabilities of each item."""
         probs = self.logits(items, batch_size).softmax(-1).tolist()
         return [dict(zip(self.classes, row, strict=True)) for row in probs]
@@ -158,7 +143,7 @@ def load(
         )
     model = build_model(recipe, document["classes"], backbone, collapsed=True)
     model.load_trained_state(load_file(str(run_dir / PROMPT_FILE)))
-    return Predictor(model.to(device).eval(), recipe)
+    return Predictor(model.to(device).eval())
 
 
 def save_resume(run_dir: Path, state: Mapping[str, Any]) -> None:
