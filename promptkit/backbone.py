@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -59,12 +59,19 @@ class Backbone:
         """A hash of the architecture and the input embeddings: the same only for the same
         backbone, so trained prompts are never loaded onto another one unnoticed."""
         config = self.model.config
-        digest = hashlib.sha256()
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
-            digest.update(f"{key}={getattr(config, key, None)};".encode())
-        weights = self.model.get_input_embeddings().weight.detach().float().cpu().contiguous()
-        digest.update(weights.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        tag = ";".join(
+            f"{key}={getattr(config, key, None)}"
+            for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+        )
+        return fingerprint(tag, [self.model.get_input_embeddings().weight])
+
+
+def fingerprint(tag: str, tensors: Iterable[torch.Tensor]) -> str:
+    """A short hash of a description and the values of some tensors."""
+    digest = hashlib.sha256(tag.encode())
+    for tensor in tensors:
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def detect_kind(name: str) -> BackboneKind:

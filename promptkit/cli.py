@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from promptkit import catalog
-from promptkit.config import DataConfig, load_config
+from promptkit.config import DataConfig, ImageDataConfig, load_config
 from promptkit.data import Split, as_examples, label_indices, read_rows
 from promptkit.errors import PromptkitError
 from promptkit.template import Segment, SegmentKind, Template
+from promptkit.vision.data import IMAGE_SUFFIXES, read_image_rows
+from promptkit.vision.model import VisionPromptModel
 
 app = typer.Typer(
     help="Prompt learning for transformers: templates, soft prompts, verbalizers.",
@@ -81,7 +83,13 @@ def fit(
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder")],
-    data: Annotated[str, typer.Option(help="labelled file (csv/json/jsonl/parquet)")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="labelled data: a file (text), a folder or split "
+            "(images, read as in the run's config)"
+        ),
+    ],
     label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
 ) -> None:
     """Accuracy and macro-F1 of a trained prompt on labelled data."""
@@ -90,13 +98,12 @@ def evaluate(
 
     try:
         predictor = load(run_dir)
-        data_cfg = _run_data_config(run_dir)
+        config = _run_data_config(run_dir)
         if label_column:
-            data_cfg = data_cfg.model_copy(update={"label_column": label_column})
-        rows = read_rows(data)
-        split = Split(
-            predictor.model.examples(rows), label_indices(rows, data_cfg, predictor.classes)
-        )
+            config = config.model_copy(update={"label_column": label_column})
+        rows, column = _read_labelled(config, data)
+        labels = label_indices(rows, predictor.classes, column, config.label_map)
+        split = Split(predictor.model.examples(rows), labels)
         metrics = evaluate_split(predictor.model, split, progress=True)
     except PromptkitError as err:
         raise _fail(err) from None
@@ -105,15 +112,27 @@ def evaluate(
 
 def _run_data_config(run_dir: Path) -> DataConfig:
     path = run_dir / "config.yaml"
-    if not path.is_file():
-        return DataConfig()
-    return DataConfig.model_validate(yaml.safe_load(path.read_text()).get("data", {}))
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    schema = ImageDataConfig if saved.get("modality") == "vision" else DataConfig
+    return schema.model_validate(saved.get("data", {}))
+
+
+def _read_labelled(config: DataConfig, spec: str) -> tuple[list[dict], str]:
+    """Rows of labelled data and their label column."""
+    if isinstance(config, ImageDataConfig):
+        return read_image_rows(config, spec), "label"
+    return read_rows(spec), config.label_column
 
 
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run folder")],
-    input: Annotated[str, typer.Option("--input", help="file of examples")],
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input", help="a data file; for images also an image file or a folder of them"
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", help="jsonl to write")],
 ) -> None:
     """Label each example of INPUT; write one JSON line per example with label and scores."""
@@ -121,7 +140,7 @@ def predict(
 
     try:
         predictor = load(run_dir)
-        rows = read_rows(input)
+        rows = _read_inputs(input, images=isinstance(predictor.model, VisionPromptModel))
         probs = predictor.predict_proba(rows)
     except PromptkitError as err:
         raise _fail(err) from None
@@ -131,10 +150,20 @@ def predict(
     console.print(f"{len(rows)} predictions written to {output}")
 
 
+def _read_inputs(spec: str, images: bool) -> list[dict]:
+    path = Path(spec)
+    if images and path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        return [{"image": str(f)} for f in files]
+    if images and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [{"image": str(path)}]
+    return read_rows(spec)
+
+
 @app.command("catalog")
 def list_catalog() -> None:
-    """List the catalog's templates and verbalizers."""
-    for kind in ("templates", "verbalizers"):
+    """List the catalog: templates, verbalizers and vision recipes."""
+    for kind in ("templates", "verbalizers", "vision"):
         table = Table(title=kind, show_lines=False)
         table.add_column("name", style="bold")
         table.add_column("description")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptkit import catalog
 from promptkit.errors import ConfigError
 from promptkit.heads import Pool
 from promptkit.prompts import EncoderKind, InitKind
@@ -66,6 +67,7 @@ class HeadConfig(_Strict):
 class ModelConfig(_Strict):
     """The recipe of a prompt model: everything needed to rebuild it around its backbone."""
 
+    modality: Literal["text"] = "text"
     backbone: BackboneConfig
     template: str = Field(description="a template or a catalog template's name")
     inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
@@ -135,7 +137,89 @@ class RunConfig(ModelConfig):
         return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+class VisionBackboneConfig(_Strict):
+    """A vision transformer: a timm model name or a transformers ViT folder / hub id."""
+
+    name: str = Field(description="timm name (vit_*, deit_*) or transformers folder / hub id")
+    source: Literal["auto", "timm", "transformers"] = Field(
+        "auto", description="auto: transformers if name is a folder with config.json"
+    )
+    pretrained: bool = Field(False, description="timm: load the published weights")
+    checkpoint: str | None = Field(None, description="timm: a local weights file to load")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
+
+    @field_validator("name", "checkpoint")
+    @classmethod
+    def _absolute_if_local(cls, value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
+class VPTConfig(_Strict):
+    """Visual Prompt Tuning: how many prompt tokens, and where."""
+
+    tokens: int = Field(10, ge=0, description="prompt tokens per prompted layer")
+    deep: bool = Field(False, description="VPT-deep: each selected layer has its own prompts")
+    layers: str = Field("all", description="deep only: all | first:K | last:K | A-B")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class VisionHeadConfig(_Strict):
+    """The linear head on the class token or on the mean of the patch tokens."""
+
+    pool: Literal["token", "avg"] = "token"
+
+
+class VisionModelConfig(_Strict):
+    """The recipe of a prompted vision transformer."""
+
+    modality: Literal["vision"]
+    backbone: VisionBackboneConfig
+    vpt: VPTConfig = Field(default_factory=VPTConfig)
+    head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
+    trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
+    seed: int = 13
+
+    @field_validator("trainable")
+    @classmethod
+    def _head_trains(cls, value: list[str]) -> list[str]:
+        if "head" not in value:
+            raise ValueError("the head is new (one output per class), so it must train: add head")
+        return list(dict.fromkeys(value))
+
+
+class ImageDataConfig(DataConfig):
+    """Images: a folder per class, Fashion-MNIST's IDX files, scikit-learn's digits, or a
+    data set with an image column."""
+
+    source: Literal["image_folder", "fashion_mnist", "digits", "dataset"] = "image_folder"
+    path: str | None = Field(None, description="fashion_mnist: the folder of the IDX files")
+    image_column: str = "image"
+    classes: list[str] | None = Field(None, description="keep only these labels, in this order")
+
+
+class VisionRunConfig(VisionModelConfig):
+    """A whole training run on images."""
+
+    data: ImageDataConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output_dir: str = "runs/run"
+
+    def recipe(self) -> VisionModelConfig:
+        """The part of the config that is saved with the trained prompt."""
+        fields = set(VisionModelConfig.model_fields)
+        return VisionModelConfig.model_validate(self.model_dump(include=fields))
+
+
+def recipe_from_dict(data: dict[str, Any]) -> ModelConfig | VisionModelConfig:
+    """A saved recipe, text or vision."""
+    if data.get("modality") == "vision":
+        return VisionModelConfig.model_validate(data)
+    return ModelConfig.model_validate(data)
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig | VisionRunConfig:
     """Read, override (``a.b=value``, value parsed as YAML) and validate a run config."""
     path = Path(path)
     try:
@@ -149,14 +233,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(data, str(path))
 
 
-def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a config mapping; errors name each bad key and suggest the fix."""
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig | VisionRunConfig:
+    """Validate a config mapping; errors name each bad key and suggest the fix.
+
+    ``modality: vision`` marks an image run; its ``preset: NAME`` starts from a vision recipe
+    of the catalog (the config's own keys win).
+    """
+    schema = VisionRunConfig if data.get("modality") == "vision" else RunConfig
+    if schema is VisionRunConfig and "preset" in data:
+        data = dict(data)
+        preset = catalog.entry("vision", str(data.pop("preset")))["config"]
+        data = _merged(preset, data)
     try:
-        return RunConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(
-            f"{source}: invalid config\n" + "\n".join(f"  - {_describe(e)}" for e in err.errors())
-        ) from None
+        details = "\n".join(f"  - {_describe(e, schema)}" for e in err.errors())
+        raise ConfigError(f"{source}: invalid config\n{details}") from None
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, sections merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_sections else value
+    return out
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -172,10 +273,10 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[leaf] = yaml.safe_load(raw)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
     where = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
-        parent = _model_at(error["loc"][:-1])
+        parent = _model_at(schema, error["loc"][:-1])
         known = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -185,8 +286,7 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = RunConfig
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)

@@ -11,7 +11,6 @@ import datasets
 import torch
 from sklearn.model_selection import train_test_split
 
-from promptkit.config import DataConfig
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import DataError
 
@@ -78,23 +77,32 @@ def as_examples(
     return examples
 
 
+def mapped_labels(
+    rows: Sequence[Mapping[str, Any]],
+    label_column: str = "label",
+    label_map: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Each row's label as a class name (through ``label_map`` where it has the raw value)."""
+    if rows and label_column not in rows[0]:
+        raise DataError(f"the data has no label column {label_column!r}: set data.label_column.")
+    mapping = label_map or {}
+    return [mapping.get(str(r[label_column]), str(r[label_column])) for r in rows]
+
+
 def label_indices(
-    rows: Sequence[Mapping[str, Any]], config: DataConfig, classes: Sequence[str]
+    rows: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    label_column: str = "label",
+    label_map: Mapping[str, str] | None = None,
 ) -> list[int]:
     """Each row's class index; labels outside the classes are an error naming them."""
-    if not rows or config.label_column not in rows[0]:
-        raise DataError(
-            f"the data has no label column {config.label_column!r}: set data.label_column."
-        )
     index = {c: i for i, c in enumerate(classes)}
-    mapping = config.label_map or {}
-    names = [mapping.get(str(r[config.label_column]), str(r[config.label_column])) for r in rows]
+    names = mapped_labels(rows, label_column, label_map)
     unknown = sorted(set(names) - set(index))
     if unknown:
         raise DataError(
-            f"labels {unknown} in the data are not among the classes {list(classes)}: "
-            "add them to the verbalizer, or map them with `data.label_map: "
-            f"{{{unknown[0]!r}: CLASS}}`."
+            f"labels {unknown} in the data are not among the classes {list(classes)}: add them "
+            f"to the verbalizer, or map them with `data.label_map: {{{unknown[0]!r}: CLASS}}`."
         )
     return [index[n] for n in names]
 

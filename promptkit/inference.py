@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from rich.progress import track
 from sklearn.metrics import accuracy_score, f1_score
 
-from promptkit.encoding import EncodedPrompt
-from promptkit.model import PromptModel
+from promptkit.policy import PolicyModule
 
 
 @torch.inference_mode()
 def predict_logits(
-    model: PromptModel,
-    encoded: Sequence[EncodedPrompt],
+    model: PolicyModule,
+    encoded: Sequence[Any],
     batch_size: int = 64,
     device: torch.device | str | None = None,
     progress: bool = False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,26 @@ from typing import Any
 import yaml
 
 from promptkit.backbone import Backbone, load_backbone
-from promptkit.config import RunConfig
-from promptkit.data import Split, as_examples, few_shot, label_indices, read_rows, stratified_split
+from promptkit.config import DataConfig, RunConfig, VisionRunConfig
+from promptkit.data import (
+    Split,
+    as_examples,
+    few_shot,
+    label_indices,
+    mapped_labels,
+    read_rows,
+    stratified_split,
+)
 from promptkit.errors import ConfigError
 from promptkit.inference import classification_metrics, predict_logits
-from promptkit.model import PromptModel, build_model, check_recipe
+from promptkit.model import build_model, check_recipe
+from promptkit.policy import PolicyModule
 from promptkit.run import RESUME_FILE, Predictor, append_metrics
 from promptkit.train import Trainer
+from promptkit.vision.data import read_image_rows
+from promptkit.vision.model import build_vision_model
+
+Rows = list[dict[str, Any]]
 
 
 @dataclass
@@ -40,84 +54,121 @@ class FitResult:
     predictor: Predictor
 
 
+def read_splits(data: DataConfig, read: Callable[[str], Rows]) -> dict[str, Rows]:
+    """The rows of each split the data config names (train is required)."""
+    if not data.train:
+        raise ConfigError("data.train is missing: give a file, a folder or a split name.")
+    specs = {"train": data.train, "validation": data.validation, "test": data.test}
+    return {name: read(spec) for name, spec in specs.items() if spec}
+
+
+def build_splits(
+    rows: dict[str, Rows],
+    data: DataConfig,
+    classes: list[str],
+    to_examples: Callable[[Rows], Rows],
+    label_column: str,
+    seed: int,
+) -> Splits:
+    """Label the rows, split off a validation set if there is none, sample few-shot."""
+    splits = {
+        name: Split(to_examples(r), label_indices(r, classes, label_column, data.label_map))
+        for name, r in rows.items()
+    }
+    train, validation = splits["train"], splits.get("validation")
+    if validation is None:
+        train, validation = stratified_split(train, data.validation_size, seed)
+    if data.few_shot:
+        train = few_shot(train, data.few_shot, seed)
+    if data.validation_few_shot:
+        validation = few_shot(validation, data.validation_few_shot, seed + 1)
+    return Splits(train, validation, splits.get("test"))
+
+
 def load_splits(
     config: RunConfig, classes: list[str] | None, template_inputs: tuple[str, ...]
 ) -> tuple[Splits, list[str]]:
-    """Read, label, split and sample the data; returns the splits and the class names."""
+    """Read, label, split and sample text data; returns the splits and the class names."""
     data = config.data
-    if not data.train:
-        raise ConfigError("data.train is missing: give a file or a split name.")
-    rows = {
-        name: read_rows(spec, data.dataset, data.subset)
-        for name, spec in (
-            ("train", data.train),
-            ("validation", data.validation),
-            ("test", data.test),
-        )
-        if spec
-    }
-    if classes is None:
-        mapping = data.label_map or {}
-        classes = sorted(
-            {
-                mapping.get(str(r[data.label_column]), str(r[data.label_column]))
-                for r in rows["train"]
-            }
-        )
-    splits = {
-        name: Split(as_examples(r, config.inputs, template_inputs), label_indices(r, data, classes))
-        for name, r in rows.items()
-    }
-    train = splits["train"]
-    validation = splits.get("validation")
-    if validation is None:
-        train, validation = stratified_split(train, data.validation_size, config.seed)
-    if data.few_shot:
-        train = few_shot(train, data.few_shot, config.seed)
-    if data.validation_few_shot:
-        validation = few_shot(validation, data.validation_few_shot, config.seed + 1)
-    return Splits(train, validation, splits.get("test")), classes
+    rows = read_splits(data, lambda spec: read_rows(spec, data.dataset, data.subset))
+    classes = classes or sorted(
+        set(mapped_labels(rows["train"], data.label_column, data.label_map))
+    )
+    splits = build_splits(
+        rows,
+        data,
+        classes,
+        lambda r: as_examples(r, config.inputs, template_inputs),
+        data.label_column,
+        config.seed,
+    )
+    return splits, classes
 
 
 def evaluate_split(
-    model: PromptModel, split: Split, batch_size: int = 64, progress: bool = False
+    model: PolicyModule, split: Split, batch_size: int = 64, progress: bool = False
 ) -> dict[str, float]:
     """Accuracy and macro-F1 of the model on a labelled split."""
     logits = predict_logits(model, model.encode(split.examples), batch_size, progress=progress)
     return classification_metrics(logits, split.labels)
 
 
-def fit(config: RunConfig, resume: bool = False, backbone: Backbone | None = None) -> FitResult:
-    """Train a prompt as the config says, save the run folder, evaluate on the test split.
-
-    Args:
-        config: the run config.
-        resume: continue the run in ``config.output_dir`` from its resume state.
-        backbone: ``config.backbone`` already loaded (it is loaded otherwise).
-    """
-    run_dir = Path(config.output_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if (run_dir / RESUME_FILE).exists():
-            raise ConfigError(
-                f"{run_dir} holds an earlier run: resume it with --resume, or "
-                "choose another --output."
-            )
-        shutil.rmtree(run_dir)
-    recipe = config.recipe()
-    checked = check_recipe(recipe)  # before any model is loaded
+def _prepare_text(config: RunConfig, backbone: Backbone | None) -> tuple[PolicyModule, Splits, str]:
+    checked = check_recipe(config.recipe())  # before any model is loaded
     classes = checked.verbalizer.classes if checked.verbalizer else config.head.classes
     splits, classes = load_splits(config, classes, checked.template.inputs)
     backbone = backbone or load_backbone(
         config.backbone.name, config.backbone.kind, config.backbone.dtype
     )
     fingerprint = backbone.fingerprint()
-    model = build_model(recipe, classes, backbone)
+    return build_model(config.recipe(), classes, backbone), splits, fingerprint
+
+
+def _prepare_vision(config: VisionRunConfig) -> tuple[PolicyModule, Splits, str]:
+    data = config.data
+    rows = read_splits(data, lambda spec: read_image_rows(data, spec))
+    classes = data.classes or sorted(set(mapped_labels(rows["train"], "label", data.label_map)))
+    rows = {
+        name: [
+            row
+            for row, label in zip(r, mapped_labels(r, "label", data.label_map), strict=True)
+            if label in classes
+        ]
+        for name, r in rows.items()
+    }
+    splits = build_splits(rows, data, classes, lambda r: r, "label", config.seed)
+    model = build_vision_model(config.recipe(), classes)
+    return model, splits, model.fingerprint()
+
+
+def fit(
+    config: RunConfig | VisionRunConfig, resume: bool = False, backbone: Backbone | None = None
+) -> FitResult:
+    """Train a prompt as the config says, save the run folder, evaluate on the test split.
+
+    Args:
+        config: the run config (text or vision).
+        resume: continue the run in ``config.output_dir`` from its resume state.
+        backbone: for text, ``config.backbone`` already loaded (it is loaded otherwise).
+    """
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if (run_dir / RESUME_FILE).exists():
+            raise ConfigError(
+                f"{run_dir} holds an earlier run: resume it with --resume, or choose another "
+                "--output."
+            )
+        shutil.rmtree(run_dir)
+    if isinstance(config, VisionRunConfig):
+        model, splits, fingerprint = _prepare_vision(config)
+    else:
+        model, splits, fingerprint = _prepare_text(config, backbone)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     (run_dir / "config.yaml").write_text(config_yaml)
     trainer = Trainer(
         model,
-        recipe,
+        config.recipe(),
         config.trainer,
         splits.train,
         splits.validation,

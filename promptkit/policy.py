@@ -89,8 +89,8 @@ class PolicyModule(nn.Module):
 
 
 _EMPTY = {
-    "prompts": "trainable includes 'prompts' but the template has no soft slot ([P1], [P*n]): "
-    "add one, or drop 'prompts'.",
+    "prompts": "trainable includes 'prompts' but there are none (no soft slot [P1], [P*n] in "
+    "the template, or vpt.tokens: 0): add some, or drop 'prompts'.",
     "head": "trainable includes 'head' but this head has no parameters (a verbalizer reads the "
     "LM head): drop 'head', or use `head: {type: classifier}`.",
     "bias": "trainable includes 'bias' (BitFit) but the backbone has no bias parameters: "

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 from promptkit.backbone import Backbone, load_backbone
-from promptkit.config import ModelConfig
+from promptkit.config import VisionModelConfig, recipe_from_dict
 from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.inference import predict_logits
-from promptkit.model import PromptModel, build_model
+from promptkit.model import build_model
 from promptkit.policy import PolicyModule
+from promptkit.vision.model import build_vision_model
 
 PROMPT_FILE = "prompt.safetensors"
 RECIPE_FILE = "promptkit.json"
@@ -53,8 +55,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def save_prompt(
     run_dir: Path,
-    model: PromptModel,
-    recipe: ModelConfig,
+    model: PolicyModule,
+    recipe: BaseModel,
     fingerprint: str,
     info: Mapping[str, Any] | None = None,
 ) -> None:
@@ -123,25 +125,29 @@ def load(
 
     Args:
         run_dir: the run folder.
-        backbone: another location of the same backbone (a path or a loaded one); by default
-            the one named in the recipe. A different backbone is an error.
+        backbone: text runs: another location of the same backbone (a path or a loaded one);
+            by default the one named in the recipe. A different backbone is an error.
         device: where to run.
     """
     run_dir = Path(run_dir)
     document = read_recipe(run_dir)
-    recipe = ModelConfig.model_validate(document["recipe"])
-    if not isinstance(backbone, Backbone):
-        backbone = load_backbone(
-            backbone or recipe.backbone.name, recipe.backbone.kind, recipe.backbone.dtype
-        )
+    recipe = recipe_from_dict(document["recipe"])
+    if isinstance(recipe, VisionModelConfig):
+        model: PolicyModule = build_vision_model(recipe, document["classes"])
+        found, name = model.fingerprint(), recipe.backbone.name
+    else:
+        if not isinstance(backbone, Backbone):
+            backbone = load_backbone(
+                backbone or recipe.backbone.name, recipe.backbone.kind, recipe.backbone.dtype
+            )
+        found, name = backbone.fingerprint(), backbone.name
+        model = build_model(recipe, document["classes"], backbone, collapsed=True)
     expected = document["backbone"]["fingerprint"]
-    if backbone.fingerprint() != expected:
+    if found != expected:
         raise BackboneMismatchError(
             f"{run_dir} was trained on {document['backbone']['name']} (fingerprint {expected}), "
-            f"but {backbone.name} has fingerprint {backbone.fingerprint()}: load it onto the "
-            "backbone it was trained on."
+            f"but {name} has fingerprint {found}: load it onto the backbone it was trained on."
         )
-    model = build_model(recipe, document["classes"], backbone, collapsed=True)
     model.load_trained_state(load_file(str(run_dir / PROMPT_FILE)))
     return Predictor(model.to(device).eval())
 

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
-from promptkit.config import ModelConfig, TrainerConfig
+from promptkit.config import TrainerConfig
 from promptkit.data import EncodedDataset, Split
 from promptkit.errors import TrainingError
 from promptkit.inference import classification_metrics, predict_logits
-from promptkit.model import PromptModel
+from promptkit.policy import PolicyModule
 from promptkit.run import append_metrics, read_resume, save_prompt, save_resume
 
 
@@ -42,7 +43,7 @@ class TrainingState:
 
 
 class Trainer:
-    """Trains the trainable groups of a PromptModel and writes the run folder.
+    """Trains the trainable groups of a PolicyModule and writes the run folder.
 
     Args:
         model: the model (its policy decides what trains).
@@ -56,8 +57,8 @@ class Trainer:
 
     def __init__(
         self,
-        model: PromptModel,
-        recipe: ModelConfig,
+        model: PolicyModule,
+        recipe: BaseModel,
         config: TrainerConfig,
         train: Split,
         validation: Split,
@@ -115,7 +116,7 @@ class Trainer:
         }
 
     @property
-    def _unwrapped(self) -> PromptModel:
+    def _unwrapped(self) -> PolicyModule:
         return self.accelerator.unwrap_model(self.model)
 
     def fit(self, resume: bool = False) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from promptkit.config import DataConfig
 from promptkit.data import (
     Split,
     as_examples,
@@ -55,13 +54,13 @@ def test_columns_bind_to_input_slots():
 
 
 def test_labels_map_to_classes_and_unknown_labels_are_named():
-    config = DataConfig(label_map={"pos": "positive", "neg": "negative", "neu": "neutral"})
-    labels = label_indices(ROWS[:3], config, ["negative", "positive", "neutral"])
+    mapping = {"pos": "positive", "neg": "negative", "neu": "neutral"}
+    labels = label_indices(ROWS[:3], ["negative", "positive", "neutral"], "label", mapping)
     assert labels == [1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['neu'\] .* not among the classes"):
-        label_indices(ROWS, DataConfig(), ["pos", "neg"])
+        label_indices(ROWS, ["pos", "neg"])
     with pytest.raises(DataError, match="no label column 'y'"):
-        label_indices(ROWS, DataConfig(label_column="y"), ["pos"])
+        label_indices(ROWS, ["pos"], "y")
 
 
 def split_of(n_per_class: dict[int, int]) -> Split:

@@ -25,7 +25,7 @@ def entry(kind: str, name: str) -> dict[str, Any]:
     path = _folder(kind) / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(entries(kind))
-        raise ConfigError(f"no {kind[:-1]} named {name!r} in the catalog; known: {known}")
+        raise ConfigError(f"the {kind} catalog has no entry {name!r}; known: {known}")
     return yaml.safe_load(path.read_text())
 
 

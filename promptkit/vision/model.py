@@ -1,0 +1,117 @@
+"""VisionPromptModel: a vision transformer with visual prompts (VPT) and a linear head."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from transformers import ViTForImageClassification
+
+from promptkit.backbone import fingerprint
+from promptkit.config import VisionBackboneConfig, VisionModelConfig
+from promptkit.layers import select_layers
+from promptkit.policy import PolicyModule, parameter_groups
+from promptkit.prompts import SoftPrompts
+from promptkit.vision.data import image_transform
+from promptkit.vision.injection import VisualPromptInjector, ViTAdapter, adapter_for
+
+
+class VisionPromptModel(PolicyModule):
+    """A ViT with prompt tokens: ``model(batch)`` gives logits over ``model.classes``.
+
+    Args:
+        adapter: the backbone, through its family's adapter.
+        prompts: ``len(layers) * tokens`` vectors.
+        layers: the blocks that get prompts (shallow: the first only).
+        tokens: prompt tokens per prompted block.
+        classes: the label names.
+        trainable: the policy ("prompts", "head", "bias", "all").
+    """
+
+    def __init__(
+        self,
+        adapter: ViTAdapter,
+        prompts: SoftPrompts,
+        layers: Sequence[int],
+        tokens: int,
+        classes: Sequence[str],
+        trainable: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.vit = adapter.model
+        self.prompts = prompts
+        self.adapter = adapter
+        self.layers, self.tokens, self.classes = list(layers), tokens, list(classes)
+        self.injector = VisualPromptInjector(adapter)
+        self.transform = image_transform(adapter.data_config())
+        self.groups = parameter_groups(prompts, adapter.classifier(), adapter.model, trainable)
+
+    def examples(self, items: Sequence[Any]) -> list[dict[str, Any]]:
+        """Images (paths, PIL images, arrays) or rows with an ``image`` field, as examples."""
+        return [dict(item) if isinstance(item, dict) else {"image": item} for item in items]
+
+    def encode(self, examples: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
+        """Each image through the backbone's own transform."""
+        return [self.transform(example["image"]) for example in examples]
+
+    def collate(
+        self, encoded: Sequence[torch.Tensor], labels: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Stack images into a batch."""
+        batch = {"pixel_values": torch.stack(list(encoded))}
+        if labels is not None:
+            batch["labels"] = torch.tensor(list(labels), dtype=torch.long)
+        return batch
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits ``[B, C]``."""
+        table = self.prompts().view(len(self.layers), self.tokens, -1) if self.tokens else None
+        self.injector.set_prompts(
+            {} if table is None else dict(zip(self.layers, table, strict=True))
+        )
+        return self.adapter.logits(batch["pixel_values"])
+
+    def fingerprint(self) -> str:
+        """Of the backbone's architecture and weights (the head excluded)."""
+        head = {id(p) for p in self.adapter.classifier().parameters()}
+        weights = [p for p in self.vit.parameters() if id(p) not in head]
+        return fingerprint(type(self.vit).__name__, weights)
+
+
+def load_vision_backbone(config: VisionBackboneConfig, seed: int = 13) -> nn.Module:
+    """A timm ViT (by name, published weights or a local checkpoint file) or a transformers
+    ViTForImageClassification (folder or hub id). Random weights are seeded, so a run from a
+    randomly initialised backbone reloads onto the same one."""
+    source = config.source
+    if source == "auto":
+        source = "transformers" if (Path(config.name) / "config.json").is_file() else "timm"
+    torch.manual_seed(seed)
+    if source == "transformers":
+        return ViTForImageClassification.from_pretrained(config.name)
+    overlay = {"file": config.checkpoint} if config.checkpoint else None
+    return timm.create_model(
+        config.name,
+        pretrained=config.pretrained or bool(overlay),
+        pretrained_cfg_overlay=overlay,
+        **config.kwargs,
+    )
+
+
+def build_vision_model(recipe: VisionModelConfig, classes: Sequence[str]) -> VisionPromptModel:
+    """Build a VisionPromptModel from its recipe, with a new head of one output per class."""
+    adapter = adapter_for(load_vision_backbone(recipe.backbone, recipe.seed))
+    vpt = recipe.vpt
+    n_blocks = len(adapter.blocks)
+    layers = select_layers(vpt.layers, n_blocks) if vpt.deep else [0]
+    prompts = SoftPrompts(len(layers) * vpt.tokens, adapter.dim, dropout=vpt.dropout)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    # VPT's initialisation: uniform, bounded as Xavier for a patch projection.
+    bound = math.sqrt(6.0 / (3 * adapter.patch_area + adapter.dim))
+    nn.init.uniform_(prompts.table, -bound, bound, generator=generator)
+    adapter.reset_head(len(classes), recipe.head.pool)
+    return VisionPromptModel(adapter, prompts, layers, vpt.tokens, classes, recipe.trainable)
