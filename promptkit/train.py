@@ -69,12 +69,8 @@ class Trainer:
         if not model.groups:
             raise TrainingError("nothing to train: set `trainable` (prompts, head, bias, all).")
         self.model, self.recipe, self.config = model, recipe, config
-        self.validation, self.run_dir, self.fingerprint, self.seed = (
-            validation,
-            run_dir,
-            fingerprint,
-            seed,
-        )
+        self.validation, self.run_dir = validation, run_dir
+        self.fingerprint, self.seed = fingerprint, seed
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision=config.mixed_precision,
@@ -104,7 +100,7 @@ class Trainer:
             num_training_steps=total,
         )
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.progress = TrainingState()
+        self.state = TrainingState()
         self._best_state: dict[str, torch.Tensor] | None = None
 
     def _collate(self, items: list[tuple[object, int]]) -> dict[str, torch.Tensor]:
@@ -135,10 +131,10 @@ class Trainer:
             raise
         if self._best_state is not None:
             self._unwrapped.load_state_dict(self._best_state, strict=False)
-        return {"best_epoch": self.progress.best_epoch, self.config.metric: self.progress.best}
+        return {"best_epoch": self.state.best_epoch, self.config.metric: self.state.best}
 
     def _loop(self) -> None:
-        cfg, state = self.config, self.progress
+        cfg, state = self.config, self.state
         with _progress_bar(cfg.progress) as bar:
             task = bar.add_task(
                 "training",
@@ -155,7 +151,7 @@ class Trainer:
         return math.ceil(len(self.train_set) / self.config.batch_size)
 
     def _train_epoch(self, bar: Progress, task: Any) -> None:
-        state = self.progress
+        state = self.state
         generator = torch.Generator().manual_seed(self.seed * 1000 + state.epoch)
         loader = DataLoader(
             self.train_set,
@@ -200,7 +196,7 @@ class Trainer:
 
     def _end_of_epoch(self) -> bool:
         """Evaluate, keep the best, save; True when early stopping says stop."""
-        state, cfg = self.progress, self.config
+        state, cfg = self.state, self.config
         train_loss = state.epoch_loss / max(state.step_in_epoch, 1)
         state.step_in_epoch, state.epoch_loss = 0, 0.0
         metrics = self.evaluate()
@@ -250,7 +246,7 @@ class Trainer:
                 "best_state": self._best_state,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "progress": asdict(self.progress),
+                "progress": asdict(self.state),
                 "rng": _rng_state(),
             },
         )
@@ -265,7 +261,7 @@ class Trainer:
         self._best_state = saved["best_state"]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.progress = TrainingState(**saved["progress"])
+        self.state = TrainingState(**saved["progress"])
         _set_rng_state(saved["rng"])
 
 

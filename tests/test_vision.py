@@ -242,3 +242,19 @@ def test_cli_fit_and_predict_on_image_files(tmp_path):
     evaluated = runner.invoke(app, ["eval", str(tmp_path / "run"), "--data", str(new)])
     assert evaluated.exit_code == 0, evaluated.output
     assert 0 <= json.loads(evaluated.stdout.splitlines()[-1])["accuracy"] <= 1
+
+
+def test_timm_local_checkpoint_file(tmp_path):
+    from safetensors.torch import save_file
+
+    name, kwargs = TIMM_MODELS["vit"]
+    source = timm.create_model(name, **kwargs)
+    save_file(source.state_dict(), str(tmp_path / "vit.safetensors"))
+    backbone = {"name": name, "kwargs": kwargs, "checkpoint": str(tmp_path / "vit.safetensors")}
+    model = build_vision_model(
+        VisionModelConfig.model_validate({"modality": "vision", "backbone": backbone}), ["a", "b"]
+    )
+    torch.testing.assert_close(model.vit.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    missing = {"modality": "vision", "backbone": {"name": name, "checkpoint": "nope.pt"}}
+    with pytest.raises(ConfigError, match="nope.pt: no such file"):
+        build_vision_model(VisionModelConfig.model_validate(missing), ["a"])

@@ -14,6 +14,7 @@ from transformers import ViTForImageClassification
 
 from promptkit.backbone import fingerprint
 from promptkit.config import VisionBackboneConfig, VisionModelConfig
+from promptkit.errors import ConfigError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
@@ -93,12 +94,16 @@ def load_vision_backbone(config: VisionBackboneConfig, seed: int = 13) -> nn.Mod
     torch.manual_seed(seed)
     if source == "transformers":
         return ViTForImageClassification.from_pretrained(config.name)
+    if config.checkpoint and not Path(config.checkpoint).is_file():
+        raise ConfigError(f"backbone.checkpoint {config.checkpoint}: no such file")
     overlay = {"file": config.checkpoint} if config.checkpoint else None
+    # No head: promptkit adds a new one, and timm then skips the checkpoint's classifier.
+    kwargs = {**config.kwargs, "num_classes": 0}
     return timm.create_model(
         config.name,
         pretrained=config.pretrained or bool(overlay),
         pretrained_cfg_overlay=overlay,
-        **config.kwargs,
+        **kwargs,
     )
 
 
