@@ -106,19 +106,27 @@ class PromptTokenizer:
         return encoded
 
     def _trim(self, segments: list[Segment]) -> list[Segment]:
-        """Drop what follows [MASK] for causal LMs and the space before [MASK] (it belongs to
-        the label words, which are tokenised with a leading space when the template has one)."""
+        """Attach each anchor's trailing whitespace to what follows, as tokenizers expect
+        (" the", not " " + "the"): an input gets it as a leading space; before a soft slot or
+        [MASK] it is dropped, since they stand for whole tokens (label words are tokenised
+        with the space the template has before [MASK]). For causal LMs, stop at [MASK]."""
         out: list[Segment] = []
+        space = ""
         for seg in segments:
-            if seg.kind is SegmentKind.MASK:
-                if out and out[-1].kind is SegmentKind.TEXT:
-                    out[-1] = Segment(SegmentKind.TEXT, out[-1].text.rstrip())
-                out.append(seg)
-                if self.causal:
-                    break
-            else:
-                out.append(seg)
-        return [s for s in out if s.kind is not SegmentKind.TEXT or s.text]
+            if seg.kind is SegmentKind.TEXT:
+                text = space + seg.text
+                stripped = text.rstrip()
+                space = text[len(stripped) :]
+                if stripped:
+                    out.append(Segment(SegmentKind.TEXT, stripped))
+                continue
+            if seg.kind is SegmentKind.INPUT:
+                seg = Segment(SegmentKind.INPUT, space + seg.text, seg.name)
+            space = ""
+            out.append(seg)
+            if self.causal and seg.kind is SegmentKind.MASK:
+                break
+        return out
 
     def _cache_anchors(self, rendered: list[list[Segment]]) -> None:
         new = list(

@@ -83,3 +83,40 @@ def test_word_ids_count_across_inputs(masked_tok):
     enc = PromptTokenizer(Template("<a> , <b>"), masked_tok)
     (e,) = enc([{"a": "the movie", "b": "was great"}])
     assert [w for w in e.word_ids if w >= 0] == [0, 1, 2, 3]
+
+
+def byte_level_tokenizer():
+    """A small GPT-2-style byte-level BPE, where spaces belong to the following word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["so the movie was great . It was really good , a fine film"] * 20
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def test_spaces_belong_to_the_next_word():
+    tok = byte_level_tokenizer()
+    enc = PromptTokenizer(Template("[P1] <x> It was [P2] [MASK]."), tok, causal=True)
+    (e,) = enc([{"x": "a fine film"}])
+    pieces = [
+        tok.convert_ids_to_tokens(i) if s < 0 else f"<P{s}>"
+        for i, s in zip(e.input_ids, e.slot_ids, strict=True)
+    ]
+    assert "Ġ" not in pieces  # no token made of a lone space
+    assert pieces[0] == "<P0>" and pieces[1].startswith("Ġa")  # the input after [P1] keeps it
+    assert pieces[-1] == "<P1>" and e.mask_position == len(pieces) - 1
+    plain = tok("a fine film It was", add_special_tokens=False)["input_ids"]
+    assert tok.decode([i for i, s in zip(e.input_ids, e.slot_ids, strict=True) if s < 0]) == (
+        " " + tok.decode(plain)
+    )
