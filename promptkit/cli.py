@@ -37,12 +37,6 @@ _STYLE = {
 }
 
 
-def _template(source: str) -> Template:
-    if catalog.has("templates", source):
-        return Template(catalog.entry("templates", source)["template"], name=source)
-    return Template(source)
-
-
 def _fail(err: Exception) -> typer.Exit:
     err_console.print("error:", style="bold red", end=" ")
     err_console.print(str(err), markup=False, highlight=False, soft_wrap=True)
@@ -178,7 +172,7 @@ def template_check(
 ) -> None:
     """Compile TEMPLATE and show its pieces: anchors, inputs, soft slots, mask."""
     try:
-        compiled = _template(template)
+        compiled = catalog.template(template)
     except PromptkitError as err:
         raise _fail(err) from None
     table = Table("piece", "kind", "detail")
@@ -201,7 +195,7 @@ def template_render(
 ) -> None:
     """Render TEMPLATE over an example; with --model, show the tokens it encodes to."""
     try:
-        compiled = _template(template)
+        compiled = catalog.template(template)
         values = json.loads(example)
         segments = compiled.render(as_examples([values], {}, compiled.inputs)[0])
         if model is None:

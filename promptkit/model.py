@@ -112,10 +112,7 @@ class CheckedRecipe:
 def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     """Compile the template and the verbalizer, and check they fit each other."""
     source = recipe.template
-    if catalog.has("templates", source):
-        template = Template(catalog.entry("templates", source)["template"], name=source)
-    else:
-        template = Template(source)
+    template = catalog.template(source)
     missing_inputs = [s for s in recipe.inputs if s not in template.inputs]
     if missing_inputs:
         raise ConfigError(

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from promptkit.errors import ConfigError
+from promptkit.template import Template
 
 
 def _folder(kind: str) -> Path:
@@ -32,3 +33,10 @@ def entry(kind: str, name: str) -> dict[str, Any]:
 def has(kind: str, name: str) -> bool:
     """Whether the catalog has an entry of that name."""
     return (_folder(kind) / f"{name}.yaml").is_file()
+
+
+def template(source: str) -> Template:
+    """The catalog template of that name, else ``source`` itself, compiled."""
+    if has("templates", source):
+        return Template(entry("templates", source)["template"], name=source)
+    return Template(source)
