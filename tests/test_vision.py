@@ -258,3 +258,14 @@ def test_timm_local_checkpoint_file(tmp_path):
     missing = {"modality": "vision", "backbone": {"name": name, "checkpoint": "nope.pt"}}
     with pytest.raises(ConfigError, match="nope.pt: no such file"):
         build_vision_model(VisionModelConfig.model_validate(missing), ["a"])
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        config = timm_recipe(vpt={"tokens": 4, "deep": True, "dropout": 0.0})
+        model = build_vision_model(config, ["a", "b"]).train()
+        model.vit.set_grad_checkpointing(checkpointing)
+        model(pixels()).sum().backward()
+        grads.append(model.prompts.table.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
