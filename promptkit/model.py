@@ -19,6 +19,7 @@ from promptkit.heads import ClassifierHead, VerbalizerHead
 from promptkit.injection import InputInjector
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
+from promptkit.seeding import seeded
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer
 
@@ -181,37 +182,37 @@ def build_model(
             f"{backbone.name} is loaded as an encoder without an LM head, which "
             "a verbalizer needs: use `head: {type: classifier}` or an LM backbone."
         )
-    prompts = SoftPrompts(
-        template.n_slots,
-        backbone.hidden_size,
-        "none" if collapsed else recipe.prompts.encoder,
-        recipe.prompts.encoder_hidden,
-        recipe.prompts.dropout,
-    )
-    generator = torch.Generator().manual_seed(recipe.seed)
-    prompts.initialise(
-        template.slots,
-        backbone.model.get_input_embeddings().weight,
-        backbone.tokenizer,
-        recipe.prompts.init,
-        generator,
-    )
-    prompts.to(backbone.model.dtype)
-    if checked.verbalizer is not None:
-        head: nn.Module = VerbalizerHead(
-            checked.verbalizer,
-            backbone.tokenizer,
-            template.space_before_mask,
-            recipe.head.multi_token,
-            recipe.head.aggregate,
-        )
-    else:
-        head = ClassifierHead(
+    with seeded(recipe.seed) as generator:  # encoder and head weights are seeded too
+        prompts = SoftPrompts(
+            template.n_slots,
             backbone.hidden_size,
-            list(recipe.head.classes or classes),
-            recipe.head.pool,
-            recipe.head.dropout,
+            "none" if collapsed else recipe.prompts.encoder,
+            recipe.prompts.encoder_hidden,
+            recipe.prompts.dropout,
         )
+        prompts.initialise(
+            template.slots,
+            backbone.model.get_input_embeddings().weight,
+            backbone.tokenizer,
+            recipe.prompts.init,
+            generator,
+        )
+        prompts.to(backbone.model.dtype)
+        if checked.verbalizer is not None:
+            head: nn.Module = VerbalizerHead(
+                checked.verbalizer,
+                backbone.tokenizer,
+                template.space_before_mask,
+                recipe.head.multi_token,
+                recipe.head.aggregate,
+            )
+        else:
+            head = ClassifierHead(
+                backbone.hidden_size,
+                list(recipe.head.classes or classes),
+                recipe.head.pool,
+                recipe.head.dropout,
+            )
     padding = recipe.padding_side
     if padding == "auto":
         padding = "left" if backbone.is_causal else "right"

@@ -187,3 +187,21 @@ def test_init_is_seeded(model_dir):
     c = build_model(recipe(model_dir("bert"), "[P*4] <x> [MASK]", seed=7), backbone=a.backbone)
     torch.testing.assert_close(a.prompts.table, b.prompts.table)
     assert not torch.allclose(a.prompts.table, c.prompts.table)
+
+
+def test_encoder_and_head_weights_are_seeded(model_dir):
+    cfg = recipe(
+        model_dir("bert-encoder"),
+        "[P*3] <x> [MASK]",
+        prompts={"encoder": "lstm"},
+        head={"type": "classifier"},
+        trainable=["prompts", "head"],
+    )
+    first = build_model(cfg, classes=["a", "b"])
+    torch.rand(100)  # whatever the global RNG did in between
+    second = build_model(cfg, classes=["a", "b"], backbone=first.backbone)
+    for (name, a), b in zip(first.named_parameters(), second.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    state = torch.get_rng_state()
+    build_model(cfg, classes=["a", "b"], backbone=first.backbone)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone

@@ -18,6 +18,7 @@ from promptkit.errors import ConfigError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
+from promptkit.seeding import seeded
 from promptkit.vision.data import image_transform
 from promptkit.vision.injection import VisualPromptInjector, ViTAdapter, adapter_for
 
@@ -84,14 +85,12 @@ class VisionPromptModel(PolicyModule):
         return fingerprint(type(self.vit).__name__, weights)
 
 
-def load_vision_backbone(config: VisionBackboneConfig, seed: int = 13) -> nn.Module:
+def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:
     """A timm ViT (by name, published weights or a local checkpoint file) or a transformers
-    ViTForImageClassification (folder or hub id). Random weights are seeded, so a run from a
-    randomly initialised backbone reloads onto the same one."""
+    ViTForImageClassification (folder or hub id)."""
     source = config.source
     if source == "auto":
         source = "transformers" if (Path(config.name) / "config.json").is_file() else "timm"
-    torch.manual_seed(seed)
     if source == "transformers":
         return ViTForImageClassification.from_pretrained(config.name)
     if config.checkpoint and not Path(config.checkpoint).is_file():
@@ -108,15 +107,18 @@ def load_vision_backbone(config: VisionBackboneConfig, seed: int = 13) -> nn.Mod
 
 
 def build_vision_model(recipe: VisionModelConfig, classes: Sequence[str]) -> VisionPromptModel:
-    """Build a VisionPromptModel from its recipe, with a new head of one output per class."""
-    adapter = adapter_for(load_vision_backbone(recipe.backbone, recipe.seed))
+    """Build a VisionPromptModel from its recipe, with a new head of one output per class.
+
+    Random weights (the head, a backbone without pretrained weights) are seeded by the recipe,
+    so a run reloads onto the same model.
+    """
     vpt = recipe.vpt
-    n_blocks = len(adapter.blocks)
-    layers = select_layers(vpt.layers, n_blocks) if vpt.deep else [0]
-    prompts = SoftPrompts(len(layers) * vpt.tokens, adapter.dim, dropout=vpt.dropout)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    # VPT's initialisation: uniform, bounded as Xavier for a patch projection.
-    bound = math.sqrt(6.0 / (3 * adapter.patch_area + adapter.dim))
-    nn.init.uniform_(prompts.table, -bound, bound, generator=generator)
-    adapter.reset_head(len(classes), recipe.head.pool)
+    with seeded(recipe.seed) as generator:
+        adapter = adapter_for(load_vision_backbone(recipe.backbone))
+        layers = select_layers(vpt.layers, len(adapter.blocks)) if vpt.deep else [0]
+        prompts = SoftPrompts(len(layers) * vpt.tokens, adapter.dim, dropout=vpt.dropout)
+        # VPT's initialisation: uniform, bounded as Xavier for a patch projection.
+        bound = math.sqrt(6.0 / (3 * adapter.patch_area + adapter.dim))
+        nn.init.uniform_(prompts.table, -bound, bound, generator=generator)
+        adapter.reset_head(len(classes), recipe.head.pool)
     return VisionPromptModel(adapter, prompts, layers, vpt.tokens, classes, recipe.trainable)
