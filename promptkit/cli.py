@@ -49,13 +49,14 @@ def fit(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
     output: Annotated[Path | None, typer.Option(help="run folder (default: output_dir)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's resume state")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in the folder")] = False,
 ) -> None:
     """Train a prompt as CONFIG says, then evaluate it on the test split."""
     from promptkit.pipeline import fit as run_fit
 
     try:
         cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
-        result = run_fit(cfg, resume=resume)
+        result = run_fit(cfg, resume=resume, overwrite=overwrite)
     except PromptkitError as err:
         raise _fail(err) from None
     except KeyboardInterrupt:

@@ -142,7 +142,10 @@ def _prepare_vision(config: VisionRunConfig) -> tuple[PolicyModule, Splits, str]
 
 
 def fit(
-    config: RunConfig | VisionRunConfig, resume: bool = False, backbone: Backbone | None = None
+    config: RunConfig | VisionRunConfig,
+    resume: bool = False,
+    backbone: Backbone | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train a prompt as the config says, save the run folder, evaluate on the test split.
 
@@ -150,13 +153,14 @@ def fit(
         config: the run config (text or vision).
         resume: continue the run in ``config.output_dir`` from its resume state.
         backbone: for text, ``config.backbone`` already loaded (it is loaded otherwise).
+        overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
     run_dir = Path(config.output_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if (run_dir / RESUME_FILE).exists():
+        if (run_dir / RESUME_FILE).exists() and not overwrite:
             raise ConfigError(
-                f"{run_dir} holds an earlier run: resume it with --resume, or choose another "
-                "--output."
+                f"{run_dir} holds an earlier run: continue it with --resume, replace it with "
+                "--overwrite, or choose another --output."
             )
         shutil.rmtree(run_dir)
     if isinstance(config, VisionRunConfig):

@@ -108,7 +108,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(
         fit(cfg)
     state = read_resume(sentiment_data / "resumed")
     assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 2
-    with pytest.raises(ConfigError, match="resume it with --resume"):
+    with pytest.raises(ConfigError, match="continue it with --resume"):
         fit(cfg)
     resumed = fit(cfg, resume=True)
     a = load_file(str(straight.run_dir / "prompt.safetensors"))
@@ -181,3 +181,13 @@ def test_nothing_to_train_is_an_error(model_dir, sentiment_data):
     cfg = validate_config(run_config(model_dir("bert"), sentiment_data, trainable=[]))
     with pytest.raises(TrainingError, match="nothing to train"):
         fit(cfg)
+
+
+def test_overwrite_replaces_an_earlier_run(model_dir, sentiment_data):
+    cfg = validate_config(run_config(model_dir("bert"), sentiment_data))
+    fit(cfg)
+    (sentiment_data / "run" / "stale.txt").write_text("from the earlier run")
+    with pytest.raises(ConfigError, match="replace it with --overwrite"):
+        fit(cfg)
+    fit(cfg, overwrite=True)
+    assert not (sentiment_data / "run" / "stale.txt").exists()

@@ -51,7 +51,7 @@ def main() -> None:
     zero = evaluate_split(hard, splits.test, config.trainer.eval_batch_size, progress=True)
 
     console.print(f"P-tuning on {len(splits.train)} examples ...")
-    trained = promptkit.fit(config, backbone=backbone)
+    trained = promptkit.fit(config, backbone=backbone, overwrite=True)
 
     rows = [
         ("zero-shot, hard prompt", ZERO_SHOT_TEMPLATE, zero["accuracy"], 0, 0),

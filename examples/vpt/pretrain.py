@@ -36,7 +36,7 @@ def pretrain(checkpoint: Path = CHECKPOINT) -> Path:
         return checkpoint
     ensure_fashion_mnist()
     config = promptkit.load_config(HERE / "pretrain.yaml")
-    result = promptkit.fit(config)
+    result = promptkit.fit(config, overwrite=True)
     print(f"classes 0-4 test accuracy: {result.test['accuracy']:.3f}")
     state = {k: v.contiguous() for k, v in result.predictor.model.vit.state_dict().items()}
     atomic_write(checkpoint, lambda path: save_file(state, str(path)))

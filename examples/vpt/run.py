@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     for recipe, title in RECIPES.items():
         config = promptkit.load_config(HERE / f"{recipe}.yaml", args.overrides)
-        result = promptkit.fit(config)
+        result = promptkit.fit(config, overwrite=True)
         total = sum(p.numel() for p in result.predictor.model.parameters())
         rows.append(
             {
