@@ -23,6 +23,16 @@ Group = Literal["prompts", "head", "bias", "all"]
 DEFAULT_LR: dict[str, float] = {"prompts": 1e-2, "head": 1e-3, "bias": 1e-3, "all": 2e-5}
 
 
+def _absolute_if_local(value: str | None) -> str | None:
+    """A local path as an absolute one, so a saved run loads from anywhere; else unchanged."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
+def _recipe_of(config: BaseModel, schema: type[BaseModel]) -> Any:
+    """The fields of ``config`` that ``schema`` (a recipe) has, validated as one."""
+    return schema.model_validate(config.model_dump(include=set(schema.model_fields)))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,11 +44,7 @@ class BackboneConfig(_Strict):
     kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
-    @field_validator("name")
-    @classmethod
-    def _absolute_if_local(cls, value: str) -> str:
-        # A local folder is saved as an absolute path, so the run loads from anywhere.
-        return str(Path(value).resolve()) if Path(value).exists() else value
+    _absolute_name = field_validator("name")(_absolute_if_local)
 
 
 class PromptsConfig(_Strict):
@@ -134,7 +140,7 @@ class RunConfig(ModelConfig):
 
     def recipe(self) -> ModelConfig:
         """The part of the config that is saved with the trained prompt."""
-        return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
+        return _recipe_of(self, ModelConfig)
 
 
 class VisionBackboneConfig(_Strict):
@@ -148,10 +154,7 @@ class VisionBackboneConfig(_Strict):
     checkpoint: str | None = Field(None, description="timm: a local weights file to load")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
 
-    @field_validator("name", "checkpoint")
-    @classmethod
-    def _absolute_if_local(cls, value: str | None) -> str | None:
-        return str(Path(value).resolve()) if value and Path(value).exists() else value
+    _absolute_paths = field_validator("name", "checkpoint")(_absolute_if_local)
 
 
 class VPTConfig(_Strict):
@@ -206,8 +209,7 @@ class VisionRunConfig(VisionModelConfig):
 
     def recipe(self) -> VisionModelConfig:
         """The part of the config that is saved with the trained prompt."""
-        fields = set(VisionModelConfig.model_fields)
-        return VisionModelConfig.model_validate(self.model_dump(include=fields))
+        return _recipe_of(self, VisionModelConfig)
 
 
 def recipe_from_dict(data: dict[str, Any]) -> ModelConfig | VisionModelConfig:

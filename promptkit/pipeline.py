@@ -114,14 +114,15 @@ def evaluate_split(
 
 
 def _prepare_text(config: RunConfig, backbone: Backbone | None) -> tuple[PolicyModule, Splits, str]:
-    checked = check_recipe(config.recipe())  # before any model is loaded
+    recipe = config.recipe()
+    checked = check_recipe(recipe)  # before any model is loaded
     classes = checked.verbalizer.classes if checked.verbalizer else config.head.classes
     splits, classes = load_splits(config, classes, checked.template.inputs)
     backbone = backbone or load_backbone(
         config.backbone.name, config.backbone.kind, config.backbone.dtype
     )
     fingerprint = backbone.fingerprint()
-    return build_model(config.recipe(), classes, backbone), splits, fingerprint
+    return build_model(recipe, classes, backbone), splits, fingerprint
 
 
 def _prepare_vision(config: VisionRunConfig) -> tuple[PolicyModule, Splits, str]:

@@ -82,20 +82,19 @@ class SoftPrompts(nn.Module):
         """How many rows the table has."""
         return self.table.shape[0]
 
+    def _vectors(self) -> torch.Tensor:
+        if self.encoder is None:
+            return self.table
+        return self.table + self.encoder(self.table)
+
     def forward(self) -> torch.Tensor:
         """The vectors of all slots, ``[n_slots, dim]``."""
-        table = self.table
-        if self.encoder is not None:
-            table = table + self.encoder(table)
-        return self.dropout(table)
+        return self.dropout(self._vectors())
 
     @torch.no_grad()
     def collapse(self) -> torch.Tensor:
         """The vectors as a plain table (encoder applied, no dropout), for saving."""
-        table = self.table
-        if self.encoder is not None:
-            table = table + self.encoder(table)
-        return table.detach().clone()
+        return self._vectors().detach().clone()
 
     @torch.no_grad()
     def initialise(
