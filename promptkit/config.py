@@ -48,25 +48,38 @@ class BackboneConfig(_Strict):
 
 
 class PromptsConfig(_Strict):
-    """How the soft slots are initialised and parameterised."""
+    """Where the soft slots go, and how they are initialised and parameterised."""
 
+    placement: Literal["input", "prefix", "deep"] = Field(
+        "input",
+        description="input: input embeddings (prompt tuning, P-tuning v1); prefix: keys and "
+        "values of every selected layer, no positions (prefix tuning, P-tuning v2); deep: "
+        "input positions whose hidden states each selected layer replaces",
+    )
+    layers: str = Field("all", description="prefix / deep: all | first:K | last:K | A-B")
     init: InitKind = Field("vocab", description="default init of slots that name none")
-    encoder: EncoderKind = Field("none", description="none | mlp | lstm (P-tuning v1)")
+    encoder: EncoderKind = Field(
+        "none", description="none | mlp (prefix: prefix tuning's reparameterisation) | lstm"
+    )
     encoder_hidden: int | None = None
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1, description="on the vectors (prefix dropout)")
 
 
 class HeadConfig(_Strict):
     """What turns the backbone's output into labels."""
 
-    type: Literal["verbalizer", "classifier"] = "verbalizer"
+    type: Literal["verbalizer", "classifier", "token"] = Field(
+        "verbalizer", description="verbalizer (cloze) | classifier | token (sequence labelling)"
+    )
     verbalizer: str | dict[str, list[str] | str] | None = Field(
         None, description="catalog name, YAML path or {class: [words]}"
     )
     multi_token: MultiToken = "mean"
     aggregate: Aggregate = "mean"
     pool: Pool = "cls"
-    classes: list[str] | None = Field(None, description="classifier labels (default: from data)")
+    classes: list[str] | None = Field(
+        None, description="classifier labels or tags (default: from data)"
+    )
     dropout: float = 0.1
 
 
@@ -122,7 +135,9 @@ class TrainerConfig(_Strict):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float | None = 1.0
     patience: int | None = Field(None, gt=0, description="epochs without improvement")
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "f1", "precision", "recall"] | None = Field(
+        None, description="picks the best epoch; default accuracy, entity f1 for tagging"
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     progress: bool = True
 

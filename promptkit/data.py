@@ -14,6 +14,7 @@ from sklearn.model_selection import train_test_split
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import DataError
 
+_CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
 _FILE_BUILDERS = {
     ".csv": "csv",
     ".tsv": "csv",
@@ -23,12 +24,17 @@ _FILE_BUILDERS = {
 }
 
 
+Label = int | list[int]  # a class index, or one tag index per word (sequence labelling)
+IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
+
+
 @dataclass
 class Split:
-    """Examples of one split, ready for the template, with label indices (-1 if unlabelled)."""
+    """Examples of one split, ready for the template, with their labels: a class index each,
+    or a list of tag indices (one per word) for sequence labelling."""
 
     examples: list[dict[str, Any]]
-    labels: list[int]
+    labels: list[Label]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -42,18 +48,56 @@ def read_rows(spec: str, dataset: str | None = None, subset: str | None = None) 
     """Rows of a split: ``spec`` names a split of the hub data set ``dataset``, or a local
     csv / tsv / json / jsonl / parquet file."""
     if dataset:
-        return datasets.load_dataset(dataset, subset, split=spec).to_list()
+        return _tag_names(datasets.load_dataset(dataset, subset, split=spec)).to_list()
     path = Path(spec)
-    builder = _FILE_BUILDERS.get(path.suffix.lower())
-    if builder is None:
+    suffix = path.suffix.lower()
+    builder = _FILE_BUILDERS.get(suffix)
+    if builder is None and suffix not in _CONLL_SUFFIXES:
         raise DataError(
-            f"{spec}: unknown file type; use one of {', '.join(_FILE_BUILDERS)}, or "
-            "set data.dataset to read hub splits."
+            f"{spec}: unknown file type; use one of "
+            f"{', '.join([*_FILE_BUILDERS, *_CONLL_SUFFIXES])}, or set data.dataset to read "
+            "hub splits."
         )
     if not path.is_file():
         raise DataError(f"{spec}: no such file")
+    if builder is None:
+        return read_conll(path)
     extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     return datasets.load_dataset(builder, data_files=str(path), split="train", **extra).to_list()
+
+
+def _tag_names(data: datasets.Dataset) -> datasets.Dataset:
+    """Sequences of class labels (e.g. ``ner_tags``) as their names, not their indices."""
+    for column, feature in data.features.items():
+        inner = getattr(feature, "feature", None)
+        if isinstance(inner, datasets.ClassLabel):
+            data = data.map(
+                lambda row, c=column, f=inner: {c: f.int2str(row[c])},
+                features=datasets.Features(
+                    {**data.features, column: datasets.List(datasets.Value("string"))}
+                ),
+            )
+    return data
+
+
+def read_conll(path: str | Path) -> list[dict[str, list[str]]]:
+    """A CoNLL-style file: ``token<TAB>tag`` per line (the tag in the last column), a blank
+    line between sentences. Rows have ``tokens`` and ``ner_tags``."""
+    rows, tokens, tags = [], [], []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            if tokens:
+                rows.append({"tokens": tokens, "ner_tags": tags})
+            tokens, tags = [], []
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 2:
+            raise DataError(f"{path}:{number}: expected `token<TAB>tag`, got {line!r}")
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        rows.append({"tokens": tokens, "ner_tags": tags})
+    return rows
 
 
 def as_examples(
@@ -82,11 +126,23 @@ def mapped_labels(
     label_column: str = "label",
     label_map: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Each row's label as a class name (through ``label_map`` where it has the raw value)."""
+    """Each row's label as a class name (through ``label_map`` where it has the raw value);
+    for sequence labelling, the flat list of every row's tags."""
     if rows and label_column not in rows[0]:
         raise DataError(f"the data has no label column {label_column!r}: set data.label_column.")
+    return [name for row in rows for name in _names(row[label_column], label_map)]
+
+
+def _names(raw: Any, label_map: Mapping[str, str] | None) -> list[str]:
     mapping = label_map or {}
-    return [mapping.get(str(r[label_column]), str(r[label_column])) for r in rows]
+    values = raw if isinstance(raw, list) else [raw]
+    return [mapping.get(str(v), str(v)) for v in values]
+
+
+def tag_classes(names: Sequence[str]) -> list[str]:
+    """Tag names in a stable order, the outside tag "O" first (words the model cannot see,
+    cut by max_length, are predicted as the first class)."""
+    return sorted(set(names), key=lambda n: (n != "O", n))
 
 
 def label_indices(
@@ -95,28 +151,41 @@ def label_indices(
     label_column: str = "label",
     label_map: Mapping[str, str] | None = None,
 ) -> list[int]:
-    """Each row's class index; labels outside the classes are an error naming them."""
+    """Each row's class index (a list of tag indices where the label is a list of tags);
+    labels outside the classes are an error naming them."""
     index = {c: i for i, c in enumerate(classes)}
-    names = mapped_labels(rows, label_column, label_map)
-    unknown = sorted(set(names) - set(index))
+    unknown = sorted(set(mapped_labels(rows, label_column, label_map)) - set(index))
     if unknown:
         raise DataError(
             f"labels {unknown} in the data are not among the classes {list(classes)}: add them "
             f"to the verbalizer, or map them with `data.label_map: {{{unknown[0]!r}: CLASS}}`."
         )
-    return [index[n] for n in names]
+    labels: list[Label] = []
+    for row in rows:
+        indices = [index[n] for n in _names(row[label_column], label_map)]
+        labels.append(indices if isinstance(row[label_column], list) else indices[0])
+    return labels
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Split off ``fraction`` of the examples, keeping the label proportions (seeded)."""
+    """Split off ``fraction`` of the examples, keeping the label proportions (seeded; tag
+    sequences are split at random)."""
+    sequences = bool(split.labels) and isinstance(split.labels[0], list)
     keep, held = train_test_split(
-        list(range(len(split))), test_size=fraction, random_state=seed, stratify=split.labels
+        list(range(len(split))),
+        test_size=fraction,
+        random_state=seed,
+        stratify=None if sequences else split.labels,
     )
     return split.subset(sorted(keep)), split.subset(sorted(held))
 
 
 def few_shot(split: Split, k: int, seed: int) -> Split:
-    """k examples per class, drawn with a seeded generator (all of a class that has fewer)."""
+    """k examples per class, drawn with a seeded generator (all of a class that has fewer);
+    for sequence labelling, k sentences."""
+    if split.labels and isinstance(split.labels[0], list):
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+        return split.subset(sorted(order[:k].tolist()))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split), generator=generator).tolist()
     taken: dict[int, int] = {}
@@ -133,9 +202,13 @@ def collate(
     encoded: Sequence[EncodedPrompt],
     pad_id: int,
     padding_side: str = "right",
-    labels: Sequence[int] | None = None,
+    labels: Sequence[Label] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest sequence (left or right) into tensors."""
+    """Pad a batch to its longest sequence (left or right) into tensors.
+
+    ``word_starts`` ``[B, W]`` is the position of each input word's first token (-1 where
+    there is none); tag-sequence labels are padded to W with ``IGNORED``, which also marks
+    words that have no token."""
     width = max(len(e.input_ids) for e in encoded)
     batch: dict[str, list] = {
         "input_ids": [],
@@ -157,19 +230,42 @@ def collate(
         batch["attention_mask"].append(padded([1] * len(e.input_ids), 0))
         batch["mask_positions"].append(e.mask_position + left if e.mask_position >= 0 else 0)
     tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    tensors["word_starts"] = _word_starts(tensors["word_ids"], labels)
     if labels is not None:
-        tensors["labels"] = torch.tensor(list(labels), dtype=torch.long)
+        tensors["labels"] = _label_tensor(labels, tensors["word_starts"])
     return tensors
+
+
+def _word_starts(word_ids: torch.Tensor, labels: Sequence[Label] | None) -> torch.Tensor:
+    n_words = max(int(word_ids.max()) + 1, 0)
+    if labels and isinstance(labels[0], list):
+        n_words = max(n_words, max(len(tags) for tags in labels))
+    batch, length = word_ids.shape
+    # Each word's smallest position; tokens outside words go to an extra column, dropped.
+    column = torch.where(word_ids >= 0, word_ids, n_words)
+    positions = torch.arange(length).expand(batch, -1)
+    starts = torch.full((batch, n_words + 1), length, dtype=torch.long)
+    starts = starts.scatter_reduce(1, column, positions, "amin")[:, :n_words]
+    return starts.masked_fill(starts == length, -1)
+
+
+def _label_tensor(labels: Sequence[Label], word_starts: torch.Tensor) -> torch.Tensor:
+    if not isinstance(labels[0], list):
+        return torch.tensor(list(labels), dtype=torch.long)
+    out = torch.full(word_starts.shape, IGNORED, dtype=torch.long)
+    for row, tags in enumerate(labels):
+        out[row, : len(tags)] = torch.tensor(tags, dtype=torch.long)
+    return out.masked_fill(word_starts < 0, IGNORED)
 
 
 class EncodedDataset(torch.utils.data.Dataset):
     """Encoded examples with their labels, for a DataLoader with ``collate``."""
 
-    def __init__(self, encoded: list[EncodedPrompt], labels: list[int]) -> None:
+    def __init__(self, encoded: list[EncodedPrompt], labels: list[Label]) -> None:
         self.encoded, self.labels = encoded, labels
 
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __getitem__(self, i: int) -> tuple[EncodedPrompt, int]:
+    def __getitem__(self, i: int) -> tuple[EncodedPrompt, Label]:
         return self.encoded[i], self.labels[i]

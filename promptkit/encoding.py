@@ -62,6 +62,11 @@ class PromptTokenizer:
         causal: read the answer as a causal LM does: the sequence ends at [MASK] and the
             answer is the next-token prediction of the last token before it (anything after
             [MASK] cannot influence that prediction, so it is not fed).
+        soft_positions: soft slots are sequence positions; False for key/value prefixes,
+            which take none.
+
+    An input given as a list of words (e.g. NER tokens) is tokenised word by word, each with
+    a leading space, so word ids follow the given words, not the tokenizer's own splitting.
     """
 
     def __init__(
@@ -70,8 +75,10 @@ class PromptTokenizer:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 256,
         causal: bool = False,
+        soft_positions: bool = True,
     ) -> None:
         self.template = template
+        self.soft_positions = soft_positions
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.causal = causal
@@ -91,19 +98,39 @@ class PromptTokenizer:
     def __call__(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
         """Encode a batch of examples (tokenising all their pieces in one call)."""
         rendered = [self._trim(self.template.render(ex)) for ex in examples]
-        inputs = [s.text for segs in rendered for s in segs if s.kind is SegmentKind.INPUT]
-        input_encoding = self.tokenizer(inputs, add_special_tokens=False) if inputs else None
+        pieces = iter(self._encode_inputs([s for segs in rendered for s in segs]))
         self._cache_anchors(rendered)
-        encoded, cursor = [], 0
-        for segments in rendered:
-            n_inputs = sum(s.kind is SegmentKind.INPUT for s in segments)
-            pieces = [
-                (input_encoding["input_ids"][cursor + i], _word_ids(input_encoding, cursor + i))
-                for i in range(n_inputs)
-            ]
-            cursor += n_inputs
-            encoded.append(self._assemble(segments, pieces))
-        return encoded
+        return [
+            self._assemble(
+                segments,
+                [next(pieces) for s in segments if s.kind is SegmentKind.INPUT],
+            )
+            for segments in rendered
+        ]
+
+    def _encode_inputs(self, segments: list[Segment]) -> list[tuple[list[int], list[int]]]:
+        """Token ids and word ids of every input segment, in order, in two batched calls."""
+        inputs = [s for s in segments if s.kind is SegmentKind.INPUT]
+        texts = [s.text for s in inputs if s.words is None]
+        words = [" " + w for s in inputs if s.words is not None for w in s.words]
+        text_encoding = self.tokenizer(texts, add_special_tokens=False) if texts else None
+        word_tokens = iter(
+            self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        )
+        out, n_texts = [], 0
+        for segment in inputs:
+            if segment.words is None:
+                ids = text_encoding["input_ids"][n_texts]
+                out.append((ids, _word_ids(text_encoding, n_texts)))
+                n_texts += 1
+                continue
+            ids, word_ids = [], []
+            for index in range(len(segment.words)):
+                tokens = next(word_tokens) or [self.placeholder_id]  # a word no token covers
+                ids += tokens
+                word_ids += [index] * len(tokens)
+            out.append((ids, word_ids))
+        return out
 
     def _trim(self, segments: list[Segment]) -> list[Segment]:
         """Attach each anchor's trailing whitespace to what follows, as tokenizers expect
@@ -121,7 +148,7 @@ class PromptTokenizer:
                     out.append(Segment(SegmentKind.TEXT, stripped))
                 continue
             if seg.kind is SegmentKind.INPUT:
-                seg = Segment(SegmentKind.INPUT, space + seg.text, seg.name)
+                seg = Segment(SegmentKind.INPUT, space + seg.text, seg.name, words=seg.words)
             space = ""
             out.append(seg)
             if self.causal and seg.kind is SegmentKind.MASK:
@@ -146,7 +173,7 @@ class PromptTokenizer:
         if seg.kind is SegmentKind.TEXT:
             return self._anchor_cache[seg.text], -1
         if seg.kind is SegmentKind.SOFT:
-            return [self.placeholder_id], seg.slot
+            return ([self.placeholder_id] if self.soft_positions else []), seg.slot
         return ([] if self.causal else [self.tokenizer.mask_token_id]), -1
 
     def _assemble(

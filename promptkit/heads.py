@@ -2,6 +2,8 @@
 
 - ``VerbalizerHead``: label words scored from the LM's prediction at [MASK] (cloze).
 - ``ClassifierHead``: a linear layer on a pooled hidden state ([CLS], mean, [MASK], last).
+- ``TokenClassifierHead``: a linear layer on the first sub-token of every input word
+  (sequence labelling, e.g. BIO tags).
 """
 
 from __future__ import annotations
@@ -103,3 +105,37 @@ class ClassifierHead(nn.Module):
             return hidden[rows, last_real]
         weights = attention.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class TokenClassifierHead(nn.Module):
+    """Labels every input word from the hidden state of its first sub-token.
+
+    Only word starts are read, so soft-slot positions, anchors and special tokens never reach
+    the head and labels align whatever the template. A word cut off by ``max_length`` has no
+    start: its logits are zero, so it is predicted as the first class (put "O" first).
+
+    Args:
+        hidden_size: the backbone's hidden size.
+        classes: the tags, in order.
+        dropout: dropout before the linear layer.
+    """
+
+    def __init__(self, hidden_size: int, classes: list[str], dropout: float = 0.1) -> None:
+        super().__init__()
+        self.classes = list(classes)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, len(classes))
+
+    def forward(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Tag logits ``[B, W, C]`` for the W words of the longest example."""
+        hidden = model.base_model(**inputs).last_hidden_state
+        starts = batch["word_starts"]
+        present = (starts >= 0).unsqueeze(-1)
+        words = hidden.gather(1, starts.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = self.linear(self.dropout(words).to(self.linear.weight.dtype))
+        return logits * present

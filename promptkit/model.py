@@ -15,13 +15,17 @@ from promptkit.config import ModelConfig
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, TemplateError
-from promptkit.heads import ClassifierHead, VerbalizerHead
-from promptkit.injection import InputInjector
+from promptkit.heads import ClassifierHead, TokenClassifierHead, VerbalizerHead
+from promptkit.injection import DeepInjector, InputInjector, PrefixInjector, n_layers
+from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.seeding import seeded
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer
+
+
+Injector = InputInjector | PrefixInjector | DeepInjector
 
 
 class PromptModel(PolicyModule):
@@ -31,7 +35,8 @@ class PromptModel(PolicyModule):
         backbone: the pretrained model and tokenizer.
         template: the compiled template.
         prompts: the soft-slot vectors.
-        head: a ``VerbalizerHead`` or ``ClassifierHead``.
+        injector: puts them into the backbone (input, prefix or deep).
+        head: a ``VerbalizerHead``, ``ClassifierHead`` or ``TokenClassifierHead``.
         trainable: the policy, any of "prompts", "head", "bias", "all".
         max_length: longest encoded sequence.
         padding_side: "left" or "right".
@@ -43,6 +48,7 @@ class PromptModel(PolicyModule):
         backbone: Backbone,
         template: Template,
         prompts: SoftPrompts,
+        injector: Injector,
         head: nn.Module,
         trainable: Sequence[str],
         max_length: int = 256,
@@ -57,9 +63,9 @@ class PromptModel(PolicyModule):
         self.template = template
         self.padding_side = padding_side
         self.inputs = dict(inputs or {})
-        self.injector = InputInjector(backbone.model)
+        self.injector = injector
         self.tokenizer = PromptTokenizer(
-            template, backbone.tokenizer, max_length, backbone.is_causal
+            template, backbone.tokenizer, max_length, backbone.is_causal, injector.soft_positions
         )
         self.groups = parameter_groups(prompts, head, backbone.model, trainable)
 
@@ -69,8 +75,8 @@ class PromptModel(PolicyModule):
         return self.head.classes
 
     def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Bind user inputs: a string fills the template's only input slot; a mapping is a data
-        row (columns mapped to slots as in training)."""
+        """Bind user inputs: a string fills the template's only input slot (split into words
+        for a token head); a mapping is a data row (columns mapped to slots as in training)."""
         slots = self.template.inputs
         rows = []
         for item in items:
@@ -79,7 +85,8 @@ class PromptModel(PolicyModule):
                     raise ConfigError(
                         f"the template has inputs {list(slots)}: pass mappings, not strings."
                     )
-                item = {self.inputs.get(slots[0], slots[0]): item}
+                words = item.split() if isinstance(self.head, TokenClassifierHead) else item
+                item = {self.inputs.get(slots[0], slots[0]): words}
             rows.append(dict(item))
         return as_examples(rows, self.inputs, slots)
 
@@ -95,7 +102,7 @@ class PromptModel(PolicyModule):
         return collate(encoded, 0 if pad_id is None else pad_id, self.padding_side, labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits ``[B, C]`` for a collated batch."""
+        """Class logits ``[B, C]`` (``[B, W, C]`` per word for a token head) for a batch."""
         inputs = self.injector(
             batch["input_ids"], batch["slot_ids"], batch["attention_mask"], self.prompts()
         )
@@ -120,6 +127,7 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
             f"inputs maps {missing_inputs} but the template has no such input "
             f"slot (it has {['<' + i + '>' for i in template.inputs]})."
         )
+    _check_placement(recipe, template)
     if recipe.head.type != "verbalizer":
         return CheckedRecipe(template, None)
     if not template.has_mask:
@@ -136,6 +144,23 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
             f"answer there: add [MASK] (e.g. '<x> It was [MASK].').{hint}"
         )
     return CheckedRecipe(template, _verbalizer(recipe.head.verbalizer))
+
+
+def _check_placement(recipe: ModelConfig, template: Template) -> None:
+    prompts = recipe.prompts
+    if prompts.placement != "prefix":
+        return
+    if prompts.encoder == "lstm":
+        raise ConfigError(
+            "prompts.encoder: lstm runs over input positions, which prefixes do not have: use "
+            "mlp (prefix tuning's reparameterisation) or none (P-tuning v2)."
+        )
+    named = [s.name for s in template.slots if s.init and not s.init.startswith("@")]
+    if named and prompts.encoder == "none":
+        raise ConfigError(
+            f"soft slot [{named[0]}] starts from words, but a prefix without an encoder holds "
+            "keys and values, not embeddings: use `prompts.encoder: mlp`, or drop the words."
+        )
 
 
 def _verbalizer(spec: str | dict | None) -> Verbalizer:
@@ -182,37 +207,10 @@ def build_model(
             f"{backbone.name} is loaded as an encoder without an LM head, which "
             "a verbalizer needs: use `head: {type: classifier}` or an LM backbone."
         )
+    injector = _injector(recipe.prompts.placement, recipe.prompts.layers, backbone.model)
     with seeded(recipe.seed) as generator:  # encoder and head weights are seeded too
-        prompts = SoftPrompts(
-            template.n_slots,
-            backbone.hidden_size,
-            "none" if collapsed else recipe.prompts.encoder,
-            recipe.prompts.encoder_hidden,
-            recipe.prompts.dropout,
-        )
-        prompts.initialise(
-            template.slots,
-            backbone.model.get_input_embeddings().weight,
-            backbone.tokenizer,
-            recipe.prompts.init,
-            generator,
-        )
-        prompts.to(backbone.model.dtype)
-        if checked.verbalizer is not None:
-            head: nn.Module = VerbalizerHead(
-                checked.verbalizer,
-                backbone.tokenizer,
-                template.space_before_mask,
-                recipe.head.multi_token,
-                recipe.head.aggregate,
-            )
-        else:
-            head = ClassifierHead(
-                backbone.hidden_size,
-                list(recipe.head.classes or classes),
-                recipe.head.pool,
-                recipe.head.dropout,
-            )
+        prompts = _soft_prompts(recipe, template, backbone, injector.width, collapsed, generator)
+        head = _head(recipe, checked.verbalizer, backbone, template, classes)
     padding = recipe.padding_side
     if padding == "auto":
         padding = "left" if backbone.is_causal else "right"
@@ -220,9 +218,71 @@ def build_model(
         backbone,
         template,
         prompts,
+        injector,
         head,
         recipe.trainable,
         recipe.max_length,
         padding,
         recipe.inputs,
     )
+
+
+def _injector(placement: str, layers: str, model: nn.Module) -> Injector:
+    if placement == "input":
+        return InputInjector(model)
+    selected = select_layers(layers, n_layers(model))
+    return (
+        PrefixInjector(model, selected) if placement == "prefix" else DeepInjector(model, selected)
+    )
+
+
+def _soft_prompts(
+    recipe: ModelConfig,
+    template: Template,
+    backbone: Backbone,
+    width: int,
+    collapsed: bool,
+    generator: torch.Generator,
+) -> SoftPrompts:
+    """The prompt table (and encoder), initialised. Prefix rows hold keys and values: without
+    an encoder they start normal(0, 1) as in P-tuning v2; with one (prefix tuning) the table
+    is embedding-sized and initialised like input prompts, and the MLP widens it."""
+    config = recipe.prompts
+    prefix = config.placement == "prefix"
+    projected = prefix and config.encoder == "mlp" and not collapsed
+    prompts = SoftPrompts(
+        template.n_slots,
+        width,
+        "none" if collapsed else config.encoder,
+        config.encoder_hidden,
+        config.dropout,
+        table_dim=backbone.hidden_size if projected else None,
+    )
+    if prefix and not projected:
+        prompts.table.data.normal_(generator=generator)
+    else:
+        embeddings = backbone.model.get_input_embeddings().weight
+        prompts.initialise(template.slots, embeddings, backbone.tokenizer, config.init, generator)
+    return prompts.to(backbone.model.dtype)
+
+
+def _head(
+    recipe: ModelConfig,
+    verbalizer: Verbalizer | None,
+    backbone: Backbone,
+    template: Template,
+    classes: Sequence[str] | None,
+) -> nn.Module:
+    config = recipe.head
+    if verbalizer is not None:
+        return VerbalizerHead(
+            verbalizer,
+            backbone.tokenizer,
+            template.space_before_mask,
+            config.multi_token,
+            config.aggregate,
+        )
+    labels = list(config.classes or classes)
+    if config.type == "token":
+        return TokenClassifierHead(backbone.hidden_size, labels, config.dropout)
+    return ClassifierHead(backbone.hidden_size, labels, config.pool, config.dropout)

@@ -20,9 +20,10 @@ from promptkit.data import (
     mapped_labels,
     read_rows,
     stratified_split,
+    tag_classes,
 )
 from promptkit.errors import ConfigError
-from promptkit.inference import classification_metrics, predict_logits
+from promptkit.inference import metrics, predict_logits
 from promptkit.model import build_model, check_recipe
 from promptkit.policy import PolicyModule
 from promptkit.run import RESUME_FILE, Predictor, append_metrics
@@ -91,9 +92,8 @@ def load_splits(
     """Read, label, split and sample text data; returns the splits and the class names."""
     data = config.data
     rows = read_splits(data, lambda spec: read_rows(spec, data.dataset, data.subset))
-    classes = classes or sorted(
-        set(mapped_labels(rows["train"], data.label_column, data.label_map))
-    )
+    names = mapped_labels(rows["train"], data.label_column, data.label_map)
+    classes = classes or (tag_classes(names) if config.head.type == "token" else sorted(set(names)))
     splits = build_splits(
         rows,
         data,
@@ -108,9 +108,10 @@ def load_splits(
 def evaluate_split(
     model: PolicyModule, split: Split, batch_size: int = 64, progress: bool = False
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 of the model on a labelled split."""
+    """The model's metrics on a labelled split (accuracy and macro-F1, or entity-level
+    precision, recall and F1 for sequence labelling)."""
     logits = predict_logits(model, model.encode(split.examples), batch_size, progress=progress)
-    return classification_metrics(logits, split.labels)
+    return metrics(logits, split.labels, model.classes)
 
 
 def _prepare_text(config: RunConfig, backbone: Backbone | None) -> tuple[PolicyModule, Splits, str]:

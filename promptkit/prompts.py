@@ -3,8 +3,10 @@
 The table is initialised per slot (random, sampled vocabulary, or the embeddings of words)
 and may be produced by a prompt encoder: an MLP, or a bidirectional LSTM followed by an MLP as
 in P-tuning v1. Encoders are residual with a zero-initialised output layer, so training starts
-exactly at the initialisation the template asked for. ``collapse()`` turns any of them into
-the plain table that is saved.
+exactly at the initialisation the template asked for. A table narrower than the vectors is
+projected by its MLP instead (prefix tuning's reparameterisation: one embedding-sized row per
+prefix position, widened to every layer's keys and values). ``collapse()`` turns any of them
+into the plain table that is saved.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ EncoderKind = Literal["none", "mlp", "lstm"]
 
 
 class _MLP(nn.Module):
-    def __init__(self, dim_in: int, hidden: int, dim_out: int) -> None:
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, zero_output: bool = True) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.Tanh(), nn.Linear(hidden, dim_out))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if zero_output:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,10 +54,13 @@ class SoftPrompts(nn.Module):
 
     Args:
         n_slots: number of rows.
-        dim: vector size (the backbone's hidden size for input-level prompts).
+        dim: vector size (the hidden size for input-level prompts; every selected layer's
+            keys and values for prefixes).
         encoder: "none", "mlp" or "lstm" (P-tuning v1).
-        encoder_hidden: hidden size of the encoder (default: ``dim``).
-        dropout: dropout on the produced vectors while training.
+        encoder_hidden: hidden size of the encoder (default: the table's width).
+        dropout: dropout on the produced vectors while training (prefix dropout).
+        table_dim: width of the table (default ``dim``); narrower takes an "mlp" encoder that
+            projects each row to ``dim``.
     """
 
     def __init__(
@@ -64,15 +70,20 @@ class SoftPrompts(nn.Module):
         encoder: EncoderKind = "none",
         encoder_hidden: int | None = None,
         dropout: float = 0.0,
+        table_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.table = nn.Parameter(torch.zeros(n_slots, dim))
-        hidden = encoder_hidden or dim
+        table_dim = table_dim or dim
+        self.projected = table_dim != dim
+        if self.projected and encoder != "mlp":
+            raise ValueError(f"a {table_dim}-wide table needs an mlp encoder to reach {dim}")
+        self.table = nn.Parameter(torch.zeros(n_slots, table_dim))
+        hidden = encoder_hidden or table_dim
         if n_slots == 0:
             encoder = "none"
         self.encoder: nn.Module | None = {
             "none": lambda: None,
-            "mlp": lambda: _MLP(dim, hidden, dim),
+            "mlp": lambda: _MLP(table_dim, hidden, dim, zero_output=not self.projected),
             "lstm": lambda: _LSTMEncoder(dim, hidden),
         }[encoder]()
         self.dropout = nn.Dropout(dropout)
@@ -85,6 +96,8 @@ class SoftPrompts(nn.Module):
     def _vectors(self) -> torch.Tensor:
         if self.encoder is None:
             return self.table
+        if self.projected:
+            return self.encoder(self.table)
         return self.table + self.encoder(self.table)
 
     def forward(self) -> torch.Tensor:
@@ -105,7 +118,7 @@ class SoftPrompts(nn.Module):
         default: InitKind = "vocab",
         generator: torch.Generator | None = None,
     ) -> None:
-        """Set each row from its slot's initialisation.
+        """Set each row from its slot's initialisation (repeated across layers for deep rows).
 
         Args:
             slots: the template's soft slots, in row order.
@@ -129,7 +142,8 @@ class SoftPrompts(nn.Module):
                     if slot.piece is None
                     else embeddings[ids[slot.piece % len(ids)]]
                 )
-            self.table[row] = vector.to(self.table.dtype)
+            # Deep prompts start every layer at the same vector.
+            self.table[row] = vector.repeat(self.table.shape[1] // vector.shape[0])
 
 
 def _word_ids(tokenizer: PreTrainedTokenizerBase, words: str) -> list[int]:

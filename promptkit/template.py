@@ -56,6 +56,7 @@ class Segment:
     text: str = ""
     name: str = ""
     slot: int = -1
+    words: tuple[str, ...] | None = None  # an input given as pre-split words
 
 
 @dataclass(frozen=True)
@@ -296,10 +297,7 @@ class Template:
                 f"(fields: {', '.join(map(str, example)) or 'none'}). Map a data column to it "
                 f"with `inputs: {{{missing[0]}: COLUMN}}`."
             )
-        return [
-            Segment(s.kind, str(example[s.name]), s.name) if s.kind is SegmentKind.INPUT else s
-            for s in segments
-        ]
+        return [_filled(s, example[s.name]) if s.kind is SegmentKind.INPUT else s for s in segments]
 
     def _render_jinja(self, example: Mapping[str, object]) -> str:
         try:
@@ -350,3 +348,11 @@ def _offset_of_line(source: str, lineno: int) -> int:
     for _ in range(lineno - 1):
         offset = source.index("\n", offset) + 1
     return offset
+
+
+def _filled(segment: Segment, value: object) -> Segment:
+    """An input segment with its value: text, or pre-split words (a list, e.g. NER tokens)."""
+    if isinstance(value, list | tuple):
+        words = tuple(map(str, value))
+        return Segment(SegmentKind.INPUT, " ".join(words), segment.name, words=words)
+    return Segment(SegmentKind.INPUT, str(value), segment.name)

@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
 from promptkit.config import TrainerConfig
-from promptkit.data import EncodedDataset, Split
+from promptkit.data import IGNORED, EncodedDataset, Split
 from promptkit.errors import TrainingError
-from promptkit.inference import classification_metrics, predict_logits
+from promptkit.inference import default_metric, metrics, predict_logits
 from promptkit.policy import PolicyModule
 from promptkit.run import append_metrics, read_resume, save_prompt, save_resume
 
@@ -71,6 +71,7 @@ class Trainer:
         self.model, self.recipe, self.config = model, recipe, config
         self.validation, self.run_dir = validation, run_dir
         self.fingerprint, self.seed = fingerprint, seed
+        self.metric = config.metric or default_metric(validation.labels)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision=config.mixed_precision,
@@ -131,7 +132,7 @@ class Trainer:
             raise
         if self._best_state is not None:
             self._unwrapped.load_state_dict(self._best_state, strict=False)
-        return {"best_epoch": self.state.best_epoch, self.config.metric: self.state.best}
+        return {"best_epoch": self.state.best_epoch, self.metric: self.state.best}
 
     def _loop(self) -> None:
         cfg, state = self.config, self.state
@@ -166,7 +167,7 @@ class Trainer:
         self.model.train()
         for batch in loader:
             with self.accelerator.accumulate(self.model):
-                loss = torch.nn.functional.cross_entropy(self.model(batch), batch["labels"])
+                loss = _loss(self.model(batch), batch["labels"])
                 if not torch.isfinite(loss):
                     self._save_resume()
                     raise TrainingError(
@@ -200,7 +201,12 @@ class Trainer:
         train_loss = state.epoch_loss / max(state.step_in_epoch, 1)
         state.step_in_epoch, state.epoch_loss = 0, 0.0
         metrics = self.evaluate()
-        score = metrics[cfg.metric]
+        if self.metric not in metrics:
+            raise TrainingError(
+                f"trainer.metric {self.metric!r} is not measured here; choose one of "
+                f"{', '.join(metrics)}."
+            )
+        score = metrics[self.metric]
         improved = score > state.best
         if improved:
             state.best, state.best_epoch, state.stale_epochs = score, state.epoch, 0
@@ -236,7 +242,7 @@ class Trainer:
             self.config.eval_batch_size,
             self.accelerator.device,
         )
-        return classification_metrics(logits, self.validation.labels)
+        return metrics(logits, self.validation.labels, self._unwrapped.classes)
 
     def _save_resume(self) -> None:
         save_resume(
@@ -263,6 +269,13 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(**saved["progress"])
         _set_rng_state(saved["rng"])
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over classes, or over the tags of every labelled word."""
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORED
+    )
 
 
 def _progress_bar(enabled: bool) -> Progress:

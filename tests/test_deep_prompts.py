@@ -1,0 +1,227 @@
+"""Deep prompts: key/value prefixes (prefix tuning, P-tuning v2) and deep infix prompts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import DistilBertConfig, DistilBertModel, DynamicCache
+
+from promptkit.backbone import load_backbone
+from promptkit.config import ModelConfig, validate_config
+from promptkit.errors import ConfigError
+from promptkit.injection import PrefixInjector
+from promptkit.model import build_model
+from promptkit.pipeline import fit
+from promptkit.run import load
+from tests.conftest import make_model, run_config
+
+FAMILIES = ["bert", "roberta", "gpt2", "llama"]
+TEXTS = ["the movie was great", "i hated this boring film and the acting"]
+
+
+def recipe(
+    folder, placement="prefix", template="[P*4] <x>", trainable=("prompts",), **prompts
+) -> ModelConfig:
+    return ModelConfig.model_validate(
+        {
+            "backbone": {"name": str(folder)},
+            "template": template,
+            "head": {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"},
+            "prompts": {"placement": placement, **prompts},
+            "trainable": list(trainable),
+        }
+    )
+
+
+def model_for(model_dir, family, attention="sdpa", **kwargs):
+    backbone = load_backbone(str(model_dir(family)))
+    backbone.model.set_attn_implementation(attention)
+    model = build_model(recipe(model_dir(family), **kwargs), backbone=backbone).eval()
+    return model
+
+
+def hidden(model, texts=TEXTS, padding_side=None):
+    """Last hidden states of the real tokens, one tensor per text."""
+    if padding_side:
+        model.padding_side = padding_side
+    batch = model.collate(model.encode(model.examples(texts)))
+    inputs = model.injector(
+        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()
+    )
+    states = model.lm.base_model(**inputs).last_hidden_state
+    return [s[m.bool()] for s, m in zip(states, batch["attention_mask"], strict=True)]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masked_out_prefix_reproduces_the_plain_model(model_dir, family, attention):
+    model = model_for(model_dir, family, attention)
+    plain = model_for(
+        model_dir, family, attention, placement="input", template="<x>", trainable=["head"]
+    )
+    prompted = hidden(model)
+    model.injector.set(model.prompts(), torch.zeros(len(TEXTS), 4, dtype=torch.bool))
+    batch = model.collate(model.encode(model.examples(TEXTS)))
+    kwargs = model.injector.inputs(
+        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
+    )
+    masked = model.lm.base_model(**kwargs).last_hidden_state
+    for got, want, mask, changed in zip(
+        masked, hidden(plain), batch["attention_mask"], prompted, strict=True
+    ):
+        torch.testing.assert_close(got[mask.bool()], want, atol=1e-5, rtol=1e-5)
+        assert (changed - want).abs().max() > 1e-3  # a visible prefix changes the output
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, attention):
+    """The reference: the same keys and values as a DynamicCache, with the real tokens' position
+    ids given explicitly (unshifted) and the 2D mask extended by hand."""
+    model = model_for(model_dir, family, attention)
+    ours = hidden(model)
+    reference = copy.deepcopy(model.lm)
+    reference.set_attn_implementation(attention)
+    batch = model.collate(model.encode(model.examples(TEXTS)))
+    kwargs = model.injector.inputs(
+        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
+    )
+    table = model.prompts().view(4, 2, 2, model.injector.n_kv_heads, model.injector.head_dim)
+    cache = DynamicCache(config=reference.config)
+    for layer in range(2):
+        key, value = table[:, layer].permute(1, 2, 0, 3)
+        cache.update(key.expand(2, -1, -1, -1), value.expand(2, -1, -1, -1), layer)
+    kwargs["attention_mask"] = torch.cat(
+        [torch.ones(2, 4, dtype=torch.long), batch["attention_mask"]], 1
+    )
+    states = reference.base_model(**kwargs, past_key_values=cache, use_cache=True).last_hidden_state
+    for got, want, mask in zip(ours, states, batch["attention_mask"], strict=True):
+        torch.testing.assert_close(got, want[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("placement", ["prefix", "deep"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_side_does_not_change_the_output(model_dir, family, placement):
+    model = model_for(model_dir, family, placement=placement)
+    for left, right in zip(hidden(model, padding_side="left"), hidden(model, padding_side="right")):
+        torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("placement", ["prefix", "deep"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_prompts_train_and_checkpointing_gives_the_same_gradients(
+    model_dir, family, placement
+):
+    grads = []
+    for checkpointing in (False, True):
+        model = model_for(model_dir, family, placement=placement).train()
+        if checkpointing:
+            model.lm.activation_checkpointing_enable()
+        batch = model.collate(model.encode(model.examples(TEXTS)))
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        model(batch).sum().backward()
+        trained = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert trained == {"prompts.table"}
+        grads.append(model.prompts.table.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_prefix_goes_only_into_the_selected_layers(model_dir):
+    model = model_for(model_dir, "bert", layers="last:1")
+    plain = model_for(model_dir, "bert", placement="input", template="<x>", trainable=["head"])
+    assert model.injector.width == 1 * 2 * 32  # one layer: key and value of 4 heads x 8
+    batch = model.collate(model.encode(model.examples(TEXTS)))
+
+    def states(m):
+        kwargs = m.injector(
+            batch["input_ids"], batch["slot_ids"], batch["attention_mask"], m.prompts()
+        )
+        return m.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
+
+    prompted, reference = states(model), states(plain)
+    torch.testing.assert_close(prompted[1], reference[1])  # layer 0 has no prefix
+    assert (prompted[2] - reference[2]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_deep_prompts_replace_the_slot_states_before_each_layer(model_dir, family):
+    """Deep vectors equal to the states an input-level prompt reaches at each layer give the
+    input-level prompt's output; other vectors change it."""
+    shallow = model_for(model_dir, family, placement="input")
+    deep = model_for(model_dir, family, placement="deep")
+    assert deep.prompts.table.shape == (4, 2 * 32)
+    batch = shallow.collate(shallow.encode(shallow.examples(TEXTS[:1])))
+    kwargs = shallow.injector(
+        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], shallow.prompts()
+    )
+    states = shallow.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
+    slots = batch["slot_ids"][0] >= 0
+    with torch.no_grad():
+        deep.prompts.table.copy_(torch.cat([shallow.prompts.table, states[1][0][slots]], -1))
+    torch.testing.assert_close(hidden(deep, TEXTS[:1]), hidden(shallow, TEXTS[:1]))
+    with torch.no_grad():
+        deep.prompts.table[:, 32:] += torch.randn(4, 32)  # not a constant: LayerNorm drops it
+    assert (hidden(deep, TEXTS[:1])[0] - hidden(shallow, TEXTS[:1])[0]).abs().max() > 1e-3
+
+
+def test_an_architecture_without_numbered_attention_is_refused():
+    config = DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+    with pytest.raises(ConfigError, match="cannot take key/value prefixes.*placement: input"):
+        PrefixInjector(DistilBertModel(config), [0, 1])
+
+
+def test_prefix_checks_come_before_loading(model_dir):
+    with pytest.raises(ConfigError, match="lstm runs over input positions"):
+        build_model(recipe(model_dir("bert"), encoder="lstm"))
+    with pytest.raises(ConfigError, match=r"\[P1\] starts from words.*encoder: mlp"):
+        build_model(recipe(model_dir("bert"), template="[P1:great] <x>"))
+    with pytest.raises(ConfigError, match="layers 'last:9'"):
+        build_model(recipe(model_dir("bert"), layers="last:9"))
+
+
+def test_prefix_dropout_only_while_training(model_dir):
+    model = model_for(model_dir, "bert", dropout=0.5)
+    batch = model.collate(model.encode(model.examples(TEXTS)))
+    torch.testing.assert_close(model(batch), model(batch))
+    model.train()
+    model.head.dropout.p = 0.0
+    assert (model(batch) - model(batch)).abs().max() > 0
+
+
+def test_prefix_tuning_mlp_is_collapsed_on_save_and_kept_for_resume(model_dir, sentiment_data):
+    config = run_config(
+        model_dir("bert"),
+        sentiment_data,
+        template="[P*3] <x>",
+        head={"type": "classifier", "pool": "mean"},
+        prompts={"placement": "prefix", "encoder": "mlp", "encoder_hidden": 16},
+        trainable=["prompts", "head"],
+    )
+    result = fit(validate_config(config))
+    model = result.predictor.model
+    assert model.prompts.table.shape == (3, 32)  # embedding-sized rows, widened by the MLP
+    from safetensors.torch import load_file
+
+    saved = load_file(str(result.run_dir / "prompt.safetensors"))
+    assert saved["prompts.table"].shape == (3, 2 * 2 * 32)
+    assert not any(k.startswith("prompts.encoder") for k in saved)
+    resume = torch.load(result.run_dir / "resume/state.pt", weights_only=False)
+    assert any(k.startswith("prompts.encoder") for k in resume["trainable"])
+    loaded = load(result.run_dir)
+    texts = ["the movie was great", "the film was awful and boring"]
+    torch.testing.assert_close(loaded.logits(texts), result.predictor.logits(texts))
+
+
+def test_a_new_injector_replaces_the_last_one_on_a_shared_backbone(model_dir):
+    backbone = load_backbone(str(model_dir("gpt2")))
+    plain = build_model(recipe(model_dir("gpt2"), "input", "<x>", ["head"]), backbone=backbone)
+    before = hidden(plain)
+    build_model(recipe(model_dir("gpt2"), "prefix"), backbone=backbone)
+    build_model(recipe(model_dir("gpt2"), "deep"), backbone=backbone)
+    again = build_model(recipe(model_dir("gpt2"), "input", "<x>", ["head"]), backbone=backbone)
+    assert backbone.model.config._attn_implementation == "sdpa"
+    for got, want in zip(hidden(again), before, strict=True):
+        torch.testing.assert_close(got, want)
