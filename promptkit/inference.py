@@ -11,7 +11,6 @@ from seqeval import metrics as seqeval
 from sklearn.metrics import accuracy_score, f1_score
 
 from promptkit.data import Label
-
 from promptkit.policy import PolicyModule
 
 
@@ -74,7 +73,9 @@ def tagging_metrics(
     """Entity-level precision, recall and F1 (seqeval, BIO tags) and word accuracy."""
     predicted = logits.argmax(-1).tolist()
     true = [[classes[t] for t in tags] for tags in labels]
-    guess = [[classes[t] for t in row[: len(tags)]] for row, tags in zip(predicted, labels)]
+    guess = [
+        [classes[t] for t in row[: len(tags)]] for row, tags in zip(predicted, labels, strict=True)
+    ]
     return {
         "precision": float(seqeval.precision_score(true, guess, zero_division=0)),
         "recall": float(seqeval.recall_score(true, guess, zero_division=0)),

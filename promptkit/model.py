@@ -24,7 +24,6 @@ from promptkit.seeding import seeded
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer
 
-
 Injector = InputInjector | PrefixInjector | DeepInjector
 
 

@@ -15,7 +15,7 @@ from promptkit.injection import PrefixInjector
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.run import load
-from tests.conftest import make_model, run_config
+from tests.conftest import run_config
 
 FAMILIES = ["bert", "roberta", "gpt2", "llama"]
 TEXTS = ["the movie was great", "i hated this boring film and the acting"]
@@ -105,7 +105,11 @@ def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padding_side_does_not_change_the_output(model_dir, family, placement):
     model = model_for(model_dir, family, placement=placement)
-    for left, right in zip(hidden(model, padding_side="left"), hidden(model, padding_side="right")):
+    left_padded, right_padded = (
+        hidden(model, padding_side="left"),
+        hidden(model, padding_side="right"),
+    )
+    for left, right in zip(left_padded, right_padded, strict=True):
         torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
 
 
