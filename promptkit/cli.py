@@ -141,8 +141,15 @@ def predict(
         raise _fail(err) from None
     with open(output, "w") as f:
         for row, p in zip(rows, probs, strict=True):
-            f.write(json.dumps({**row, "prediction": max(p, key=p.get), "scores": p}) + "\n")
+            f.write(json.dumps({**row, "prediction": _best(p), "scores": p}) + "\n")
     console.print(f"{len(rows)} predictions written to {output}")
+
+
+def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:
+    """The top label (of each word, for a token head)."""
+    if isinstance(scores, list):
+        return [max(word, key=word.get) for word in scores]
+    return max(scores, key=scores.get)
 
 
 def _read_inputs(spec: str, images: bool) -> list[dict]:

@@ -89,6 +89,13 @@ class PromptModel(PolicyModule):
             rows.append(dict(item))
         return as_examples(rows, self.inputs, slots)
 
+    def word_counts(self, examples: Sequence[Mapping[str, Any]]) -> list[int]:
+        """How many words each example's word-list inputs hold (what a token head labels)."""
+        return [
+            sum(len(ex[s]) for s in self.template.inputs if isinstance(ex[s], list | tuple))
+            for ex in examples
+        ]
+
     def encode(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
         """Encode examples (mappings from input-slot names and Jinja fields to values)."""
         return self.tokenizer(examples)

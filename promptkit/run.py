@@ -104,18 +104,41 @@ class Predictor:
         return self.model.classes
 
     def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
-        """Class logits ``[N, C]``."""
+        """Class logits ``[N, C]`` (``[N, W, C]`` per word for a token head)."""
         encoded = self.model.encode(self.model.examples(items))
         return predict_logits(self.model, encoded, batch_size)
 
-    def predict(self, items: Sequence[Any], batch_size: int = 64) -> list[str]:
-        """The predicted label of each item."""
-        return [self.classes[i] for i in self.logits(items, batch_size).argmax(-1).tolist()]
+    def predict(self, items: Sequence[Any], batch_size: int = 64) -> list[str] | list[list[str]]:
+        """The predicted label of each item; for a token head, the tag of each word (a string
+        item is split into words at whitespace)."""
+        return _per_item(self._probabilities(items, batch_size), lambda p: max(p, key=p.get))
 
-    def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[dict[str, float]]:
-        """Class probabilities of each item."""
-        probs = self.logits(items, batch_size).softmax(-1).tolist()
-        return [dict(zip(self.classes, row, strict=True)) for row in probs]
+    def predict_proba(
+        self, items: Sequence[Any], batch_size: int = 64
+    ) -> list[dict[str, float]] | list[list[dict[str, float]]]:
+        """Class probabilities of each item (of each word, for a token head)."""
+        return _per_item(self._probabilities(items, batch_size), lambda p: p)
+
+    def _probabilities(self, items: Sequence[Any], batch_size: int) -> list:
+        examples = self.model.examples(items)
+        probs = predict_logits(self.model, self.model.encode(examples), batch_size).softmax(-1)
+        named = [
+            dict(zip(self.classes, row, strict=True))
+            if isinstance(row[0], float)
+            else [dict(zip(self.classes, word, strict=True)) for word in row]
+            for row in probs.tolist()
+        ]
+        if probs.dim() == 2:
+            return named
+        counts = self.model.word_counts(examples)
+        return [words[:n] for words, n in zip(named, counts, strict=True)]
+
+
+def _per_item(probabilities: list, pick: Callable[[dict[str, float]], Any]) -> list:
+    return [
+        [pick(word) for word in item] if isinstance(item, list) else pick(item)
+        for item in probabilities
+    ]
 
 
 def load(
