@@ -164,7 +164,7 @@ def _read_inputs(spec: str, images: bool) -> list[dict]:
 
 @app.command("catalog")
 def list_catalog() -> None:
-    """List the catalog: templates, verbalizers and vision recipes."""
+    """List the catalog: templates, verbalizers and vision recipes (methods: see `methods`)."""
     for kind in ("templates", "verbalizers", "vision"):
         table = Table(title=kind, show_lines=False)
         table.add_column("name", style="bold")
@@ -172,6 +172,18 @@ def list_catalog() -> None:
         for name, entry in catalog.entries(kind).items():
             table.add_row(name, entry.get("description", ""))
         console.print(table)
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the method presets (start a config with `preset: NAME`): what trains, and where
+    the prompts go."""
+    table = Table("preset", "modality", "trains", "prompts", "method")
+    for kind, modality in (("methods", "text"), ("vision", "vision")):
+        for name, entry in catalog.entries(kind).items():
+            method = entry["description"].split(" - ")[0]
+            table.add_row(name, modality, entry["trains"], entry["prompts"], method)
+    console.print(table)
 
 
 @template_app.command("check")

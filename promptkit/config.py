@@ -253,13 +253,14 @@ def load_config(
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig | VisionRunConfig:
     """Validate a config mapping; errors name each bad key and suggest the fix.
 
-    ``modality: vision`` marks an image run; its ``preset: NAME`` starts from a vision recipe
-    of the catalog (the config's own keys win).
+    ``preset: NAME`` starts from a method of the catalog (``promptkit methods``): the
+    config's own keys win. ``modality: vision`` marks an image run.
     """
     schema = VisionRunConfig if data.get("modality") == "vision" else RunConfig
-    if schema is VisionRunConfig and "preset" in data:
+    if "preset" in data:
         data = dict(data)
-        preset = catalog.entry("vision", str(data.pop("preset")))["config"]
+        kind = "vision" if schema is VisionRunConfig else "methods"
+        preset = catalog.entry(kind, str(data.pop("preset")))["config"]
         data = _merged(preset, data)
     try:
         return schema.model_validate(data)

@@ -1,4 +1,5 @@
-"""Catalogs of ready, named specs shipped with promptkit: templates and verbalizers (YAML)."""
+"""Catalogs of ready, named specs shipped with promptkit (YAML): templates, verbalizers, and
+method presets for text ("methods") and images ("vision")."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _folder(kind: str) -> Path:
 
 
 def entries(kind: str) -> dict[str, dict[str, Any]]:
-    """All entries of one catalog ("templates" or "verbalizers"), by name."""
+    """All entries of one catalog ("templates", "verbalizers", "methods", "vision"), by name."""
     return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(_folder(kind).glob("*.yaml"))}
 
 
