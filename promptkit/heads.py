@@ -107,7 +107,7 @@ class ClassifierHead(nn.Module):
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
-class TokenClassifierHead(nn.Module):
+class TokenClassifierHead(ClassifierHead):
     """Labels every input word from the hidden state of its first sub-token.
 
     Only word starts are read, so soft-slot positions, anchors and special tokens never reach
@@ -121,10 +121,7 @@ class TokenClassifierHead(nn.Module):
     """
 
     def __init__(self, hidden_size: int, classes: list[str], dropout: float = 0.1) -> None:
-        super().__init__()
-        self.classes = list(classes)
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden_size, len(classes))
+        super().__init__(hidden_size, classes, dropout=dropout)
 
     def forward(
         self,
@@ -133,9 +130,8 @@ class TokenClassifierHead(nn.Module):
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """Tag logits ``[B, W, C]`` for the W words of the longest example."""
-        hidden = model.base_model(**inputs).last_hidden_state
-        starts = batch["word_starts"]
-        present = (starts >= 0).unsqueeze(-1)
-        words = hidden.gather(1, starts.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        logits = self.linear(self.dropout(words).to(self.linear.weight.dtype))
-        return logits * present
+        return super().forward(model, inputs, batch) * (batch["word_starts"] >= 0).unsqueeze(-1)
+
+    def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        starts = batch["word_starts"].clamp(min=0).unsqueeze(-1)
+        return hidden.gather(1, starts.expand(-1, -1, hidden.shape[-1]))

@@ -38,22 +38,33 @@ class InputInjector:
 
     Position ids are passed explicitly, counted over real tokens only, so left and right
     padding give the same result (models infer them from ``inputs_embeds`` otherwise, blind
-    to padding).
+    to padding). The deep injectors extend it: ``arm`` hands the layers their share of the
+    prompts and returns what goes into the input.
     """
 
-    soft_positions = True
+    soft_positions = True  # whether soft slots are sequence positions
 
-    def __init__(self, model: PreTrainedModel, claim: bool = True) -> None:
-        if claim:
-            _claim(model)
+    def __init__(self, model: PreTrainedModel) -> None:
+        _claim(model, self.release)
         self.embed = model.get_input_embeddings()
-        self.width = self.embed.embedding_dim
         base = model.base_model
         self.takes_positions = "position_ids" in inspect.signature(base.forward).parameters
         config = model.config
         self.position_offset = (
             config.pad_token_id + 1 if config.model_type in _POSITIONS_AFTER_PADDING else 0
         )
+
+    @property
+    def width(self) -> int:
+        """Size of one prompt-table row."""
+        return self.embed.embedding_dim
+
+    def arm(self, prompts: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
+        """Hand the layers their vectors for the next forwards; return the input vectors."""
+        return prompts
+
+    def release(self) -> None:
+        """Undo what the injector did to the backbone (when another one takes it over)."""
 
     def __call__(
         self,
@@ -62,10 +73,20 @@ class InputInjector:
         attention_mask: torch.Tensor,
         prompts: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """Forward kwargs with ``prompts[slot_ids]`` spliced in where ``slot_ids >= 0``."""
+        """Forward kwargs of a batch, the prompt table's vectors ``prompts`` injected."""
+        return self.forward_kwargs(input_ids, slot_ids, attention_mask, self.arm(prompts, slot_ids))
+
+    def forward_kwargs(
+        self,
+        input_ids: torch.Tensor,
+        slot_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vectors: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Forward kwargs with ``vectors[slot_ids]`` spliced in where ``slot_ids >= 0``."""
         embeds = self.embed(input_ids)
-        if prompts.numel():
-            embeds = _replace_slots(embeds, slot_ids, prompts)
+        if vectors.numel():
+            embeds = _replace_slots(embeds, slot_ids, vectors)
         kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask}
         if self.takes_positions:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -77,7 +98,7 @@ class InputInjector:
 _CLAIMS: weakref.WeakKeyDictionary[nn.Module, Callable[[], None]] = weakref.WeakKeyDictionary()
 
 
-def _claim(model: PreTrainedModel, release: Callable[[], None] = lambda: None) -> None:
+def _claim(model: PreTrainedModel, release: Callable[[], None]) -> None:
     """Make an injector the backbone's only one: undo the hooks or attention of the last."""
     previous = _CLAIMS.pop(model, None)
     if previous is not None:
@@ -98,48 +119,44 @@ def n_layers(model: PreTrainedModel) -> int:
     return model.config.get_text_config().num_hidden_layers
 
 
-class DeepInjector:
+class DeepInjector(InputInjector):
     """Replaces the hidden states of the soft slots before each selected layer.
 
-    Layer 0's vectors enter through the input embeddings (as in prompt tuning, so
-    ``InputInjector`` builds the forward); each selected layer ``l >= 1`` gets its own
-    vectors through a forward pre-hook on that layer.
+    A prompt-table row holds one vector per prompted layer: layer 0's enters through the input
+    embeddings (as in prompt tuning); each selected layer ``l >= 1`` gets its own through a
+    forward pre-hook on that layer.
 
     Args:
         model: the backbone.
         layers: the selected layer indices (0 is always prompted through the input).
     """
 
-    soft_positions = True
-
     def __init__(self, model: PreTrainedModel, layers: Sequence[int]) -> None:
         blocks = _layer_list(model)
-        self.inputs = InputInjector(model, claim=False)
+        super().__init__(model)
         self.layers = [0, *(i for i in layers if i > 0)]
-        self.width = len(self.layers) * self.inputs.width
         self._vectors: torch.Tensor | None = None
         self._slot_ids: torch.Tensor | None = None
-        handles = [
+        self._handles = [
             blocks[index].register_forward_pre_hook(self._hook(depth), with_kwargs=True)
             for depth, index in enumerate(self.layers[1:], start=1)
         ]
-        _claim(model, lambda: [h.remove() for h in handles])
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        slot_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prompts: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """Forward kwargs with layer 0's vectors in the input; the hooks hold the rest.
+    @property
+    def width(self) -> int:
+        """Size of one prompt-table row: a hidden-size vector per prompted layer."""
+        return len(self.layers) * self.embed.embedding_dim
 
-        Args:
-            prompts: ``[n_slots, len(layers) * hidden]``, the prompt table's vectors.
-        """
+    def arm(self, prompts: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
+        """Keep the later layers' vectors for the hooks; return layer 0's."""
         self._vectors = prompts.view(prompts.shape[0], len(self.layers), -1)
         self._slot_ids = slot_ids
-        return self.inputs(input_ids, slot_ids, attention_mask, self._vectors[:, 0])
+        return self._vectors[:, 0]
+
+    def release(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
 
     def _hook(self, depth: int) -> Callable:
         def replace(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -253,7 +270,7 @@ for _implementation, _mask in (("sdpa", sdpa_mask), ("eager", eager_mask)):
     AttentionMaskInterface.register(f"promptkit_{_implementation}", _mask)
 
 
-class PrefixInjector:
+class PrefixInjector(InputInjector):
     """Key/value prefixes at the selected layers (prefix tuning, P-tuning v2).
 
     The prompt table has one row per prefix position; a row holds, for each selected layer,
@@ -269,7 +286,7 @@ class PrefixInjector:
 
     def __init__(self, model: PreTrainedModel, layers: Sequence[int]) -> None:
         self.attention = _attention_modules(model)
-        self.inputs = InputInjector(model, claim=False)
+        super().__init__(model)  # an earlier injector is undone: the original attention shows
         config = model.config.get_text_config()
         self.n_kv_heads = getattr(config, "num_key_value_heads", None) or (
             config.num_attention_heads
@@ -278,38 +295,30 @@ class PrefixInjector:
             config.hidden_size // config.num_attention_heads
         )
         self.layers = list(layers)
-        _claim(model)  # undo an earlier injector first, so the original attention shows
-        implementation = model.config._attn_implementation
-        if implementation not in ("sdpa", "eager"):
+        self.model = model
+        self.implementation = model.config._attn_implementation
+        if self.implementation not in ("sdpa", "eager"):
             raise ConfigError(
-                f"prefixes run on sdpa or eager attention, not {implementation!r}: load the "
-                "backbone with attn_implementation='sdpa' (the default) or 'eager'."
+                f"prefixes run on sdpa or eager attention, not {self.implementation!r}: load "
+                "the backbone with attn_implementation='sdpa' (the default) or 'eager'."
             )
-        model.set_attn_implementation(f"promptkit_{implementation}")
-
-        def release() -> None:
-            for module in self.attention:
-                _PREFIXES.pop(module, None)
-            model.set_attn_implementation(implementation)
-
-        _claim(model, release)
+        model.set_attn_implementation(f"promptkit_{self.implementation}")
 
     @property
     def width(self) -> int:
         """Size of one prompt-table row: key and value at every selected layer."""
         return len(self.layers) * 2 * self.n_kv_heads * self.head_dim
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        slot_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prompts: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """Forward kwargs of the real tokens; the attention of the selected layers holds the
-        prefix (``prompts``: ``[P, width]``)."""
+    def arm(self, prompts: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
+        """Give the selected layers their prefix; nothing goes into the input."""
         self.set(prompts)
-        return self.inputs(input_ids, slot_ids, attention_mask, prompts[:, :0])
+        return prompts[:, :0]
+
+    def release(self) -> None:
+        """Drop the prefixes and restore the stock attention."""
+        for module in self.attention:
+            _PREFIXES.pop(module, None)
+        self.model.set_attn_implementation(self.implementation)
 
     def set(self, prompts: torch.Tensor, visible: torch.Tensor | None = None) -> None:
         """Arm the selected layers' attention with the prefix for the next forwards.

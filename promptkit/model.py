@@ -24,8 +24,6 @@ from promptkit.seeding import seeded
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer
 
-Injector = InputInjector | PrefixInjector | DeepInjector
-
 
 class PromptModel(PolicyModule):
     """Everything that runs a prompt: ``model(batch)`` gives logits over ``model.classes``.
@@ -34,7 +32,7 @@ class PromptModel(PolicyModule):
         backbone: the pretrained model and tokenizer.
         template: the compiled template.
         prompts: the soft-slot vectors.
-        injector: puts them into the backbone (input, prefix or deep).
+        injector: puts them into the backbone (``InputInjector`` or a deep one).
         head: a ``VerbalizerHead``, ``ClassifierHead`` or ``TokenClassifierHead``.
         trainable: the policy, any of "prompts", "head", "bias", "all".
         max_length: longest encoded sequence.
@@ -47,7 +45,7 @@ class PromptModel(PolicyModule):
         backbone: Backbone,
         template: Template,
         prompts: SoftPrompts,
-        injector: Injector,
+        injector: InputInjector,
         head: nn.Module,
         trainable: Sequence[str],
         max_length: int = 256,
@@ -233,7 +231,7 @@ def build_model(
     )
 
 
-def _injector(placement: str, layers: str, model: nn.Module) -> Injector:
+def _injector(placement: str, layers: str, model: nn.Module) -> InputInjector:
     if placement == "input":
         return InputInjector(model)
     selected = select_layers(layers, n_layers(model))

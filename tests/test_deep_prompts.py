@@ -64,7 +64,7 @@ def test_masked_out_prefix_reproduces_the_plain_model(model_dir, family, attenti
     prompted = hidden(model)
     model.injector.set(model.prompts(), torch.zeros(len(TEXTS), 4, dtype=torch.bool))
     batch = model.collate(model.encode(model.examples(TEXTS)))
-    kwargs = model.injector.inputs(
+    kwargs = model.injector.forward_kwargs(
         batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
     )
     masked = model.lm.base_model(**kwargs).last_hidden_state
@@ -85,7 +85,7 @@ def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, 
     reference = copy.deepcopy(model.lm)
     reference.set_attn_implementation(attention)
     batch = model.collate(model.encode(model.examples(TEXTS)))
-    kwargs = model.injector.inputs(
+    kwargs = model.injector.forward_kwargs(
         batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
     )
     table = model.prompts().view(4, 2, 2, model.injector.n_kv_heads, model.injector.head_dim)
@@ -229,3 +229,16 @@ def test_a_new_injector_replaces_the_last_one_on_a_shared_backbone(model_dir):
     assert backbone.model.config._attn_implementation == "sdpa"
     for got, want in zip(hidden(again), before, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_full_length_input_still_fits_with_a_prefix(model_dir, family):
+    """The real tokens keep positions 0..L-1: at the model's longest input, a prefix that took
+    positions would run past the position table."""
+    model = model_for(model_dir, family)
+    longest = model.lm.config.get_text_config().max_position_embeddings
+    longest -= model.injector.position_offset  # RoBERTa counts from padding_idx + 1
+    model.tokenizer.max_length = longest
+    batch = model.collate(model.encode(model.examples([" ".join(["good"] * 200)])))
+    assert batch["input_ids"].shape[1] == longest
+    assert torch.isfinite(model(batch)).all()
