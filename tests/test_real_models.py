@@ -99,7 +99,8 @@ def test_ptuning_v2_tagger_on_wnut16(assets, tmp_path):
     assert all(torch.equal(before[n], p) for n, p in backbone.model.named_parameters())
     epochs = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert {"precision", "recall", "f1"} <= set(result.validation)
+    assert {"precision", "recall", "f1"} <= set(epochs[-1])
+    assert result.validation["f1"] == max(e["f1"] for e in epochs)
     tweets = ["Watching the Yankees game in New York tonight", "@paul thanks !"]
     reloaded = load(result.run_dir)
     assert reloaded.predict(tweets) == result.predictor.predict(tweets)
