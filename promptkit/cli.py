@@ -16,8 +16,6 @@ from promptkit.config import DataConfig, ImageDataConfig, load_config
 from promptkit.data import Split, as_examples, label_indices, read_rows
 from promptkit.errors import PromptkitError
 from promptkit.template import Segment, SegmentKind, Template
-from promptkit.vision.data import IMAGE_SUFFIXES, read_image_rows
-from promptkit.vision.model import VisionPromptModel
 
 app = typer.Typer(
     help="Prompt learning for transformers: templates, soft prompts, verbalizers.",
@@ -115,6 +113,8 @@ def _run_data_config(run_dir: Path) -> DataConfig:
 def _read_labelled(config: DataConfig, spec: str) -> tuple[list[dict], str]:
     """Rows of labelled data and their label column."""
     if isinstance(config, ImageDataConfig):
+        from promptkit.vision.data import read_image_rows
+
         return read_image_rows(config, spec), "label"
     return read_rows(spec), config.label_column
 
@@ -135,7 +135,7 @@ def predict(
 
     try:
         predictor = load(run_dir)
-        rows = _read_inputs(input, images=isinstance(predictor.model, VisionPromptModel))
+        rows = _read_inputs(input, images=predictor.model.modality == "vision")
         probs = predictor.predict_proba(rows)
     except PromptkitError as err:
         raise _fail(err) from None
@@ -153,11 +153,15 @@ def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:
 
 
 def _read_inputs(spec: str, images: bool) -> list[dict]:
+    if not images:
+        return read_rows(spec)
+    from promptkit.vision.data import IMAGE_SUFFIXES
+
     path = Path(spec)
-    if images and path.is_dir():
+    if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         return [{"image": str(f)} for f in files]
-    if images and path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return [{"image": str(path)}]
     return read_rows(spec)
 

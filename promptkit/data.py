@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
-from sklearn.model_selection import train_test_split
 
 from promptkit.encoding import EncodedPrompt
+
+if TYPE_CHECKING:
+    import datasets
 from promptkit.errors import DataError
 
 _CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
@@ -46,7 +47,9 @@ class Split:
 
 def read_rows(spec: str, dataset: str | None = None, subset: str | None = None) -> list[dict]:
     """Rows of a split: ``spec`` names a split of the hub data set ``dataset``, or a local
-    csv / tsv / json / jsonl / parquet file."""
+    csv / tsv / json / jsonl / parquet file, or a CoNLL file (``token<TAB>tag``)."""
+    import datasets  # heavy: imported when data is first read
+
     if dataset:
         return _tag_names(datasets.load_dataset(dataset, subset, split=spec)).to_list()
     path = Path(spec)
@@ -68,6 +71,8 @@ def read_rows(spec: str, dataset: str | None = None, subset: str | None = None) 
 
 def _tag_names(data: datasets.Dataset) -> datasets.Dataset:
     """Sequences of class labels (e.g. ``ner_tags``) as their names, not their indices."""
+    import datasets
+
     for column, feature in data.features.items():
         inner = getattr(feature, "feature", None)
         if isinstance(inner, datasets.ClassLabel):
@@ -170,6 +175,8 @@ def label_indices(
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Split off ``fraction`` of the examples, keeping the label proportions (seeded; tag
     sequences are split at random)."""
+    from sklearn.model_selection import train_test_split  # heavy: imported when first needed
+
     sequences = bool(split.labels) and isinstance(split.labels[0], list)
     keep, held = train_test_split(
         list(range(len(split))),

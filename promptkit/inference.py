@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 from rich.progress import track
-from seqeval import metrics as seqeval
-from sklearn.metrics import accuracy_score, f1_score
 
 from promptkit.data import Label
 from promptkit.policy import PolicyModule
@@ -60,6 +58,8 @@ def default_metric(labels: Sequence[Label]) -> str:
 
 def classification_metrics(logits: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
     """Accuracy and macro-F1 of argmax predictions."""
+    from sklearn.metrics import accuracy_score, f1_score  # heavy: imported when first needed
+
     predictions = logits.argmax(-1).tolist()
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
@@ -71,6 +71,8 @@ def tagging_metrics(
     logits: torch.Tensor, labels: Sequence[list[int]], classes: Sequence[str]
 ) -> dict[str, float]:
     """Entity-level precision, recall and F1 (seqeval, BIO tags) and word accuracy."""
+    from seqeval import metrics as seqeval  # heavy (scikit-learn): imported when first needed
+
     predicted = logits.argmax(-1).tolist()
     true = [[classes[t] for t in tags] for tags in labels]
     guess = [

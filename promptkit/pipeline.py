@@ -28,8 +28,6 @@ from promptkit.model import build_model, check_recipe
 from promptkit.policy import PolicyModule
 from promptkit.run import RESUME_FILE, Predictor, append_metrics
 from promptkit.train import Trainer
-from promptkit.vision.data import read_image_rows
-from promptkit.vision.model import build_vision_model
 
 Rows = list[dict[str, Any]]
 
@@ -127,6 +125,9 @@ def _prepare_text(config: RunConfig, backbone: Backbone | None) -> tuple[PolicyM
 
 
 def _prepare_vision(config: VisionRunConfig) -> tuple[PolicyModule, Splits, str]:
+    from promptkit.vision.data import read_image_rows  # timm and torchvision: vision runs only
+    from promptkit.vision.model import build_vision_model
+
     data = config.data
     rows = read_splits(data, lambda spec: read_image_rows(data, spec))
     classes = data.classes or sorted(set(mapped_labels(rows["train"], "label", data.label_map)))

@@ -56,6 +56,7 @@ class PolicyModule(nn.Module):
     """
 
     groups: dict[str, list[nn.Parameter]]
+    modality = "text"  # or "vision": what the items of ``examples`` are
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only, prompt encoders collapsed to the plain table."""

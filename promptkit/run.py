@@ -28,7 +28,6 @@ from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.inference import predict_logits
 from promptkit.model import build_model
 from promptkit.policy import PolicyModule
-from promptkit.vision.model import build_vision_model
 
 PROMPT_FILE = "prompt.safetensors"
 RECIPE_FILE = "promptkit.json"
@@ -156,6 +155,8 @@ def load(
     document = read_recipe(run_dir)
     recipe = recipe_from_dict(document["recipe"])
     if isinstance(recipe, VisionModelConfig):
+        from promptkit.vision.model import build_vision_model  # timm: vision runs only
+
         model: PolicyModule = build_vision_model(recipe, document["classes"])
         found, name = model.fingerprint(), recipe.backbone.name
     else:

@@ -35,6 +35,8 @@ class VisionPromptModel(PolicyModule):
         trainable: the policy ("prompts", "head", "bias", "all").
     """
 
+    modality = "vision"
+
     def __init__(
         self,
         adapter: ViTAdapter,
