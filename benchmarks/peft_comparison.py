@@ -21,6 +21,7 @@ Results go to benchmarks/results/peft_comparison.json; the table shows promptkit
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -105,8 +106,8 @@ def measure(case: str, method: str, steps: int, batch: int, length: int) -> dict
     vocab = 1000  # ordinary tokens of either vocabulary
     ids = torch.randint(100, vocab, (batch, length))
     labels = torch.randint(N_CLASSES, (batch,))
-    saved = 0
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         nonlocal saved
@@ -114,17 +115,22 @@ def measure(case: str, method: str, steps: int, batch: int, length: int) -> dict
             saved += tensor.numel() * tensor.element_size()
         return tensor
 
-    times = []
-    for step in range(steps + 2):
-        saved = 0
-        start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = torch.nn.functional.cross_entropy(forward(ids), labels)
-        loss.backward()
+    def step() -> None:
+        torch.nn.functional.cross_entropy(forward(ids), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
+
+    # Saved activations are counted on a warm-up step of their own: the counting hook keeps
+    # graphs alive longer (reference cycles), which would inflate the timed steps' memory.
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    gc.collect()
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     result = {
         "case": case,
         "method": method,

@@ -89,9 +89,17 @@ class InputInjector:
             embeds = _replace_slots(embeds, slot_ids, vectors)
         kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask}
         if self.takes_positions:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            kwargs["position_ids"] = positions + self.position_offset
+            kwargs["position_ids"] = _positions(attention_mask) + self.position_offset
         return kwargs
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that number the real tokens from 0. Without left padding one row serves
+    the batch, so rotary models build their cos/sin tables once, not once per row (which
+    also keeps them out of the activations saved for backward)."""
+    if bool(attention_mask[:, 0].all()):
+        return torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 # Backbone -> how to undo the injector that prompts it now: one injector per backbone at a time.
