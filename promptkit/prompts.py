@@ -128,10 +128,11 @@ class SoftPrompts(nn.Module):
                 "vocab" (embeddings of tokens sampled from the vocabulary).
             generator: seeded randomness.
         """
-        for row, slot in enumerate(slots):
-            kind = slot.init or f"@{default}"
+        kinds = [slot.init or f"@{default}" for slot in slots]
+        scale = embeddings.std() if "@random" in kinds else None  # one pass over the matrix
+        for row, (slot, kind) in enumerate(zip(slots, kinds, strict=True)):
             if kind == "@random":
-                vector = torch.randn(embeddings.shape[1], generator=generator) * embeddings.std()
+                vector = torch.randn(embeddings.shape[1], generator=generator) * scale
             elif kind == "@vocab":
                 token = torch.randint(embeddings.shape[0], (1,), generator=generator)
                 vector = embeddings[token[0]]
