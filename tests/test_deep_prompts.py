@@ -171,6 +171,20 @@ def test_deep_prompts_replace_the_slot_states_before_each_layer(model_dir, famil
     assert (hidden(deep, TEXTS[:1])[0] - hidden(shallow, TEXTS[:1])[0]).abs().max() > 1e-3
 
 
+def test_deep_layer_selection_always_prompts_the_input(model_dir):
+    """Deep slots are input positions: layer 0's vectors come in through the embeddings, so
+    `first:1` is input-level prompting and `last:1` adds the last layer's own vectors."""
+    shallow = model_for(model_dir, "bert", placement="input")
+    first = model_for(model_dir, "bert", placement="deep", layers="first:1")
+    last = model_for(model_dir, "bert", placement="deep", layers="last:1")
+    assert first.injector.layers == [0] and last.injector.layers == [0, 1]
+    assert first.prompts.table.shape == (4, 32) and last.prompts.table.shape == (4, 64)
+    with torch.no_grad():
+        first.prompts.table.copy_(shallow.prompts.table)
+    for got, want in zip(hidden(first), hidden(shallow), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_an_architecture_without_numbered_attention_is_refused():
     config = DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=37)
     with pytest.raises(ConfigError, match="cannot take key/value prefixes.*placement: input"):
