@@ -85,7 +85,8 @@ def evaluate(
     ],
     label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
 ) -> None:
-    """Accuracy and macro-F1 of a trained prompt on labelled data."""
+    """Score a trained prompt on labelled data: accuracy and macro-F1, or entity-level
+    precision, recall and F1 for a tagger."""
     from promptkit.pipeline import evaluate_split
     from promptkit.run import load
 
