@@ -26,6 +26,7 @@ _LOADERS = {
     "encoder": AutoModel,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FINGERPRINT_CHUNK = 1 << 22  # values hashed at a time (16 MiB of float32)
 
 
 @dataclass
@@ -67,10 +68,14 @@ class Backbone:
 
 
 def fingerprint(tag: str, tensors: Iterable[torch.Tensor]) -> str:
-    """A short hash of a description and the values of some tensors."""
+    """A short hash of a description and the float32 values of some tensors.
+
+    Values are hashed a chunk at a time, straight from their buffer: a large embedding matrix
+    is never copied whole (its float32 bytes hash the same either way)."""
     digest = hashlib.sha256(tag.encode())
     for tensor in tensors:
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        for chunk in tensor.detach().reshape(-1).split(_FINGERPRINT_CHUNK):
+            digest.update(chunk.float().cpu().numpy())
     return digest.hexdigest()[:16]
 
 

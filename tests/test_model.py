@@ -1,11 +1,13 @@
 """PromptModel: injection, heads, the trainable policy, prompt encoders."""
 
+import hashlib
 import math
 
 import pytest
 import torch
 
-from promptkit.backbone import load_backbone
+import promptkit.backbone
+from promptkit.backbone import fingerprint, load_backbone
 from promptkit.config import ModelConfig
 from promptkit.data import collate
 from promptkit.errors import ConfigError, TemplateError, VerbalizerError
@@ -205,3 +207,14 @@ def test_encoder_and_head_weights_are_seeded(model_dir):
     state = torch.get_rng_state()
     build_model(cfg, classes=["a", "b"], backbone=first.backbone)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
+
+
+def test_fingerprint_hashes_float32_values_in_chunks(monkeypatch):
+    """Chunked hashing gives the digest of the whole tensor's float32 bytes, so fingerprints
+    saved with earlier runs still match."""
+    weights = torch.randn(37, 5).to(torch.bfloat16)
+    whole = hashlib.sha256(b"tag")
+    whole.update(weights.float().numpy().tobytes())
+    monkeypatch.setattr(promptkit.backbone, "_FINGERPRINT_CHUNK", 16)
+    assert fingerprint("tag", [weights]) == whole.hexdigest()[:16]
+    assert fingerprint("tag", [weights + 1]) != whole.hexdigest()[:16]
