@@ -14,7 +14,9 @@ reference point. Every measurement runs in its own process, so peak memory is it
   step_ms      median wall time of one optimizer step (forward, backward, AdamW)
   saved_mb     activations autograd keeps for the backward pass (measured exactly)
   peak_rss_mb  the process's peak resident memory (weights, gradients, optimizer included)
-  cuda_peak_mb torch.cuda.max_memory_allocated, when a GPU is present
+  in_use_mb    the same peak in a second process where glibc returns freed blocks to the
+               system at once (MALLOC_MMAP_THRESHOLD_): memory in use, without what the
+               allocator keeps after a free (which depends on the order of allocations)
 Results go to benchmarks/results/peft_comparison.json; the table shows promptkit / PEFT.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -131,7 +134,7 @@ def measure(case: str, method: str, steps: int, batch: int, length: int) -> dict
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    result = {
+    return {
         "case": case,
         "method": method,
         "trainable": sum(p.numel() for p in params),
@@ -139,9 +142,6 @@ def measure(case: str, method: str, steps: int, batch: int, length: int) -> dict
         "saved_mb": saved / 2**20,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if torch.cuda.is_available():
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
 
 
 def main() -> None:
@@ -158,13 +158,22 @@ def main() -> None:
     results = []
     for case in args.cases:
         for method in ("promptkit", "peft", "full_finetune"):
-            command = [sys.executable, __file__, "--child", case, method]
-            command += ["--steps", str(args.steps), "--batch", str(args.batch)]
-            command += ["--length", str(args.length)]
-            done = subprocess.run(command, check=True, capture_output=True, text=True)
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            result = child(case, method, args, args.steps)
+            trimmed = child(case, method, args, 1, {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
+            results.append({**result, "in_use_mb": trimmed["peak_rss_mb"]})
             print(json.dumps(results[-1]), flush=True)
     report(results, args)
+
+
+def child(
+    case: str, method: str, args: argparse.Namespace, steps: int, env: dict | None = None
+) -> dict:
+    """``measure`` in a process of its own (with extra environment variables)."""
+    command = [sys.executable, __file__, "--child", case, method, "--steps", str(steps)]
+    command += ["--batch", str(args.batch), "--length", str(args.length)]
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
@@ -172,7 +181,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = ["step_ms", "saved_mb", "peak_rss_mb"]
+    keys = ["step_ms", "saved_mb", "peak_rss_mb", "in_use_mb"]
     table = Table("case", "run", *keys, title="ratios to PEFT (lower is better for promptkit)")
     for case in args.cases:
         by = {r["method"]: r for r in results if r["case"] == case}
