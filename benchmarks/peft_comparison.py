@@ -47,7 +47,7 @@ N_CLASSES = 2
 def promptkit_model(case: str, method: str) -> tuple[torch.nn.Module, callable]:
     """promptkit's model and a function batch -> logits."""
     from promptkit import build_model
-    from promptkit.config import ModelConfig
+    from promptkit.recipe import ModelConfig
 
     spec = CASES[case]
     placement = "prefix" if case == "prefix" else "input"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 import promptkit
-from promptkit.config import merged
+from promptkit.config import merged, validate_config
 
 
 def main(
@@ -59,7 +59,7 @@ def compare(
         for item in overrides:
             key, _, value = item.partition("=")
             data = merged(data, _nested(key.split("."), yaml.safe_load(value)))
-        config = promptkit.config.validate_config(data, f"{base_config} + {name}")
+        config = validate_config(data, f"{base_config} + {name}")
         console.rule(f"{name}  ({method['preset']})")
         result = promptkit.fit(config, overwrite=True)
         backbone_size = sum(p.numel() for p in result.predictor.model.lm.parameters())

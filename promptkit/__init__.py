@@ -4,46 +4,55 @@
 >>> predictor = promptkit.load("runs/sentiment")          # doctest: +SKIP
 >>> predictor.predict(["a gripping, beautifully shot film"])  # doctest: +SKIP
 ['positive']
+
+The names below load on first use, so ``import promptkit`` (and the command line) start
+without importing torch.
 """
 
-from promptkit.backbone import Backbone, load_backbone
-from promptkit.config import ModelConfig, RunConfig, load_config
-from promptkit.errors import (
-    BackboneMismatchError,
-    ConfigError,
-    DataError,
-    PromptkitError,
-    TemplateError,
-    TrainingError,
-    VerbalizerError,
-)
-from promptkit.model import PromptModel, build_model
-from promptkit.pipeline import fit
-from promptkit.prompts import SoftPrompts
-from promptkit.run import Predictor, load
-from promptkit.template import Template
-from promptkit.verbalizer import Verbalizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "Backbone",
-    "BackboneMismatchError",
-    "ConfigError",
-    "DataError",
-    "ModelConfig",
-    "Predictor",
-    "PromptModel",
-    "PromptkitError",
-    "RunConfig",
-    "SoftPrompts",
-    "Template",
-    "TemplateError",
-    "TrainingError",
-    "Verbalizer",
-    "VerbalizerError",
-    "build_model",
-    "fit",
-    "load",
-    "load_backbone",
-    "load_config",
-]
+
+_EXPORTS = {
+    "Backbone": "promptkit.backbone",
+    "load_backbone": "promptkit.backbone",
+    "ModelConfig": "promptkit.recipe",
+    "RunConfig": "promptkit.recipe",
+    "load_config": "promptkit.config",
+    "validate_config": "promptkit.config",
+    "BackboneMismatchError": "promptkit.errors",
+    "ConfigError": "promptkit.errors",
+    "DataError": "promptkit.errors",
+    "PromptkitError": "promptkit.errors",
+    "TemplateError": "promptkit.errors",
+    "TrainingError": "promptkit.errors",
+    "VerbalizerError": "promptkit.errors",
+    "PromptModel": "promptkit.model",
+    "build_model": "promptkit.model",
+    "fit": "promptkit.pipeline",
+    "SoftPrompts": "promptkit.prompts",
+    "Predictor": "promptkit.predictor",
+    "load": "promptkit.predictor",
+    "RunFolder": "promptkit.run_folder",
+    "Template": "promptkit.template",
+    "Verbalizer": "promptkit.verbalizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:  # a submodule, e.g. promptkit.config
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'promptkit' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *_EXPORTS]

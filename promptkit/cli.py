@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from promptkit import catalog
-from promptkit.config import DataConfig, ImageDataConfig, load_config
-from promptkit.data import Split, as_examples, label_indices, read_rows
 from promptkit.errors import PromptkitError
 from promptkit.template import Segment, SegmentKind, Template
 
@@ -50,6 +47,7 @@ def fit(
     overwrite: Annotated[bool, typer.Option(help="replace an earlier run in the folder")] = False,
 ) -> None:
     """Train a prompt as CONFIG says, then evaluate it on the test split."""
+    from promptkit.config import load_config
     from promptkit.pipeline import fit as run_fit
 
     try:
@@ -87,37 +85,33 @@ def evaluate(
 ) -> None:
     """Score a trained prompt on labelled data: accuracy and macro-F1, or entity-level
     precision, recall and F1 for a tagger."""
+    from promptkit.data import Split, label_indices
     from promptkit.pipeline import evaluate_split
-    from promptkit.run import load
+    from promptkit.predictor import load
 
     try:
         predictor = load(run_dir)
-        config = _run_data_config(run_dir)
+        modality, data_config = _run_data(run_dir)
         if label_column:
-            config = config.model_copy(update={"label_column": label_column})
-        rows, column = _read_labelled(config, data)
-        labels = label_indices(rows, predictor.classes, column, config.label_map)
-        split = Split(predictor.model.examples(rows), labels)
-        metrics = evaluate_split(predictor.model, split, progress=True)
+            data_config = data_config.model_copy(update={"label_column": label_column})
+        rows, column = modality.read_labelled(data_config, data)
+        model = predictor.model
+        labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
+        split = Split(model.examples(rows), labels)
+        metrics = evaluate_split(model, split, progress=True)
     except PromptkitError as err:
         raise _fail(err) from None
     console.print(json.dumps(metrics))
 
 
-def _run_data_config(run_dir: Path) -> DataConfig:
-    path = run_dir / "config.yaml"
-    saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    schema = ImageDataConfig if saved.get("modality") == "vision" else DataConfig
-    return schema.model_validate(saved.get("data", {}))
+def _run_data(run_dir: Path) -> tuple:
+    """The modality of a run and its data config (as saved in its config.yaml)."""
+    from promptkit.modalities import modality_of
+    from promptkit.run_folder import RunFolder
 
-
-def _read_labelled(config: DataConfig, spec: str) -> tuple[list[dict], str]:
-    """Rows of labelled data and their label column."""
-    if isinstance(config, ImageDataConfig):
-        from promptkit.vision.data import read_image_rows
-
-        return read_image_rows(config, spec), "label"
-    return read_rows(spec), config.label_column
+    run = RunFolder(run_dir)
+    modality = modality_of(run.read_recipe()["recipe"])
+    return modality, modality.data_schema().model_validate(run.read_config().get("data", {}))
 
 
 @app.command()
@@ -132,11 +126,12 @@ def predict(
     output: Annotated[Path, typer.Option("--output", help="jsonl to write")],
 ) -> None:
     """Label each example of INPUT; write one JSON line per example with label and scores."""
-    from promptkit.run import load
+    from promptkit.predictor import load
 
     try:
         predictor = load(run_dir)
-        rows = _read_inputs(input, images=predictor.model.modality == "vision")
+        modality, _ = _run_data(run_dir)
+        rows = modality.read_inputs(input)
         probs = predictor.predict_proba(rows)
     except PromptkitError as err:
         raise _fail(err) from None
@@ -147,24 +142,10 @@ def predict(
 
 
 def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:
-    """The top label (of each word, for a token head)."""
+    """The top label (of each word, for a tagger)."""
     if isinstance(scores, list):
         return [max(word, key=word.get) for word in scores]
     return max(scores, key=scores.get)
-
-
-def _read_inputs(spec: str, images: bool) -> list[dict]:
-    if not images:
-        return read_rows(spec)
-    from promptkit.vision.data import IMAGE_SUFFIXES
-
-    path = Path(spec)
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        return [{"image": str(f)} for f in files]
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return [{"image": str(path)}]
-    return read_rows(spec)
 
 
 @app.command("catalog")
@@ -183,11 +164,13 @@ def list_catalog() -> None:
 def list_methods() -> None:
     """List the method presets (start a config with `preset: NAME`): what trains, and where
     the prompts go."""
+    from promptkit.modalities import MODALITIES
+
     table = Table("preset", "modality", "trains", "prompts", "method")
-    for kind, modality in (("methods", "text"), ("vision", "vision")):
-        for name, entry in catalog.entries(kind).items():
+    for modality in MODALITIES.values():
+        for name, entry in catalog.entries(modality.presets).items():
             method = entry["description"].split(" - ")[0]
-            table.add_row(name, modality, entry["trains"], entry["prompts"], method)
+            table.add_row(name, modality.name, entry["trains"], entry["prompts"], method)
     console.print(table)
 
 
@@ -219,6 +202,8 @@ def template_render(
     max_length: Annotated[int, typer.Option()] = 256,
 ) -> None:
     """Render TEMPLATE over an example; with --model, show the tokens it encodes to."""
+    from promptkit.data import as_examples
+
     try:
         compiled = catalog.template(template)
         values = json.loads(example)
@@ -228,7 +213,7 @@ def template_render(
             return
         _show_tokens(compiled, values, model, max_length)
     except json.JSONDecodeError as err:
-        raise _fail(ValueError(f"--example is not valid JSON: {err}")) from None
+        raise _fail(PromptkitError(f"--example is not valid JSON: {err}")) from None
     except PromptkitError as err:
         raise _fail(err) from None
 
@@ -263,6 +248,7 @@ def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) 
     from transformers import AutoTokenizer
 
     from promptkit.backbone import detect_kind
+    from promptkit.data import as_examples
     from promptkit.encoding import PromptTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)

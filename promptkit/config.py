@@ -1,111 +1,86 @@
-"""Run configuration: a YAML file validated by pydantic. Unknown keys are errors.
+"""Configuration: YAML validated by pydantic; unknown keys are errors that suggest the fix.
 
-A ``ModelConfig`` is the recipe of a trained prompt (saved with it); a ``RunConfig`` adds the
-data, the trainer settings and where the run goes.
+This module holds what every modality shares: the base sections, the trainer and data
+sections, the literals they use, and reading, overriding and validating a config. Each
+modality registers its own recipe and run schema (``promptkit.modalities``); each placement
+and head its own section (``promptkit.placements``, ``promptkit.heads``).
 """
 
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, Tag, ValidationError, field_validator
 
 from promptkit import catalog
 from promptkit.errors import ConfigError
-from promptkit.heads import Pool
-from promptkit.prompts import EncoderKind, InitKind
-from promptkit.verbalizer import Aggregate, MultiToken
+from promptkit.layers import check_layers
+from promptkit.schema import Strict
 
 Group = Literal["prompts", "head", "bias", "all"]
+InitKind = Literal["random", "vocab"]
+EncoderKind = Literal["none", "mlp", "lstm"]
 DEFAULT_LR: dict[str, float] = {"prompts": 1e-2, "head": 1e-3, "bias": 1e-3, "all": 2e-5}
+# Keys that say which member of a tagged section is meant; a preset's section is replaced,
+# not merged, when the config names another member.
+_TAG_KEYS = ("placement", "type")
 
 
-def _absolute_if_local(value: str | None) -> str | None:
-    """A local path as an absolute one, so a saved run loads from anywhere; else unchanged."""
-    return str(Path(value).resolve()) if value and Path(value).exists() else value
+class PromptsConfig(Strict):
+    """Where the soft slots go and how their vectors are parameterised. Each placement
+    extends it with its own keys (``promptkit.placements``)."""
 
-
-def _recipe_of(config: BaseModel, schema: type[BaseModel]) -> Any:
-    """The fields of ``config`` that ``schema`` (a recipe) has, validated as one."""
-    return schema.model_validate(config.model_dump(include=set(schema.model_fields)))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BackboneConfig(_Strict):
-    """Which pretrained model to prompt."""
-
-    name: str = Field(description="hub id or local folder")
-    kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-    _absolute_name = field_validator("name")(_absolute_if_local)
-
-
-class PromptsConfig(_Strict):
-    """Where the soft slots go, and how they are initialised and parameterised."""
-
-    placement: Literal["input", "prefix", "deep"] = Field(
-        "input",
-        description="input: input embeddings (prompt tuning, P-tuning v1); prefix: keys and "
-        "values of every selected layer, no positions (prefix tuning, P-tuning v2); deep: "
-        "input positions whose hidden states each selected layer replaces",
-    )
-    layers: str = Field("all", description="prefix / deep: all | first:K | last:K | A-B")
+    placement: str
     init: InitKind = Field("vocab", description="default init of slots that name none")
-    encoder: EncoderKind = Field(
-        "none", description="none | mlp (prefix: prefix tuning's reparameterisation) | lstm"
-    )
-    encoder_hidden: int | None = None
+    encoder: EncoderKind = Field("none", description="none | mlp | lstm (P-tuning v1)")
+    encoder_hidden: int | None = Field(None, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1, description="on the vectors (prefix dropout)")
 
 
-class HeadConfig(_Strict):
-    """What turns the backbone's output into labels."""
+class LayeredPromptsConfig(PromptsConfig):
+    """Prompts that selected layers get vectors of their own."""
 
-    type: Literal["verbalizer", "classifier", "token"] = Field(
-        "verbalizer", description="verbalizer (cloze) | classifier | token (sequence labelling)"
+    layers: str = Field("all", description="all | first:K | last:K | A-B")
+
+    _layers = field_validator("layers")(check_layers)
+
+
+class HeadConfig(Strict):
+    """What turns the backbone's output into answers. Each head extends it
+    (``promptkit.heads``)."""
+
+    type: str
+
+
+class TrainerConfig(Strict):
+    """How training runs."""
+
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: dict[Group, float] = Field(default_factory=dict, description="per trainable group")
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = 1.0
+    patience: int | None = Field(None, gt=0, description="epochs without improvement")
+    metric: str | None = Field(
+        None, description="picks the best epoch; default: the task's first metric"
     )
-    verbalizer: str | dict[str, list[str] | str] | None = Field(
-        None, description="catalog name, YAML path or {class: [words]}"
-    )
-    multi_token: MultiToken = "mean"
-    aggregate: Aggregate = "mean"
-    pool: Pool = "cls"
-    classes: list[str] | None = Field(
-        None, description="classifier labels or tags (default: from data)"
-    )
-    dropout: float = 0.1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    progress: bool = True
+
+    def learning_rate(self, group: str) -> float:
+        """The learning rate of one trainable group."""
+        return self.lr.get(group, DEFAULT_LR[group])
 
 
-class ModelConfig(_Strict):
-    """The recipe of a prompt model: everything needed to rebuild it around its backbone."""
-
-    modality: Literal["text"] = "text"
-    backbone: BackboneConfig
-    template: str = Field(description="a template or a catalog template's name")
-    inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
-    head: HeadConfig = Field(default_factory=HeadConfig)
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    trainable: list[Group] = Field(
-        default_factory=lambda: ["prompts"], description="what trains; [] for zero-shot use"
-    )
-    max_length: int = 256
-    padding_side: Literal["auto", "left", "right"] = "auto"
-    seed: int = 13
-
-    @field_validator("trainable")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where the examples come from and how their columns and labels map."""
 
     dataset: str | None = Field(
@@ -122,121 +97,12 @@ class DataConfig(_Strict):
     validation_few_shot: int | None = Field(None, gt=0)
 
 
-class TrainerConfig(_Strict):
-    """How training runs."""
-
-    epochs: int = Field(10, gt=0)
-    batch_size: int = Field(16, gt=0)
-    eval_batch_size: int = Field(64, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    lr: dict[Group, float] = Field(default_factory=dict, description="per trainable group")
-    weight_decay: float = 0.01
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = 1.0
-    patience: int | None = Field(None, gt=0, description="epochs without improvement")
-    metric: Literal["accuracy", "macro_f1", "f1", "precision", "recall"] | None = Field(
-        None, description="picks the best epoch; default accuracy, entity f1 for tagging"
-    )
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    progress: bool = True
-
-    def learning_rate(self, group: str) -> float:
-        """The learning rate of one trainable group."""
-        return self.lr.get(group, DEFAULT_LR[group])
+def recipe_of(config: BaseModel, schema: type[BaseModel]) -> Any:
+    """The fields of ``config`` that ``schema`` (a recipe) has, validated as one."""
+    return schema.model_validate(config.model_dump(include=set(schema.model_fields)))
 
 
-class RunConfig(ModelConfig):
-    """A whole training run."""
-
-    data: DataConfig
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    output_dir: str = "runs/run"
-
-    def recipe(self) -> ModelConfig:
-        """The part of the config that is saved with the trained prompt."""
-        return _recipe_of(self, ModelConfig)
-
-
-class VisionBackboneConfig(_Strict):
-    """A vision transformer: a timm model name or a transformers ViT folder / hub id."""
-
-    name: str = Field(description="timm name (vit_*, deit_*) or transformers folder / hub id")
-    source: Literal["auto", "timm", "transformers"] = Field(
-        "auto", description="auto: transformers if name is a folder with config.json"
-    )
-    pretrained: bool = Field(False, description="timm: load the published weights")
-    checkpoint: str | None = Field(None, description="timm: a local weights file to load")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
-
-    _absolute_paths = field_validator("name", "checkpoint")(_absolute_if_local)
-
-
-class VPTConfig(_Strict):
-    """Visual Prompt Tuning: how many prompt tokens, and where."""
-
-    tokens: int = Field(10, ge=0, description="prompt tokens per prompted layer")
-    deep: bool = Field(False, description="VPT-deep: each selected layer has its own prompts")
-    layers: str = Field("all", description="deep only: all | first:K | last:K | A-B")
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class VisionHeadConfig(_Strict):
-    """The linear head on the class token or on the mean of the patch tokens."""
-
-    pool: Literal["token", "avg"] = "token"
-
-
-class VisionModelConfig(_Strict):
-    """The recipe of a prompted vision transformer."""
-
-    modality: Literal["vision"]
-    backbone: VisionBackboneConfig
-    vpt: VPTConfig = Field(default_factory=VPTConfig)
-    head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
-    trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
-    seed: int = 13
-
-    @field_validator("trainable")
-    @classmethod
-    def _head_trains(cls, value: list[str]) -> list[str]:
-        if "head" not in value:
-            raise ValueError("the head is new (one output per class), so it must train: add head")
-        return list(dict.fromkeys(value))
-
-
-class ImageDataConfig(DataConfig):
-    """Images: a folder per class, Fashion-MNIST's IDX files, scikit-learn's digits, or a
-    data set with an image column."""
-
-    source: Literal["image_folder", "fashion_mnist", "digits", "dataset"] = "image_folder"
-    path: str | None = Field(None, description="fashion_mnist: the folder of the IDX files")
-    image_column: str = "image"
-    classes: list[str] | None = Field(None, description="keep only these labels, in this order")
-
-
-class VisionRunConfig(VisionModelConfig):
-    """A whole training run on images."""
-
-    data: ImageDataConfig
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    output_dir: str = "runs/run"
-
-    def recipe(self) -> VisionModelConfig:
-        """The part of the config that is saved with the trained prompt."""
-        return _recipe_of(self, VisionModelConfig)
-
-
-def recipe_from_dict(data: dict[str, Any]) -> ModelConfig | VisionModelConfig:
-    """A saved recipe, text or vision."""
-    if data.get("modality") == "vision":
-        return VisionModelConfig.model_validate(data)
-    return ModelConfig.model_validate(data)
-
-
-def load_config(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-) -> RunConfig | VisionRunConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read, override (``a.b=value``, value parsed as YAML) and validate a run config."""
     path = Path(path)
     try:
@@ -250,18 +116,22 @@ def load_config(
     return validate_config(data, str(path))
 
 
-def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig | VisionRunConfig:
-    """Validate a config mapping; errors name each bad key and suggest the fix.
+def validate_config(data: dict[str, Any], source: str = "config") -> Any:
+    """Validate a run config mapping of any modality; errors name each bad key and suggest
+    the fix. ``preset: NAME`` starts from a method of the modality's catalog
+    (``promptkit methods``): the config's own keys win."""
+    from promptkit.modalities import modality_of
 
-    ``preset: NAME`` starts from a method of the catalog (``promptkit methods``): the
-    config's own keys win. ``modality: vision`` marks an image run.
-    """
-    schema = VisionRunConfig if data.get("modality") == "vision" else RunConfig
+    modality = modality_of(data)
     if "preset" in data:
         data = dict(data)
-        kind = "vision" if schema is VisionRunConfig else "methods"
-        preset = catalog.entry(kind, str(data.pop("preset")))["config"]
+        preset = catalog.entry(modality.presets, str(data.pop("preset")))["config"]
         data = merged(preset, data)
+    return validate(modality.run_schema(), data, source)
+
+
+def validate(schema: type[BaseModel], data: Any, source: str) -> Any:
+    """``data`` validated by ``schema``; a failure is a ConfigError naming every bad key."""
     try:
         return schema.model_validate(data)
     except ValidationError as err:
@@ -270,12 +140,20 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig |
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``, sections merged key by key."""
+    """``override`` on top of ``base``, sections merged key by key (a section that names
+    another placement or head type replaces the base's)."""
     out = dict(base)
     for key, value in override.items():
         both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merged(out[key], value) if both_sections else value
+        if both_sections and not _other_member(out[key], value):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
     return out
+
+
+def _other_member(base: dict[str, Any], override: dict[str, Any]) -> bool:
+    return any(k in base and k in override and base[k] != override[k] for k in _TAG_KEYS)
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -292,23 +170,63 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
-    where = ".".join(str(p) for p in error["loc"])
+    loc = _without_tags(error["loc"], schema)
+    where = ".".join(str(p) for p in loc)
     if error["type"] == "extra_forbidden":
         parent = _model_at(schema, error["loc"][:-1])
         known = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown key{hint}; known keys here: {', '.join(known)}"
     if error["type"] == "missing":
         return f"{where}: required, but missing"
+    if error["type"] == "union_tag_invalid":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        return f"{where}: unknown {error['ctx']['tag']!r}; choose one of {expected}"
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+def _without_tags(loc: tuple, schema: type[BaseModel]) -> tuple:
+    """The error location as the user wrote it: union member tags dropped."""
+    out, model = [], schema
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        out.append(part)
+        field = model.model_fields.get(str(part)) if model else None
+        members = _members(field.annotation) if field else {}
+        if members and parts and parts[0] in members:
+            model = members[parts.pop(0)]
+        else:
+            model = _as_model(field.annotation) if field else None
+    return tuple(out)
+
+
+def _model_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = schema
+    parts = list(loc)
+    while parts and model is not None:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
             return None
-        model = annotation
+        members = _members(field.annotation)
+        model = members.get(parts.pop(0)) if members and parts else _as_model(field.annotation)
     return model
+
+
+def _members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """The members of a tagged union annotation, by tag (empty for anything else)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    out = {}
+    for arg in typing.get_args(annotation):
+        tags = [m.tag for m in getattr(arg, "__metadata__", ()) if isinstance(m, Tag)]
+        if tags:
+            out[tags[0]] = typing.get_args(arg)[0]
+    return out
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from promptkit.encoding import EncodedPrompt
+from promptkit.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import datasets
-from promptkit.errors import DataError
+
+    from promptkit.config import DataConfig
+    from promptkit.tasks import Task
 
 _CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
 _FILE_BUILDERS = {
@@ -24,18 +27,16 @@ _FILE_BUILDERS = {
     ".parquet": "parquet",
 }
 
-
-Label = int | list[int]  # a class index, or one tag index per word (sequence labelling)
-IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
+Rows = list[dict[str, Any]]
 
 
 @dataclass
 class Split:
-    """Examples of one split, ready for the template, with their labels: a class index each,
-    or a list of tag indices (one per word) for sequence labelling."""
+    """Examples of one split, ready for the template, with their labels (what the task's
+    loss reads: a class index each, or a list of tag indices for tagging)."""
 
     examples: list[dict[str, Any]]
-    labels: list[Label]
+    labels: list[Any]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -128,94 +129,114 @@ def as_examples(
 
 def mapped_labels(
     rows: Sequence[Mapping[str, Any]],
+    task: Task,
     label_column: str = "label",
     label_map: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Each row's label as a class name (through ``label_map`` where it has the raw value);
-    for sequence labelling, the flat list of every row's tags."""
+    """The class names of every row's label, through ``label_map`` where it has the raw
+    value (for tagging, every row's tags, flattened)."""
     if rows and label_column not in rows[0]:
         raise DataError(f"the data has no label column {label_column!r}: set data.label_column.")
-    return [name for row in rows for name in _names(row[label_column], label_map)]
+    return [name for row in rows for name in _names(row[label_column], task, label_map)]
 
 
-def _names(raw: Any, label_map: Mapping[str, str] | None) -> list[str]:
+def _names(raw: Any, task: Task, label_map: Mapping[str, str] | None) -> list[str]:
     mapping = label_map or {}
-    values = raw if isinstance(raw, list) else [raw]
-    return [mapping.get(str(v), str(v)) for v in values]
-
-
-def tag_classes(names: Sequence[str]) -> list[str]:
-    """Tag names in a stable order, the outside tag "O" first (words the model cannot see,
-    cut by max_length, are predicted as the first class)."""
-    return sorted(set(names), key=lambda n: (n != "O", n))
+    return [mapping.get(n, n) for n in task.label_names(raw)]
 
 
 def label_indices(
     rows: Sequence[Mapping[str, Any]],
     classes: Sequence[str],
+    task: Task,
     label_column: str = "label",
     label_map: Mapping[str, str] | None = None,
-) -> list[int]:
-    """Each row's class index (a list of tag indices where the label is a list of tags);
-    labels outside the classes are an error naming them."""
+) -> list[Any]:
+    """Each row's label as the task encodes it; labels outside the classes are an error
+    naming them."""
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(mapped_labels(rows, label_column, label_map)) - set(index))
+    unknown = sorted(set(mapped_labels(rows, task, label_column, label_map)) - set(index))
     if unknown:
         raise DataError(
             f"labels {unknown} in the data are not among the classes {list(classes)}: add them "
             f"to the verbalizer, or map them with `data.label_map: {{{unknown[0]!r}: CLASS}}`."
         )
-    labels: list[Label] = []
-    for row in rows:
-        indices = [index[n] for n in _names(row[label_column], label_map)]
-        labels.append(indices if isinstance(row[label_column], list) else indices[0])
-    return labels
+    return [task.encode_label(_names(row[label_column], task, label_map), index) for row in rows]
 
 
-def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Split off ``fraction`` of the examples, keeping the label proportions (seeded; tag
-    sequences are split at random)."""
-    from sklearn.model_selection import train_test_split  # heavy: imported when first needed
+@dataclass
+class Splits:
+    """The data of a run."""
 
-    sequences = bool(split.labels) and isinstance(split.labels[0], list)
-    keep, held = train_test_split(
-        list(range(len(split))),
-        test_size=fraction,
-        random_state=seed,
-        stratify=None if sequences else split.labels,
+    train: Split
+    validation: Split
+    test: Split | None
+
+
+def read_splits(data: DataConfig, read: Callable[[str], Rows]) -> dict[str, Rows]:
+    """The rows of each split the data config names (train is required)."""
+    if not data.train:
+        raise ConfigError("data.train is missing: give a file, a folder or a split name.")
+    specs = {"train": data.train, "validation": data.validation, "test": data.test}
+    return {name: read(spec) for name, spec in specs.items() if spec}
+
+
+def build_splits(
+    rows: dict[str, Rows],
+    data: DataConfig,
+    task: Task,
+    classes: Sequence[str],
+    to_examples: Callable[[Rows], Rows],
+    label_column: str,
+    seed: int,
+) -> Splits:
+    """Label the rows, hold out a validation set if there is none, sample few-shot."""
+    splits = {
+        name: Split(to_examples(r), label_indices(r, classes, task, label_column, data.label_map))
+        for name, r in rows.items()
+    }
+    train, validation = splits["train"], splits.get("validation")
+    if validation is None:
+        train, validation = task.holdout(train, data.validation_size, seed)
+    if data.few_shot:
+        train = task.few_shot(train, data.few_shot, seed)
+    if data.validation_few_shot:
+        validation = task.few_shot(validation, data.validation_few_shot, seed + 1)
+    return Splits(train, validation, splits.get("test"))
+
+
+def load_splits(
+    data: DataConfig,
+    task: Task,
+    classes: Sequence[str] | None,
+    inputs: Mapping[str, str],
+    template_inputs: Sequence[str],
+    seed: int,
+) -> tuple[Splits, list[str]]:
+    """Read, label, split and sample text data; returns the splits and the class names
+    (``classes``, else the task's order of the training labels)."""
+    rows = read_splits(data, lambda spec: read_rows(spec, data.dataset, data.subset))
+    names = mapped_labels(rows["train"], task, data.label_column, data.label_map)
+    classes = list(classes or task.class_order(names))
+    splits = build_splits(
+        rows,
+        data,
+        task,
+        classes,
+        lambda r: as_examples(r, inputs, template_inputs),
+        data.label_column,
+        seed,
     )
-    return split.subset(sorted(keep)), split.subset(sorted(held))
-
-
-def few_shot(split: Split, k: int, seed: int) -> Split:
-    """k examples per class, drawn with a seeded generator (all of a class that has fewer);
-    for sequence labelling, k sentences."""
-    if split.labels and isinstance(split.labels[0], list):
-        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-        return split.subset(sorted(order[:k].tolist()))
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(split), generator=generator).tolist()
-    taken: dict[int, int] = {}
-    chosen = []
-    for i in order:
-        label = split.labels[i]
-        if taken.get(label, 0) < k:
-            taken[label] = taken.get(label, 0) + 1
-            chosen.append(i)
-    return split.subset(sorted(chosen))
+    return splits, classes
 
 
 def collate(
-    encoded: Sequence[EncodedPrompt],
-    pad_id: int,
-    padding_side: str = "right",
-    labels: Sequence[Label] | None = None,
+    encoded: Sequence[EncodedPrompt], pad_id: int, padding_side: str = "right"
 ) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest sequence (left or right) into tensors.
 
     ``word_starts`` ``[B, W]`` is the position of each input word's first token (-1 where
-    there is none); tag-sequence labels are padded to W with ``IGNORED``, which also marks
-    words that have no token."""
+    there is none)."""
     width = max(len(e.input_ids) for e in encoded)
     batch: dict[str, list] = {
         "input_ids": [],
@@ -237,16 +258,12 @@ def collate(
         batch["attention_mask"].append(padded([1] * len(e.input_ids), 0))
         batch["mask_positions"].append(e.mask_position + left if e.mask_position >= 0 else 0)
     tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
-    tensors["word_starts"] = _word_starts(tensors["word_ids"], labels)
-    if labels is not None:
-        tensors["labels"] = _label_tensor(labels, tensors["word_starts"])
+    tensors["word_starts"] = _word_starts(tensors["word_ids"])
     return tensors
 
 
-def _word_starts(word_ids: torch.Tensor, labels: Sequence[Label] | None) -> torch.Tensor:
+def _word_starts(word_ids: torch.Tensor) -> torch.Tensor:
     n_words = max(int(word_ids.max()) + 1, 0)
-    if labels and isinstance(labels[0], list):
-        n_words = max(n_words, max(len(tags) for tags in labels))
     batch, length = word_ids.shape
     # Each word's smallest position; tokens outside words go to an extra column, dropped.
     column = torch.where(word_ids >= 0, word_ids, n_words)
@@ -256,23 +273,14 @@ def _word_starts(word_ids: torch.Tensor, labels: Sequence[Label] | None) -> torc
     return starts.masked_fill(starts == length, -1)
 
 
-def _label_tensor(labels: Sequence[Label], word_starts: torch.Tensor) -> torch.Tensor:
-    if not isinstance(labels[0], list):
-        return torch.tensor(list(labels), dtype=torch.long)
-    out = torch.full(word_starts.shape, IGNORED, dtype=torch.long)
-    for row, tags in enumerate(labels):
-        out[row, : len(tags)] = torch.tensor(tags, dtype=torch.long)
-    return out.masked_fill(word_starts < 0, IGNORED)
-
-
 class EncodedDataset(torch.utils.data.Dataset):
     """Encoded examples with their labels, for a DataLoader with ``collate``."""
 
-    def __init__(self, encoded: list[EncodedPrompt], labels: list[Label]) -> None:
+    def __init__(self, encoded: Sequence[Any], labels: Sequence[Any]) -> None:
         self.encoded, self.labels = encoded, labels
 
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __getitem__(self, i: int) -> tuple[EncodedPrompt, Label]:
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
         return self.encoded[i], self.labels[i]

@@ -221,6 +221,15 @@ class PromptTokenizer:
         )
 
 
+def word_tokens(tokenizer: PreTrainedTokenizerBase, words: str, space: bool) -> list[int] | None:
+    """The token ids of ``words`` as they read after a space (``space``) or alone; None when
+    the tokenizer cannot represent them (no token, or an unknown one)."""
+    ids = tokenizer((" " if space else "") + words, add_special_tokens=False)["input_ids"]
+    if not ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+        return None
+    return ids
+
+
 def _word_ids(encoding, index: int) -> list[int]:
     """Word index of each token of one input (fast tokenizers; else whitespace words)."""
     if encoding.is_fast:

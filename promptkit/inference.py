@@ -1,4 +1,4 @@
-"""Batched inference and metrics over encoded examples."""
+"""Batched inference over encoded examples, and its metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from rich.progress import track
 
-from promptkit.data import Label
 from promptkit.policy import PolicyModule
 
 
@@ -42,45 +41,14 @@ def predict_logits(
     )
 
 
-def metrics(
-    logits: torch.Tensor, labels: Sequence[Label], classes: Sequence[str]
+def evaluate(
+    model: PolicyModule,
+    encoded: Sequence[Any],
+    labels: Sequence[Any],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Classification metrics, or entity-level ones where the labels are tag sequences."""
-    if labels and isinstance(labels[0], list):
-        return tagging_metrics(logits, labels, classes)
-    return classification_metrics(logits, labels)
-
-
-def default_metric(labels: Sequence[Label]) -> str:
-    """The metric that picks the best epoch unless the config names one."""
-    return "f1" if labels and isinstance(labels[0], list) else "accuracy"
-
-
-def classification_metrics(logits: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
-    """Accuracy and macro-F1 of argmax predictions."""
-    from sklearn.metrics import accuracy_score, f1_score  # heavy: imported when first needed
-
-    predictions = logits.argmax(-1).tolist()
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-    }
-
-
-def tagging_metrics(
-    logits: torch.Tensor, labels: Sequence[list[int]], classes: Sequence[str]
-) -> dict[str, float]:
-    """Entity-level precision, recall and F1 (seqeval, BIO tags) and word accuracy."""
-    from seqeval import metrics as seqeval  # heavy (scikit-learn): imported when first needed
-
-    predicted = logits.argmax(-1).tolist()
-    true = [[classes[t] for t in tags] for tags in labels]
-    guess = [
-        [classes[t] for t in row[: len(tags)]] for row, tags in zip(predicted, labels, strict=True)
-    ]
-    return {
-        "precision": float(seqeval.precision_score(true, guess, zero_division=0)),
-        "recall": float(seqeval.recall_score(true, guess, zero_division=0)),
-        "f1": float(seqeval.f1_score(true, guess, zero_division=0)),
-        "accuracy": float(seqeval.accuracy_score(true, guess)),
-    }
+    """The model's metrics (its task's) on encoded, labelled examples."""
+    logits = predict_logits(model, encoded, batch_size, device, progress)
+    return model.task.metrics(logits, labels, model.classes)

@@ -25,3 +25,12 @@ def select_layers(spec: str, n_layers: int) -> list[int]:
             raise ConfigError(f"layers {spec!r}: need 0 <= A <= B < {n_layers} for this backbone")
         return list(range(start, end + 1))
     raise ConfigError(f"layers {spec!r}: write {_FORMS}")
+
+
+def check_layers(spec: str) -> str:
+    """A layer spec's form, checked before the backbone is known (its bounds are checked by
+    ``select_layers``)."""
+    spec = spec.strip()
+    if spec != "all" and not re.fullmatch(r"(first|last):\d+|\d+-\d+", spec):
+        raise ValueError(f"write {_FORMS}")
+    return spec

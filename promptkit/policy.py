@@ -8,12 +8,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from promptkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from promptkit.tasks import Task
 
 
 def parameter_groups(
@@ -49,14 +53,25 @@ def parameter_groups(
 
 
 class PolicyModule(nn.Module):
-    """Base of prompt models: ``self.prompts`` plus parameter ``self.groups`` from a policy.
+    """Base of prompt models (text and vision): ``self.prompts`` plus parameter
+    ``self.groups`` from a policy.
 
-    Subclasses define ``classes``, ``examples(items)`` (user inputs -> examples),
-    ``encode(examples)``, ``collate(encoded, labels)`` and ``forward(batch) -> logits``.
+    Subclasses define ``classes``, ``task``, ``fingerprint()`` (of the untouched backbone),
+    ``examples(items)`` (user inputs -> examples), ``encode(examples)``,
+    ``collate(encoded, labels)`` and ``forward(batch) -> logits``.
     """
 
     groups: dict[str, list[nn.Parameter]]
-    modality = "text"  # or "vision": what the items of ``examples`` are
+    classes: list[str]
+    task: Task
+
+    def fingerprint(self) -> str:
+        """A hash of what the trained parameters depend on in the backbone."""
+        raise NotImplementedError
+
+    def answer_counts(self, examples: Sequence[Mapping[str, Any]]) -> list[int]:
+        """How many answers each example has (one, unless the task labels words)."""
+        return [1] * len(examples)
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only, prompt encoders collapsed to the plain table."""

@@ -12,17 +12,14 @@ into the plain table that is saved.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from promptkit.errors import TemplateError
+from promptkit.encoding import word_tokens
+from promptkit.errors import ConfigError, TemplateError
 from promptkit.template import SoftSlot
-
-InitKind = Literal["random", "vocab"]
-EncoderKind = Literal["none", "mlp", "lstm"]
 
 
 class _MLP(nn.Module):
@@ -67,7 +64,7 @@ class SoftPrompts(nn.Module):
         self,
         n_slots: int,
         dim: int,
-        encoder: EncoderKind = "none",
+        encoder: str = "none",
         encoder_hidden: int | None = None,
         dropout: float = 0.0,
         table_dim: int | None = None,
@@ -76,7 +73,7 @@ class SoftPrompts(nn.Module):
         table_dim = table_dim or dim
         self.projected = table_dim != dim
         if self.projected and encoder != "mlp":
-            raise ValueError(f"a {table_dim}-wide table needs an mlp encoder to reach {dim}")
+            raise ConfigError(f"a {table_dim}-wide table needs an mlp encoder to reach {dim}")
         self.table = nn.Parameter(torch.zeros(n_slots, table_dim))
         hidden = encoder_hidden or table_dim
         if n_slots == 0:
@@ -115,7 +112,7 @@ class SoftPrompts(nn.Module):
         slots: Sequence[SoftSlot],
         embeddings: torch.Tensor,
         tokenizer: PreTrainedTokenizerBase,
-        default: InitKind = "vocab",
+        default: str = "vocab",
         generator: torch.Generator | None = None,
     ) -> None:
         """Set each row from its slot's initialisation (repeated across layers for deep rows).
@@ -148,8 +145,8 @@ class SoftPrompts(nn.Module):
 
 
 def _word_ids(tokenizer: PreTrainedTokenizerBase, words: str) -> list[int]:
-    ids = tokenizer(" " + words, add_special_tokens=False)["input_ids"]
-    if not ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+    ids = word_tokens(tokenizer, words, space=True)
+    if ids is None:
         raise TemplateError(
             f"cannot initialise a soft slot from {words!r}: the tokenizer "
             "does not know it. Choose other words, or @random / @vocab."

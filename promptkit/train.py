@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,11 @@ from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
 from promptkit.config import TrainerConfig
-from promptkit.data import IGNORED, EncodedDataset, Split
+from promptkit.data import EncodedDataset, Split
 from promptkit.errors import TrainingError
-from promptkit.inference import default_metric, metrics, predict_logits
+from promptkit.inference import evaluate
 from promptkit.policy import PolicyModule
-from promptkit.run import append_metrics, read_resume, save_prompt, save_resume
+from promptkit.run_folder import RunFolder
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Trainer:
         recipe: saved with every checkpoint.
         config: trainer settings.
         train, validation: the splits (validation picks the best epoch).
-        run_dir: the run folder.
+        run: the run folder.
         fingerprint: of the untouched backbone, saved with the prompt.
         seed: seeds shuffling and dropout.
     """
@@ -62,16 +61,16 @@ class Trainer:
         config: TrainerConfig,
         train: Split,
         validation: Split,
-        run_dir: Path,
+        run: RunFolder,
         fingerprint: str,
         seed: int = 13,
     ) -> None:
         if not model.groups:
             raise TrainingError("nothing to train: set `trainable` (prompts, head, bias, all).")
         self.model, self.recipe, self.config = model, recipe, config
-        self.validation, self.run_dir = validation, run_dir
+        self.validation, self.run = validation, run
         self.fingerprint, self.seed = fingerprint, seed
-        self.metric = config.metric or default_metric(validation.labels)
+        self.metric = config.metric or model.task.default_metric
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum,
             mixed_precision=config.mixed_precision,
@@ -167,7 +166,7 @@ class Trainer:
         self.model.train()
         for batch in loader:
             with self.accelerator.accumulate(self.model):
-                loss = _loss(self.model(batch), batch["labels"])
+                loss = self._unwrapped.task.loss(self.model(batch), batch["labels"])
                 if not torch.isfinite(loss):
                     self._save_resume()
                     raise TrainingError(
@@ -211,8 +210,7 @@ class Trainer:
         if improved:
             state.best, state.best_epoch, state.stale_epochs = score, state.epoch, 0
             self._best_state = self._trainable_state()
-            save_prompt(
-                self.run_dir,
+            self.run.save_model(
                 self._unwrapped,
                 self.recipe,
                 self.fingerprint,
@@ -220,8 +218,7 @@ class Trainer:
             )
         else:
             state.stale_epochs += 1
-        append_metrics(
-            self.run_dir,
+        self.run.append_metrics(
             {
                 "epoch": state.epoch,
                 "split": "validation",
@@ -236,17 +233,16 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of the current model on the validation split."""
-        logits = predict_logits(
+        return evaluate(
             self._unwrapped,
             self.validation_encoded,
+            self.validation.labels,
             self.config.eval_batch_size,
             self.accelerator.device,
         )
-        return metrics(logits, self.validation.labels, self._unwrapped.classes)
 
     def _save_resume(self) -> None:
-        save_resume(
-            self.run_dir,
+        self.run.save_resume(
             {
                 "trainable": self._trainable_state(),
                 "best_state": self._best_state,
@@ -258,10 +254,10 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        saved = read_resume(self.run_dir)
+        saved = self.run.read_resume()
         if saved is None:
             raise TrainingError(
-                f"{self.run_dir} has no resume state to continue from: train without --resume."
+                f"{self.run.path} has no resume state to continue from: train without --resume."
             )
         self._unwrapped.load_state_dict(saved["trainable"], strict=False)
         self._best_state = saved["best_state"]
@@ -269,13 +265,6 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(**saved["progress"])
         _set_rng_state(saved["rng"])
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over classes, or over the tags of every labelled word."""
-    return torch.nn.functional.cross_entropy(
-        logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORED
-    )
 
 
 def _progress_bar(enabled: bool) -> Progress:

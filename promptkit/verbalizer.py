@@ -16,16 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
+from promptkit.encoding import word_tokens
 from promptkit.errors import VerbalizerError
-
-MultiToken = Literal["mean", "first"]
-Aggregate = Literal["mean", "max"]
 
 
 class Verbalizer:
@@ -90,8 +87,8 @@ class Verbalizer:
     def _pieces(
         tokenizer: PreTrainedTokenizerBase, label: str, word: str, space: bool
     ) -> list[int]:
-        ids = tokenizer((" " if space else "") + word, add_special_tokens=False)["input_ids"]
-        if not ids or (tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids):
+        ids = word_tokens(tokenizer, word, space)
+        if ids is None:
             raise VerbalizerError(
                 f"label word {word!r} of class {label!r} cannot be tokenised "
                 "by this backbone's tokenizer (it maps to unknown). Pick "
@@ -104,8 +101,8 @@ def score_classes(
     log_probs: torch.Tensor,
     ids: torch.Tensor,
     mask: torch.Tensor,
-    multi_token: MultiToken = "mean",
-    aggregate: Aggregate = "mean",
+    multi_token: str = "mean",
+    aggregate: str = "mean",
 ) -> torch.Tensor:
     """Class scores ``[B, C]`` from log-probabilities ``[B, V]`` (see the module docstring)."""
     pieces = log_probs[:, ids]  # [B, C, W, T]

@@ -62,7 +62,7 @@ def test_catalog_names_resolve():
     cfg = validate_config({**BASE, "template": "null_prompt"})
     checked = check_recipe(cfg.recipe())
     assert checked.template.source == "<x> [MASK]"
-    assert checked.verbalizer.words == {
+    assert checked.recipe.head.words().words == {
         "positive": ["great", "good"],
         "negative": ["terrible", "bad"],
     }
@@ -97,4 +97,4 @@ def test_verbalizer_from_yaml_file(tmp_path):
     path = tmp_path / "words.yaml"
     path.write_text("agree: [good]\ndisagree: [bad]\n")
     checked = check_recipe(validate_config({**BASE, "head": {"verbalizer": str(path)}}).recipe())
-    assert checked.verbalizer.classes == ["agree", "disagree"]
+    assert checked.classes == ["agree", "disagree"]

@@ -6,17 +6,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from promptkit.data import (
-    Split,
-    as_examples,
-    collate,
-    few_shot,
-    label_indices,
-    read_rows,
-    stratified_split,
-)
+from promptkit.data import Split, as_examples, collate, label_indices, read_rows
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import DataError
+from promptkit.tasks import CLASSIFICATION
 
 ROWS = [{"sentence": f"s{i}", "label": ["pos", "neg", "neu"][i % 3]} for i in range(30)]
 
@@ -55,12 +48,13 @@ def test_columns_bind_to_input_slots():
 
 def test_labels_map_to_classes_and_unknown_labels_are_named():
     mapping = {"pos": "positive", "neg": "negative", "neu": "neutral"}
-    labels = label_indices(ROWS[:3], ["negative", "positive", "neutral"], "label", mapping)
+    classes = ["negative", "positive", "neutral"]
+    labels = label_indices(ROWS[:3], classes, CLASSIFICATION, "label", mapping)
     assert labels == [1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['neu'\] .* not among the classes"):
-        label_indices(ROWS, ["pos", "neg"])
+        label_indices(ROWS, ["pos", "neg"], CLASSIFICATION)
     with pytest.raises(DataError, match="no label column 'y'"):
-        label_indices(ROWS, ["pos"], "y")
+        label_indices(ROWS, ["pos"], CLASSIFICATION, "y")
 
 
 def split_of(n_per_class: dict[int, int]) -> Split:
@@ -70,26 +64,27 @@ def split_of(n_per_class: dict[int, int]) -> Split:
 
 def test_stratified_split_keeps_proportions_and_is_seeded():
     data = split_of({0: 80, 1: 20})
-    train, held = stratified_split(data, 0.25, seed=1)
+    train, held = CLASSIFICATION.holdout(data, 0.25, seed=1)
     assert Counter(held.labels) == {0: 20, 1: 5}
     assert len(train) == 75
     assert {e["i"] for e in train.examples}.isdisjoint(e["i"] for e in held.examples)
-    assert stratified_split(data, 0.25, seed=1)[1].examples == held.examples
-    assert stratified_split(data, 0.25, seed=2)[1].examples != held.examples
+    assert CLASSIFICATION.holdout(data, 0.25, seed=1)[1].examples == held.examples
+    assert CLASSIFICATION.holdout(data, 0.25, seed=2)[1].examples != held.examples
 
 
 def test_few_shot_takes_k_per_class_seeded():
     data = split_of({0: 50, 1: 50, 2: 3})
-    sample = few_shot(data, 8, seed=3)
+    sample = CLASSIFICATION.few_shot(data, 8, seed=3)
     assert Counter(sample.labels) == {0: 8, 1: 8, 2: 3}
-    assert few_shot(data, 8, seed=3).examples == sample.examples
-    assert few_shot(data, 8, seed=4).examples != sample.examples
+    assert CLASSIFICATION.few_shot(data, 8, seed=3).examples == sample.examples
+    assert CLASSIFICATION.few_shot(data, 8, seed=4).examples != sample.examples
 
 
 def test_collate_pads_left_and_right():
     a = EncodedPrompt([1, 2, 3], [-1, 0, -1], [-1, 0, -1], 2)
     b = EncodedPrompt([4], [-1], [0], 0)
-    right = collate([a, b], pad_id=9, padding_side="right", labels=[1, 0])
+    right = collate([a, b], pad_id=9, padding_side="right")
+    CLASSIFICATION.add_labels(right, [1, 0])
     assert right["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
     assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert right["mask_positions"].tolist() == [2, 0]

@@ -9,12 +9,13 @@ import torch
 from transformers import DistilBertConfig, DistilBertModel, DynamicCache
 
 from promptkit.backbone import load_backbone
-from promptkit.config import ModelConfig, validate_config
-from promptkit.errors import ConfigError
-from promptkit.injection import PrefixInjector
+from promptkit.config import validate, validate_config
+from promptkit.errors import ConfigError, PromptkitError
 from promptkit.model import build_model
 from promptkit.pipeline import fit
-from promptkit.run import load
+from promptkit.placements.prefix import PrefixConfig, PrefixInjector
+from promptkit.predictor import load
+from promptkit.recipe import ModelConfig
 from tests.conftest import run_config
 
 FAMILIES = ["bert", "roberta", "gpt2", "llama"]
@@ -24,14 +25,16 @@ TEXTS = ["the movie was great", "i hated this boring film and the acting"]
 def recipe(
     folder, placement="prefix", template="[P*4] <x>", trainable=("prompts",), **prompts
 ) -> ModelConfig:
-    return ModelConfig.model_validate(
+    return validate(
+        ModelConfig,
         {
             "backbone": {"name": str(folder)},
             "template": template,
             "head": {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"},
             "prompts": {"placement": placement, **prompts},
             "trainable": list(trainable),
-        }
+        },
+        "recipe",
     )
 
 
@@ -47,9 +50,7 @@ def hidden(model, texts=TEXTS, padding_side=None):
     if padding_side:
         model.padding_side = padding_side
     batch = model.collate(model.encode(model.examples(texts)))
-    inputs = model.injector(
-        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()
-    )
+    inputs = model.injector(batch, model.prompts())
     states = model.lm.base_model(**inputs).last_hidden_state
     return [s[m.bool()] for s, m in zip(states, batch["attention_mask"], strict=True)]
 
@@ -62,12 +63,9 @@ def test_masked_out_prefix_reproduces_the_plain_model(model_dir, family, attenti
         model_dir, family, attention, placement="input", template="<x>", trainable=["head"]
     )
     prompted = hidden(model)
-    model.injector.set(model.prompts(), torch.zeros(len(TEXTS), 4, dtype=torch.bool))
     batch = model.collate(model.encode(model.examples(TEXTS)))
-    kwargs = model.injector.forward_kwargs(
-        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
-    )
-    masked = model.lm.base_model(**kwargs).last_hidden_state
+    batch["prefix_visible"] = torch.zeros(len(TEXTS), 4, dtype=torch.bool)
+    masked = model.lm.base_model(**model.injector(batch, model.prompts())).last_hidden_state
     for got, want, mask, changed in zip(
         masked, hidden(plain), batch["attention_mask"], prompted, strict=True
     ):
@@ -85,9 +83,7 @@ def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, 
     reference = copy.deepcopy(model.lm)
     reference.set_attn_implementation(attention)
     batch = model.collate(model.encode(model.examples(TEXTS)))
-    kwargs = model.injector.forward_kwargs(
-        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], model.prompts()[:, :0]
-    )
+    kwargs = model.injector.embedded(batch)  # the input alone, no prefix
     table = model.prompts().view(4, 2, 2, model.injector.n_kv_heads, model.injector.head_dim)
     cache = DynamicCache(config=reference.config)
     for layer in range(2):
@@ -140,9 +136,7 @@ def test_prefix_goes_only_into_the_selected_layers(model_dir):
     batch = model.collate(model.encode(model.examples(TEXTS)))
 
     def states(m):
-        kwargs = m.injector(
-            batch["input_ids"], batch["slot_ids"], batch["attention_mask"], m.prompts()
-        )
+        kwargs = m.injector(batch, m.prompts())
         return m.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
 
     prompted, reference = states(model), states(plain)
@@ -158,9 +152,7 @@ def test_deep_prompts_replace_the_slot_states_before_each_layer(model_dir, famil
     deep = model_for(model_dir, family, placement="deep")
     assert deep.prompts.table.shape == (4, 2 * 32)
     batch = shallow.collate(shallow.encode(shallow.examples(TEXTS[:1])))
-    kwargs = shallow.injector(
-        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], shallow.prompts()
-    )
+    kwargs = shallow.injector(batch, shallow.prompts())
     states = shallow.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
     slots = batch["slot_ids"][0] >= 0
     with torch.no_grad():
@@ -188,12 +180,12 @@ def test_deep_layer_selection_always_prompts_the_input(model_dir):
 def test_an_architecture_without_numbered_attention_is_refused():
     config = DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=37)
     with pytest.raises(ConfigError, match="cannot take key/value prefixes.*placement: input"):
-        PrefixInjector(DistilBertModel(config), [0, 1])
+        PrefixInjector(PrefixConfig(), DistilBertModel(config))
 
 
 def test_prefix_checks_come_before_loading(model_dir):
     with pytest.raises(ConfigError, match="lstm runs over input positions"):
-        build_model(recipe(model_dir("bert"), encoder="lstm"))
+        recipe(model_dir("bert"), encoder="lstm")
     with pytest.raises(ConfigError, match=r"\[P1\] starts from words.*encoder: mlp"):
         build_model(recipe(model_dir("bert"), template="[P1:great] <x>"))
     with pytest.raises(ConfigError, match="layers 'last:9'"):
@@ -233,15 +225,33 @@ def test_prefix_tuning_mlp_is_collapsed_on_save_and_kept_for_resume(model_dir, s
     torch.testing.assert_close(loaded.logits(texts), result.predictor.logits(texts))
 
 
-def test_a_new_injector_replaces_the_last_one_on_a_shared_backbone(model_dir):
-    backbone = load_backbone(str(model_dir("gpt2")))
-    plain = build_model(recipe(model_dir("gpt2"), "input", "<x>", ["head"]), backbone=backbone)
-    before = hidden(plain)
-    build_model(recipe(model_dir("gpt2"), "prefix"), backbone=backbone)
-    build_model(recipe(model_dir("gpt2"), "deep"), backbone=backbone)
-    again = build_model(recipe(model_dir("gpt2"), "input", "<x>", ["head"]), backbone=backbone)
-    assert backbone.model.config._attn_implementation == "sdpa"
-    for got, want in zip(hidden(again), before, strict=True):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_models_sharing_a_backbone_each_use_their_own_prompts(model_dir, family):
+    """Several prompted models on one backbone, called in turn, each give what it gives
+    alone; a released injector refuses to run."""
+    alone = {
+        placement: hidden(model_for(model_dir, family, placement=placement))
+        for placement in ("input", "prefix", "deep")
+    }
+    plain_alone = hidden(
+        model_for(model_dir, family, placement="input", template="<x>", trainable=["head"])
+    )
+    backbone = load_backbone(str(model_dir(family)))
+    shared = {
+        placement: build_model(recipe(model_dir(family), placement), backbone=backbone).eval()
+        for placement in ("input", "prefix", "deep")
+    }
+    plain = build_model(recipe(model_dir(family), "input", "<x>", ["head"]), backbone=backbone)
+    for _ in range(2):
+        for placement, model in shared.items():
+            for got, want in zip(hidden(model), alone[placement], strict=True):
+                torch.testing.assert_close(got, want)
+        for got, want in zip(hidden(plain.eval()), plain_alone, strict=True):
+            torch.testing.assert_close(got, want)
+    shared["deep"].injector.release()
+    with pytest.raises(PromptkitError, match="released"):
+        hidden(shared["deep"])
+    for got, want in zip(hidden(plain), plain_alone, strict=True):
         torch.testing.assert_close(got, want)
 
 

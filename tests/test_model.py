@@ -8,11 +8,11 @@ import torch
 
 import promptkit.backbone
 from promptkit.backbone import fingerprint, load_backbone
-from promptkit.config import ModelConfig
 from promptkit.data import collate
 from promptkit.errors import ConfigError, TemplateError, VerbalizerError
 from promptkit.model import build_model
 from promptkit.prompts import SoftPrompts
+from promptkit.recipe import ModelConfig
 from promptkit.verbalizer import Verbalizer, score_classes
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}

@@ -17,8 +17,8 @@ import torch
 from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
 from promptkit.backbone import load_backbone
-from promptkit.config import ModelConfig
 from promptkit.model import build_model
+from promptkit.recipe import ModelConfig
 
 P = 4
 TEXTS = ["the movie was great", "i hated this boring film and the acting"]
@@ -54,9 +54,7 @@ def test_prefix_tuning_matches_peft(model_dir, family):
     with torch.no_grad():
         peft.prompt_encoder["default"].embedding.weight.copy_(ours.prompts.table)
     batch = ours.collate(ours.encode(ours.examples(TEXTS)))
-    kwargs = ours.injector(
-        batch["input_ids"], batch["slot_ids"], batch["attention_mask"], ours.prompts()
-    )
+    kwargs = ours.injector(batch, ours.prompts())
     expected = outputs(
         peft,
         input_ids=batch["input_ids"],
@@ -83,12 +81,12 @@ def test_prompt_tuning_matches_peft(model_dir, family):
     tokens = ours.backbone.tokenizer(TEXTS, padding=True, return_tensors="pt")
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     soft = torch.arange(P).expand(len(TEXTS), -1)
-    kwargs = ours.injector(
-        torch.cat([torch.zeros_like(soft), ids], 1),
-        torch.cat([soft, torch.full_like(ids, -1)], 1),
-        torch.cat([torch.ones_like(soft), mask], 1),
-        ours.prompts(),
-    )
+    batch = {
+        "input_ids": torch.cat([torch.zeros_like(soft), ids], 1),
+        "slot_ids": torch.cat([soft, torch.full_like(ids, -1)], 1),
+        "attention_mask": torch.cat([torch.ones_like(soft), mask], 1),
+    }
+    kwargs = ours.injector(batch, ours.prompts())
     got = outputs(ours.lm, **kwargs)[:, P:]
     expected = outputs(peft, input_ids=ids, attention_mask=mask)[:, P:]
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-4)

@@ -14,7 +14,7 @@ import torch
 from promptkit.backbone import load_backbone
 from promptkit.config import validate_config
 from promptkit.pipeline import fit
-from promptkit.run import load
+from promptkit.predictor import load
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

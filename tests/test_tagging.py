@@ -11,12 +11,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptkit.config import validate_config
-from promptkit.data import IGNORED, _tag_names, collate, label_indices, read_conll, read_rows
+from promptkit.data import _tag_names, collate, label_indices, read_conll, read_rows
 from promptkit.encoding import PromptTokenizer
 from promptkit.errors import DataError
-from promptkit.inference import tagging_metrics
 from promptkit.pipeline import fit
-from promptkit.run import load
+from promptkit.predictor import load
+from promptkit.tasks import IGNORED, TAGGING
 from promptkit.template import Template
 from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config
 
@@ -37,7 +37,8 @@ def test_word_starts_point_at_each_words_first_sub_token(soft_positions):
         Template("[P*2] the <x> [P3]"), tokenizer, soft_positions=soft_positions
     )
     words = [["playing", "the", "film"], ["played", "playing"]]
-    batch = collate(encoder([{"x": w} for w in words]), 0, "left", [[1, 0, 2], [2, 1]])
+    batch = collate(encoder([{"x": w} for w in words]), 0, "left")
+    TAGGING.add_labels(batch, [[1, 0, 2], [2, 1]])
     first = torch.tensor([[5, 8, 9], [5, 5, 0]])  # "play", "the", "film" / "play", "play"
     starts = batch["word_starts"]
     assert starts.shape == (2, 3) and starts[1, 2] == -1
@@ -50,7 +51,8 @@ def test_word_starts_point_at_each_words_first_sub_token(soft_positions):
 
 def test_words_cut_by_max_length_have_no_loss():
     encoder = PromptTokenizer(Template("<x>"), wordpiece(), max_length=3)
-    batch = collate(encoder([{"x": ["playing", "the", "film"]}]), 0, "right", [[1, 0, 2]])
+    batch = collate(encoder([{"x": ["playing", "the", "film"]}]), 0, "right")
+    TAGGING.add_labels(batch, [[1, 0, 2]])
     assert batch["labels"].tolist() == [[1, 0, IGNORED]]  # play ##ing the | film cut
 
 
@@ -77,16 +79,16 @@ def test_tag_indices_of_hub_style_rows():
     )
     rows = _tag_names(data).to_list()
     assert rows == [{"tokens": ["a", "b"], "ner_tags": ["B-x", "I-x"]}]
-    assert label_indices(rows, ["O", "B-x", "I-x"], "ner_tags") == [[1, 2]]
+    assert label_indices(rows, ["O", "B-x", "I-x"], TAGGING, "ner_tags") == [[1, 2]]
     with pytest.raises(DataError, match=r"labels \['I-x'\]"):
-        label_indices(rows, ["O", "B-x"], "ner_tags")
+        label_indices(rows, ["O", "B-x"], TAGGING, "ner_tags")
 
 
 def test_entity_level_metrics():
     classes = ["O", "B-x", "I-x"]
     labels = [[1, 2, 0], [0, 1]]
     logits = torch.nn.functional.one_hot(torch.tensor([[1, 0, 0], [0, 1, 0]]), 3).float()
-    scores = tagging_metrics(logits, labels, classes)
+    scores = TAGGING.metrics(logits, labels, classes)
     # gold: 2 entities; predicted: "B-x O" (a wrong span) and the right one.
     assert scores["precision"] == 0.5 and scores["recall"] == 0.5 and scores["f1"] == 0.5
     assert scores["accuracy"] == 4 / 5

@@ -11,7 +11,8 @@ from promptkit.config import validate_config
 from promptkit.errors import BackboneMismatchError, ConfigError, TrainingError
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
-from promptkit.run import load, read_resume
+from promptkit.predictor import load
+from promptkit.run_folder import RunFolder
 
 
 def metrics_lines(run_dir):
@@ -66,7 +67,7 @@ def test_encoder_is_collapsed_on_save_and_resume_keeps_it(model_dir, sentiment_d
     result = fit(cfg)
     saved = load_file(str(result.run_dir / "prompt.safetensors"))
     assert list(saved) == ["prompts.table"]
-    resume = read_resume(result.run_dir)
+    resume = RunFolder(result.run_dir).read_resume()
     assert any("encoder" in k for k in resume["trainable"])
     assert result.trainable_parameters > result.saved_parameters == 64
 
@@ -106,7 +107,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(
     cfg = validate_config({**base, "output_dir": str(sentiment_data / "resumed")})
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
-    state = read_resume(sentiment_data / "resumed")
+    state = RunFolder(sentiment_data / "resumed").read_resume()
     assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 2
     with pytest.raises(ConfigError, match="continue it with --resume"):
         fit(cfg)
@@ -131,7 +132,7 @@ def test_nan_loss_stops_with_a_clear_error(model_dir, sentiment_data, monkeypatc
     cfg = validate_config(run_config(model_dir("bert"), sentiment_data))
     with pytest.raises(TrainingError, match="loss is nan.*lower the learning rates"):
         fit(cfg)
-    assert read_resume(sentiment_data / "run") is not None
+    assert RunFolder(sentiment_data / "run").read_resume() is not None
 
 
 def test_early_stopping_and_accumulation(model_dir, sentiment_data):
@@ -152,7 +153,7 @@ def test_early_stopping_and_accumulation(model_dir, sentiment_data):
     fit(cfg)
     validation = [m for m in metrics_lines(sentiment_data / "run") if m["split"] == "validation"]
     assert len(validation) == 2  # no improvement after epoch 1, patience 1
-    state = read_resume(sentiment_data / "run")
+    state = RunFolder(sentiment_data / "run").read_resume()
     assert state["progress"]["optimizer_steps"] == 2 * 3  # ceil(8 batches / 3) per epoch
 
 
@@ -189,5 +190,7 @@ def test_overwrite_replaces_an_earlier_run(model_dir, sentiment_data):
     (sentiment_data / "run" / "stale.txt").write_text("from the earlier run")
     with pytest.raises(ConfigError, match="replace it with --overwrite"):
         fit(cfg)
+    before = (sentiment_data / "run" / "metrics.jsonl").read_text()
     fit(cfg, overwrite=True)
-    assert not (sentiment_data / "run" / "stale.txt").exists()
+    assert (sentiment_data / "run" / "metrics.jsonl").read_text() == before  # replaced, not added
+    assert (sentiment_data / "run" / "stale.txt").exists()  # not promptkit's: left alone

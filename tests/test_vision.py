@@ -12,13 +12,15 @@ from typer.testing import CliRunner
 from vision_helpers import TIMM_MODELS, save_hf_vit, vision_config, write_images
 
 from promptkit.cli import app
-from promptkit.config import ImageDataConfig, VisionModelConfig, validate_config
-from promptkit.errors import ConfigError, DataError
+from promptkit.config import validate_config
+from promptkit.errors import ConfigError, DataError, PromptkitError
 from promptkit.layers import select_layers
 from promptkit.pipeline import fit
-from promptkit.run import load
+from promptkit.predictor import load
+from promptkit.prompts import SoftPrompts
+from promptkit.vision.config import ImageDataConfig, VisionModelConfig
 from promptkit.vision.data import read_image_rows, to_rgb
-from promptkit.vision.model import build_vision_model
+from promptkit.vision.model import VisionPromptModel, build_vision_model
 
 
 def recipe(name: str, kwargs: dict | None = None, **extra) -> VisionModelConfig:
@@ -117,6 +119,28 @@ def test_layer_selection_prompts_only_the_selected_blocks():
     assert [s.shape[1] for s in seen] == [17, 21, 21]
     table = model.prompts.table.detach().view(2, 4, -1)
     torch.testing.assert_close(seen[2][0, 1:5], table[1])
+
+
+def test_vpt_models_sharing_a_backbone_each_use_their_own_prompts():
+    first = build_vision_model(timm_recipe(vpt={"tokens": 3, "dropout": 0.0}), ["a", "b"]).eval()
+    second = VisionPromptModel(
+        first.adapter,
+        SoftPrompts(3, first.adapter.dim),
+        first.layers,
+        3,
+        ["a", "b"],
+        ["prompts", "head"],
+    ).eval()
+    torch.nn.init.normal_(second.prompts.table)
+    batch = pixels()
+    alone = first(batch)
+    other = second(batch)
+    assert (alone - other).abs().max() > 1e-4
+    torch.testing.assert_close(first(batch), alone)
+    first.injector.release()
+    torch.testing.assert_close(second(batch), other)
+    with pytest.raises(PromptkitError, match="released"):
+        first(batch)
 
 
 def test_hf_prompts_and_avg_pooling(tmp_path):

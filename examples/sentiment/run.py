@@ -28,8 +28,9 @@ sys.path.insert(0, str(HERE.parent))
 from assets import ensure  # noqa: E402
 
 import promptkit  # noqa: E402
+from promptkit.data import load_splits  # noqa: E402
 from promptkit.model import build_model  # noqa: E402
-from promptkit.pipeline import evaluate_split, load_splits  # noqa: E402
+from promptkit.pipeline import evaluate_split  # noqa: E402
 
 ZERO_SHOT_TEMPLATE = "<x> It was [MASK]."  # the config's template without its soft slots
 
@@ -46,7 +47,9 @@ def main() -> None:
     backbone = promptkit.load_backbone(config.backbone.name, config.backbone.kind)
     zero_shot = config.recipe().model_copy(update={"template": ZERO_SHOT_TEMPLATE, "trainable": []})
     hard = build_model(zero_shot, backbone=backbone)
-    splits, _ = load_splits(config, hard.classes, hard.template.inputs)
+    splits, _ = load_splits(
+        config.data, hard.task, hard.classes, config.inputs, hard.template.inputs, config.seed
+    )
     console.print(f"zero-shot: scoring {len(splits.test)} test sentences ...")
     zero = evaluate_split(hard, splits.test, config.trainer.eval_batch_size, progress=True)
 

@@ -1,5 +1,6 @@
 """Catalogs of ready, named specs shipped with promptkit (YAML): templates, verbalizers, and
-method presets for text ("methods") and images ("vision")."""
+method presets for text ("methods") and images ("vision"). They live in the repository's
+top-level folders of those names and install as ``promptkit.catalog.<kind>``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from promptkit.template import Template
 
 
 def _folder(kind: str) -> Path:
-    return Path(str(resources.files(__package__) / kind))
+    return Path(str(resources.files(f"{__package__}.{kind}")))
 
 
 def entries(kind: str) -> dict[str, dict[str, Any]]:

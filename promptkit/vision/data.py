@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from promptkit.config import ImageDataConfig
-from promptkit.data import read_rows
+from promptkit.data import Splits, build_splits, mapped_labels, read_rows, read_splits
 from promptkit.errors import DataError
+from promptkit.tasks import CLASSIFICATION
+from promptkit.vision.config import ImageDataConfig
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -33,6 +34,25 @@ FASHION_MNIST_CLASSES = [
     "ankle-boot",
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_image_splits(data: ImageDataConfig, seed: int) -> tuple[Splits, list[str]]:
+    """Read, label, split and sample image data; returns the splits and the class names
+    (``data.classes``, else every label of the training data, sorted)."""
+    rows = read_splits(data, lambda spec: read_image_rows(data, spec))
+    names = mapped_labels(rows["train"], CLASSIFICATION, "label", data.label_map)
+    classes = data.classes or sorted(set(names))
+    kept = {
+        name: [
+            row
+            for row, label in zip(
+                r, mapped_labels(r, CLASSIFICATION, "label", data.label_map), strict=True
+            )
+            if label in classes
+        ]
+        for name, r in rows.items()
+    }
+    return build_splits(kept, data, CLASSIFICATION, classes, lambda r: r, "label", seed), classes
 
 
 def read_image_rows(data: ImageDataConfig, split: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import ViTForImageClassification
 
-from promptkit.errors import ConfigError
+from promptkit.errors import ConfigError, PromptkitError
 
 
 class ViTAdapter:
@@ -155,28 +155,47 @@ def adapter_for(model: nn.Module) -> ViTAdapter:
 class VisualPromptInjector:
     """Inserts, replaces and removes prompt tokens through hooks on the blocks and final norm.
 
+    Several prompted models may share one backbone: each forward makes its injector the
+    backbone's active one, and only the active injector's hooks act (it stays active after the
+    forward, so that activation checkpointing recomputes the blocks with its prompts).
+
     Args:
         adapter: the backbone family.
     """
 
     def __init__(self, adapter: ViTAdapter) -> None:
         self.n_prefix = adapter.n_prefix
+        self.backbone = adapter.model
         self._prompts: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(adapter.blocks):
+        self._handles = [
             block.register_forward_pre_hook(self._before_block(index), with_kwargs=True)
-        adapter.final_norm.register_forward_pre_hook(self._before_norm)
+            for index, block in enumerate(adapter.blocks)
+        ]
+        self._handles.append(adapter.final_norm.register_forward_pre_hook(self._before_norm))
+        self.released = False
 
     def set_prompts(self, prompts: dict[int, torch.Tensor]) -> None:
-        """From the next forward on, block ``i`` gets ``prompts[i]`` (``[N, D]``) if given.
-
-        The prompts stay set after the forward, so that activation checkpointing recomputes
-        the blocks with them during the backward pass.
-        """
+        """From the next forward on, block ``i`` gets ``prompts[i]`` (``[N, D]``) if given,
+        and this injector is the backbone's active one."""
+        if self.released:
+            raise PromptkitError("this VPT injector was released; build the model again.")
         self._prompts = prompts
+        self.backbone.__dict__[_ACTIVE] = self
+
+    def release(self) -> None:
+        """Remove the hooks; using the injector afterwards is an error."""
+        for handle in self._handles:
+            handle.remove()
+        if self.backbone.__dict__.get(_ACTIVE) is self:
+            del self.backbone.__dict__[_ACTIVE]
+        self.released = True
+
+    def _active(self) -> bool:
+        return self.backbone.__dict__.get(_ACTIVE) is self and bool(self._prompts)
 
     def _before_block(self, index: int):
         def hook(_module, args, kwargs):
-            if index not in self._prompts:
+            if not self._active() or index not in self._prompts:
                 return None
             hidden, *rest = args
             prompts = self._prompts[index].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
@@ -188,8 +207,11 @@ class VisualPromptInjector:
         return hook
 
     def _before_norm(self, _module, args):
-        if not self._prompts:
+        if not self._active():
             return None
         hidden, *rest = args
         n = next(iter(self._prompts.values())).shape[0]
         return (torch.cat([hidden[:, : self.n_prefix], hidden[:, self.n_prefix + n :]], 1), *rest)
+
+
+_ACTIVE = "_promptkit_active_injector"  # on the backbone: the injector whose prompts apply

@@ -13,12 +13,13 @@ from torch import nn
 from transformers import ViTForImageClassification
 
 from promptkit.backbone import fingerprint
-from promptkit.config import VisionBackboneConfig, VisionModelConfig
 from promptkit.errors import ConfigError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.seeding import seeded
+from promptkit.tasks import CLASSIFICATION
+from promptkit.vision.config import VisionBackboneConfig, VisionModelConfig
 from promptkit.vision.data import image_transform
 from promptkit.vision.injection import VisualPromptInjector, ViTAdapter, adapter_for
 
@@ -35,7 +36,7 @@ class VisionPromptModel(PolicyModule):
         trainable: the policy ("prompts", "head", "bias", "all").
     """
 
-    modality = "vision"
+    task = CLASSIFICATION
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class VisionPromptModel(PolicyModule):
         """Stack images into a batch."""
         batch = {"pixel_values": torch.stack(list(encoded))}
         if labels is not None:
-            batch["labels"] = torch.tensor(list(labels), dtype=torch.long)
+            self.task.add_labels(batch, labels)
         return batch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Catalog: method presets for text runs (YAML), installed as ``promptkit.catalog.methods``."""

@@ -1,0 +1,23 @@
+"""Heads: what turns a backbone forward into answers. Each is a ``Head`` subclass in its own
+module, with its config section and its task; registering it is one line here.
+
+- ``verbalizer``: label words scored from the LM's prediction at [MASK] (cloze);
+- ``classifier``: a linear layer on a pooled hidden state ([CLS], mean, [MASK], last);
+- ``token``: a linear layer on the first sub-token of every input word (tagging).
+"""
+
+from __future__ import annotations
+
+from promptkit.heads.base import Head
+from promptkit.heads.classifier import ClassifierHead
+from promptkit.heads.token import TokenClassifierHead
+from promptkit.heads.verbalizer import VerbalizerHead
+from promptkit.schema import tagged_union
+
+HEADS: dict[str, type[Head]] = {
+    cls.type: cls for cls in (VerbalizerHead, ClassifierHead, TokenClassifierHead)
+}
+# The `head` section of a text recipe: one member per head, told apart by `type`.
+HeadConfigs = tagged_union([cls.config for cls in HEADS.values()], "type", "verbalizer")
+
+__all__ = ["HEADS", "Head", "HeadConfigs"]

@@ -1,0 +1,106 @@
+"""Classifier head: a linear layer on one pooled hidden state of the base model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from transformers import PreTrainedModel
+
+from promptkit.config import HeadConfig
+from promptkit.errors import ConfigError, TemplateError
+from promptkit.heads.base import Head
+from promptkit.tasks import CLASSIFICATION
+from promptkit.template import Template
+
+if TYPE_CHECKING:
+    from promptkit.backbone import Backbone
+
+Pool = Literal["cls", "mean", "mask", "last"]
+
+
+class ClassifierConfig(HeadConfig):
+    """``head`` of the classifier."""
+
+    type: Literal["classifier"] = "classifier"
+    pool: Pool = Field("cls", description="cls | mean | mask ([MASK]) | last (causal LMs)")
+    classes: list[str] | None = Field(None, description="the labels (default: from the data)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class ClassifierHead(Head):
+    """A linear classifier on one pooled hidden state of the base model.
+
+    Args:
+        hidden_size: the backbone's hidden size.
+        classes: the label names, in order.
+        pool: "cls" (first token), "mean" (real tokens), "mask" ([MASK] position) or "last"
+            (last real token, for causal LMs).
+        dropout: dropout before the linear layer.
+    """
+
+    type = "classifier"
+    config = ClassifierConfig
+    task = CLASSIFICATION
+
+    def __init__(
+        self, hidden_size: int, classes: Sequence[str], pool: Pool = "cls", dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.classes, self.pool = list(classes), pool
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, len(classes))
+
+    @classmethod
+    def check(cls, config: ClassifierConfig, template: Template) -> list[str] | None:
+        if config.pool == "mask" and not template.has_mask:
+            raise TemplateError(
+                f"{template.name} has no [MASK], but `head.pool: mask` reads it: add [MASK] "
+                "or pool another way (cls, mean, last)."
+            )
+        return config.classes
+
+    @classmethod
+    def build(
+        cls,
+        config: ClassifierConfig,
+        backbone: Backbone,
+        template: Template,
+        classes: Sequence[str],
+    ) -> ClassifierHead:
+        return cls(backbone.hidden_size, labels(config, classes), config.pool, config.dropout)
+
+    def forward(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, object],
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Class logits ``[B, C]``."""
+        hidden = model.base_model(**inputs).last_hidden_state
+        return self.linear(self.dropout(self._pooled(hidden, batch)).to(self.linear.weight.dtype))
+
+    def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        attention = batch["attention_mask"]
+        if self.pool == "cls":
+            first_real = attention.long().argmax(-1)
+            return hidden[rows, first_real]
+        if self.pool == "mask":
+            return hidden[rows, batch["mask_positions"]]
+        if self.pool == "last":
+            last_real = attention.shape[1] - 1 - attention.long().flip(-1).argmax(-1)
+            return hidden[rows, last_real]
+        weights = attention.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def labels(config: ClassifierConfig, classes: Sequence[str] | None) -> list[str]:
+    """The head's labels: the config's, else the data's."""
+    chosen = list(config.classes or classes or [])
+    if not chosen:
+        raise ConfigError(f"a {config.type} head needs its labels: set head.classes or give data.")
+    return chosen

@@ -1,0 +1,141 @@
+"""Verbalizer head (cloze): label words scored from the LM's prediction at [MASK]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from promptkit import catalog
+from promptkit.backbone import reading_at
+from promptkit.config import HeadConfig
+from promptkit.errors import ConfigError, TemplateError
+from promptkit.heads.base import Head
+from promptkit.tasks import CLASSIFICATION
+from promptkit.template import Template
+from promptkit.verbalizer import Verbalizer, score_classes
+
+if TYPE_CHECKING:
+    from promptkit.backbone import Backbone
+
+MultiToken = Literal["mean", "first"]
+Aggregate = Literal["mean", "max"]
+
+
+class VerbalizerConfig(HeadConfig):
+    """``head`` of the verbalizer."""
+
+    type: Literal["verbalizer"] = "verbalizer"
+    verbalizer: str | dict[str, list[str] | str] | None = Field(
+        None, description="catalog name, YAML path or {class: [words]}"
+    )
+    multi_token: MultiToken = "mean"
+    aggregate: Aggregate = "mean"
+
+    def words(self) -> Verbalizer:
+        """The label words the config names."""
+        spec = self.verbalizer
+        if spec is None:
+            raise ConfigError(
+                "head.verbalizer is missing: give {class: [words]}, a catalog name "
+                f"({', '.join(catalog.entries('verbalizers'))}) or a YAML file."
+            )
+        if isinstance(spec, dict):
+            return Verbalizer(spec)
+        if catalog.has("verbalizers", spec):
+            return Verbalizer(catalog.entry("verbalizers", spec)["words"])
+        if spec.endswith((".yaml", ".yml")):
+            return Verbalizer.from_yaml(spec)
+        raise ConfigError(
+            f"head.verbalizer {spec!r} is neither a catalog name "
+            f"({', '.join(catalog.entries('verbalizers'))}) nor a YAML file."
+        )
+
+
+class VerbalizerHead(Head):
+    """Scores the verbalizer's classes from the LM logits at the mask position (no parameters).
+
+    Args:
+        verbalizer: the label words.
+        tokenizer: the backbone's tokenizer.
+        space_before: whether the template has a space before [MASK].
+        multi_token, aggregate: see ``promptkit.verbalizer``.
+    """
+
+    type = "verbalizer"
+    config = VerbalizerConfig
+    task = CLASSIFICATION
+
+    def __init__(
+        self,
+        verbalizer: Verbalizer,
+        tokenizer: PreTrainedTokenizerBase,
+        space_before: bool,
+        multi_token: MultiToken = "mean",
+        aggregate: Aggregate = "mean",
+    ) -> None:
+        super().__init__()
+        self.classes = verbalizer.classes
+        self.multi_token, self.aggregate = multi_token, aggregate
+        ids, mask = verbalizer.token_ids(tokenizer, space_before)
+        self.register_buffer("word_ids", ids, persistent=False)
+        self.register_buffer("word_mask", mask, persistent=False)
+
+    @classmethod
+    def check(cls, config: VerbalizerConfig, template: Template) -> list[str]:
+        """The template must have [MASK]; the label words bring the classes."""
+        if not template.has_mask:
+            hint = (
+                ""
+                if template.slots or template.inputs
+                else (
+                    f" No catalog template is named {template.source!r} either; known: "
+                    f"{', '.join(catalog.entries('templates'))}."
+                )
+            )
+            raise TemplateError(
+                f"{template.name} has no [MASK], but a verbalizer head reads its "
+                f"answer there: add [MASK] (e.g. '<x> It was [MASK].').{hint}"
+            )
+        return config.words().classes
+
+    @classmethod
+    def build(
+        cls,
+        config: VerbalizerConfig,
+        backbone: Backbone,
+        template: Template,
+        classes: Sequence[str],
+    ) -> VerbalizerHead:
+        if not backbone.has_lm_head:
+            raise ConfigError(
+                f"{backbone.name} is loaded as an encoder without an LM head, which "
+                "a verbalizer needs: use `head: {type: classifier}` or an LM backbone."
+            )
+        return cls(
+            config.words(),
+            backbone.tokenizer,
+            template.space_before_mask,
+            config.multi_token,
+            config.aggregate,
+        )
+
+    def forward(
+        self,
+        model: PreTrainedModel,
+        inputs: dict[str, object],
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Class logits ``[B, C]``."""
+        with reading_at(model, batch["mask_positions"]):
+            logits = model(**inputs).logits[:, 0]
+        return score_classes(
+            logits.float().log_softmax(-1),
+            self.word_ids,
+            self.word_mask,
+            self.multi_token,
+            self.aggregate,
+        )

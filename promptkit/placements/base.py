@@ -1,0 +1,180 @@
+"""What every placement shares: the injector protocol, and feeding the input through the
+embeddings with explicit positions. Backbone-specific code lives in the placements only.
+
+An injector turns a batch and the prompt table's vectors into the keyword arguments of one
+backbone forward. Whatever reaches inside the backbone (prefixes, per-layer vectors) travels
+in those arguments (``promptkit=Prompting(...)``), which transformers hands down to every
+layer and attention call, activation checkpointing included. Nothing is kept on the backbone
+between forwards, so several prompted models can share one backbone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from promptkit.config import PromptsConfig
+from promptkit.errors import ConfigError, PromptkitError
+from promptkit.prompts import SoftPrompts
+from promptkit.template import Template
+
+if TYPE_CHECKING:
+    from promptkit.backbone import Backbone
+    from promptkit.placements.prefix import Prefix
+
+PROMPTING_KWARG = "promptkit"
+# Models that number positions from padding_idx + 1 (RoBERTa and its descendants).
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "camembert", "xmod", "roberta-prelayernorm"}
+
+
+@dataclass
+class Prompting:
+    """What one forward carries into the backbone for promptkit's hooks and attention.
+
+    ``owner`` is the injector that made it (hooks of other injectors leave it alone);
+    ``prefixes`` maps attention modules to their prefix; ``layers`` maps a layer's depth
+    among the prompted layers to the vectors its slot positions take (``slot_ids``)."""
+
+    owner: object
+    prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+    slot_ids: torch.Tensor | None = None
+
+
+class Injector:
+    """Base of the placements: one subclass per placement, registered by name in
+    ``promptkit.placements``.
+
+    A subclass says what it accepts (its ``config`` section and ``check`` on the template),
+    how wide its table rows are and how they start (``build_prompts``), whether soft slots
+    take sequence positions, and how the vectors enter the backbone (``forward_kwargs``).
+
+    Args:
+        config: the ``prompts`` section of the recipe.
+        model: the backbone it prompts.
+    """
+
+    name: ClassVar[str]
+    config: ClassVar[type[PromptsConfig]]
+    takes_positions: ClassVar[bool] = True  # whether soft slots are sequence positions
+
+    def __init__(self, config: PromptsConfig, model: PreTrainedModel) -> None:
+        self.embed = model.get_input_embeddings()
+        self.takes_position_ids = (
+            "position_ids" in inspect.signature(model.base_model.forward).parameters
+        )
+        settings = model.config
+        self.position_offset = (
+            settings.pad_token_id + 1 if settings.model_type in _POSITIONS_AFTER_PADDING else 0
+        )
+        self.released = False
+
+    @classmethod
+    def check(cls, config: PromptsConfig, template: Template) -> None:
+        """Check what the placement cannot take from a template, before any model loads."""
+
+    @property
+    def width(self) -> int:
+        """Size of one prompt-table row."""
+        return self.embed.embedding_dim
+
+    def build_prompts(
+        self,
+        config: PromptsConfig,
+        template: Template,
+        backbone: Backbone,
+        collapsed: bool,
+        generator: torch.Generator,
+    ) -> SoftPrompts:
+        """The prompt table (and encoder), initialised from the template's slots.
+
+        Args:
+            collapsed: a plain table, to load saved vectors into.
+        """
+        prompts = SoftPrompts(
+            template.n_slots,
+            self.width,
+            "none" if collapsed else config.encoder,
+            config.encoder_hidden,
+            config.dropout,
+        )
+        embeddings = backbone.model.get_input_embeddings().weight
+        prompts.initialise(template.slots, embeddings, backbone.tokenizer, config.init, generator)
+        return prompts
+
+    def __call__(
+        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
+    ) -> dict[str, object]:
+        """Forward kwargs of a batch with the prompt table's ``vectors`` injected."""
+        if self.released:
+            raise PromptkitError(
+                f"this {self.name} injector was released; build the model again to use it."
+            )
+        return self.forward_kwargs(batch, vectors)
+
+    def forward_kwargs(
+        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
+    ) -> dict[str, object]:
+        """Forward kwargs of a batch; subclasses decide where ``vectors`` go."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Undo what the injector did to the backbone; using it afterwards is an error."""
+        self.released = True
+
+    def embedded(
+        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor | None = None
+    ) -> dict[str, object]:
+        """``inputs_embeds`` (``vectors[slot_ids]`` spliced in where ``slot_ids >= 0``),
+        the attention mask, and position ids counted over real tokens only, so left and
+        right padding give the same result (models infer them from ``inputs_embeds``
+        otherwise, blind to padding)."""
+        attention_mask = batch["attention_mask"]
+        embeds = self.embed(batch["input_ids"])
+        if vectors is not None and vectors.numel():
+            embeds = replace_slots(embeds, batch["slot_ids"], vectors)
+        kwargs: dict[str, object] = {"inputs_embeds": embeds, "attention_mask": attention_mask}
+        if self.takes_position_ids:
+            kwargs["position_ids"] = _positions(attention_mask) + self.position_offset
+        return kwargs
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that number the real tokens from 0. Without left padding one row serves
+    the batch, so rotary models build their cos/sin tables once, not once per row (which
+    also keeps them out of the activations saved for backward)."""
+    if bool(attention_mask[:, 0].all()):
+        return torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def replace_slots(
+    hidden: torch.Tensor, slot_ids: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
+    """``hidden`` with ``vectors[slot_ids]`` where ``slot_ids >= 0``."""
+    soft = vectors.to(hidden.dtype)[slot_ids.clamp(min=0)]
+    return torch.where((slot_ids >= 0).unsqueeze(-1), soft, hidden)
+
+
+def n_layers(model: PreTrainedModel) -> int:
+    """How many transformer layers the backbone has."""
+    return model.config.get_text_config().num_hidden_layers
+
+
+def layer_list(model: PreTrainedModel) -> nn.ModuleList:
+    """The backbone's transformer layers."""
+    count = n_layers(model)
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ConfigError(
+        f"cannot find the {count} layers of {type(model).__name__}: deep prompts need a "
+        "backbone whose layers are one ModuleList (BERT, RoBERTa, GPT-2, Llama and most "
+        "others). Use `prompts.placement: input`."
+    )

@@ -1,0 +1,89 @@
+"""Deep placement (deep infix prompts, the text twin of VPT-deep): soft slots are input
+positions, and before each selected layer their hidden states are replaced by that layer's
+own vectors (forward pre-hooks on the layers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from promptkit.config import LayeredPromptsConfig
+from promptkit.layers import select_layers
+from promptkit.placements.base import (
+    PROMPTING_KWARG,
+    Injector,
+    Prompting,
+    layer_list,
+    n_layers,
+    replace_slots,
+)
+
+
+class DeepConfig(LayeredPromptsConfig):
+    """``prompts`` of the deep placement."""
+
+    placement: Literal["deep"] = "deep"
+
+
+class DeepInjector(Injector):
+    """Replaces the hidden states of the soft slots before each selected layer.
+
+    A prompt-table row holds one vector per prompted layer: layer 0's enters through the input
+    embeddings (as in prompt tuning); each selected layer ``l >= 1`` gets its own through a
+    forward pre-hook on that layer, which acts only on this injector's forwards.
+    """
+
+    name = "deep"
+    config = DeepConfig
+
+    def __init__(self, config: DeepConfig, model: PreTrainedModel) -> None:
+        super().__init__(config, model)
+        blocks = layer_list(model)
+        selected = select_layers(config.layers, n_layers(model))
+        self.layers = [0, *(i for i in selected if i > 0)]
+        self._handles = [
+            blocks[index].register_forward_pre_hook(self._hook(depth), with_kwargs=True)
+            for depth, index in enumerate(self.layers[1:], start=1)
+        ]
+
+    @property
+    def width(self) -> int:
+        """Size of one prompt-table row: a hidden-size vector per prompted layer."""
+        return len(self.layers) * self.embed.embedding_dim
+
+    def forward_kwargs(
+        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
+    ) -> dict[str, object]:
+        """Layer 0's vectors go into the input; the later layers' travel to the hooks."""
+        per_layer = vectors.view(vectors.shape[0], len(self.layers), self.embed.embedding_dim)
+        kwargs = self.embedded(batch, per_layer[:, 0])
+        kwargs[PROMPTING_KWARG] = Prompting(
+            owner=self,
+            layers={depth: per_layer[:, depth] for depth in range(1, len(self.layers))},
+            slot_ids=batch["slot_ids"],
+        )
+        return kwargs
+
+    def release(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        super().release()
+
+    def _hook(self, depth: int) -> Callable:
+        def replace(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            prompting = kwargs.get(PROMPTING_KWARG)
+            if not isinstance(prompting, Prompting) or prompting.owner is not self:
+                return None
+            vectors = prompting.layers[depth]
+            if args:
+                hidden = replace_slots(args[0], prompting.slot_ids, vectors)
+                return (hidden, *args[1:]), kwargs
+            hidden = replace_slots(kwargs["hidden_states"], prompting.slot_ids, vectors)
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return replace

@@ -1,0 +1,250 @@
+"""Prefix placement (prefix tuning, P-tuning v2): soft slots take no position; each selected
+layer's attention sees extra keys and values in front of the real ones.
+
+The prefixes enter through an attention function registered with transformers
+(``promptkit_sdpa`` / ``promptkit_eager``, on first use) that wraps the stock one: no cache,
+no position shift, no outside mask surgery, and activation checkpointing recomputes it like
+any other layer. It reads each call's prefix from the forward's ``promptkit`` argument, so it
+is the stock attention for every forward that carries none.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import field_validator
+from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import eager_mask, sdpa_mask
+
+from promptkit.config import EncoderKind, LayeredPromptsConfig
+from promptkit.errors import ConfigError
+from promptkit.layers import select_layers
+from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting, n_layers
+from promptkit.prompts import SoftPrompts
+from promptkit.template import Template
+
+
+class PrefixConfig(LayeredPromptsConfig):
+    """``prompts`` of the prefix placement."""
+
+    placement: Literal["prefix"] = "prefix"
+
+    @field_validator("encoder")
+    @classmethod
+    def _no_lstm(cls, value: EncoderKind) -> EncoderKind:
+        if value == "lstm":
+            raise ValueError(
+                "lstm runs over input positions, which prefixes do not have: use mlp (prefix "
+                "tuning's reparameterisation) or none (P-tuning v2)"
+            )
+        return value
+
+
+class PrefixInjector(Injector):
+    """Key/value prefixes at the selected layers (prefix tuning, P-tuning v2).
+
+    The prompt table has one row per prefix position; a row holds, for each selected layer,
+    its key then its value (``[layers, 2, H_kv, Dh]`` flattened: the layout of PEFT's prefix
+    encoder). Real tokens keep their positions and need no longer attention mask. Without an
+    encoder the rows start normal(0, 1) as in P-tuning v2; with one (prefix tuning) the table
+    is embedding-sized, starts like input prompts, and the MLP widens it.
+
+    A batch may carry ``prefix_visible`` ``[B, P]``: which prefix positions each row sees.
+    """
+
+    name = "prefix"
+    config = PrefixConfig
+    takes_positions = False
+
+    @classmethod
+    def check(cls, config: PrefixConfig, template: Template) -> None:
+        named = [s.name for s in template.slots if s.init and not s.init.startswith("@")]
+        if named and config.encoder == "none":
+            raise ConfigError(
+                f"soft slot [{named[0]}] starts from words, but a prefix without an encoder "
+                "holds keys and values, not embeddings: use `prompts.encoder: mlp`, or drop "
+                "the words."
+            )
+
+    def __init__(self, config: PrefixConfig, model: PreTrainedModel) -> None:
+        super().__init__(config, model)
+        self.attention = _attention_modules(model)
+        settings = model.config.get_text_config()
+        self.n_kv_heads = getattr(settings, "num_key_value_heads", None) or (
+            settings.num_attention_heads
+        )
+        self.head_dim = getattr(settings, "head_dim", None) or (
+            settings.hidden_size // settings.num_attention_heads
+        )
+        self.layers = select_layers(config.layers, n_layers(model))
+        implementation = model.config._attn_implementation
+        if implementation.startswith("promptkit_"):  # another injector switched it already
+            return
+        if implementation not in ("sdpa", "eager"):
+            raise ConfigError(
+                f"prefixes run on sdpa or eager attention, not {implementation!r}: load "
+                "the backbone with attn_implementation='sdpa' (the default) or 'eager'."
+            )
+        model.set_attn_implementation(_registered(implementation))
+
+    @property
+    def width(self) -> int:
+        """Size of one prompt-table row: key and value at every selected layer."""
+        return len(self.layers) * 2 * self.n_kv_heads * self.head_dim
+
+    def build_prompts(self, config, template, backbone, collapsed, generator) -> SoftPrompts:
+        projected = config.encoder == "mlp" and not collapsed
+        if projected:
+            prompts = SoftPrompts(
+                template.n_slots,
+                self.width,
+                "mlp",
+                config.encoder_hidden,
+                config.dropout,
+                table_dim=backbone.hidden_size,
+            )
+            embeddings = backbone.model.get_input_embeddings().weight
+            prompts.initialise(
+                template.slots, embeddings, backbone.tokenizer, config.init, generator
+            )
+            return prompts
+        prompts = SoftPrompts(template.n_slots, self.width, "none", None, config.dropout)
+        prompts.table.data.normal_(generator=generator)
+        return prompts
+
+    def forward_kwargs(
+        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
+    ) -> dict[str, object]:
+        """The input without soft slots; each selected layer's prefix travels to its
+        attention."""
+        kwargs = self.embedded(batch)
+        kwargs[PROMPTING_KWARG] = Prompting(owner=self, prefixes=self.prefixes(vectors, batch))
+        return kwargs
+
+    def prefixes(
+        self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> dict[nn.Module, Prefix]:
+        """Each selected layer's attention module and its prefix."""
+        n_prefix = vectors.shape[0]
+        per_layer = vectors.view(
+            n_prefix, len(self.layers), 2, self.n_kv_heads, self.head_dim
+        ).permute(1, 2, 3, 0, 4)
+        visible = batch.get("prefix_visible")
+        return {
+            self.attention[index]: Prefix(layer[0], layer[1], visible)
+            for layer, index in zip(per_layer, self.layers, strict=True)
+        }
+
+
+@dataclass
+class Prefix:
+    """Keys and values put in front of one attention module's own: ``[H_kv, P, Dh]`` shared
+    by the batch, or ``[B, H_kv, P, Dh]``; ``visible`` ``[B, P]`` says which prefix positions
+    each row attends to (None: all)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    visible: torch.Tensor | None = None
+
+    def extend(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys, values and mask with the prefix in front of the real positions."""
+        batch, n_prefix = key.shape[0], self.key.shape[-2]
+        prefix_key = self.key.to(key.dtype).expand(batch, -1, -1, -1)
+        prefix_value = self.value.to(value.dtype).expand(batch, -1, -1, -1)
+        q_len, kv_len = query.shape[2], key.shape[2]
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        if mask is None and causal and q_len > 1:
+            # sdpa skipped the causal mask; with more keys than queries it would misalign it.
+            rows = torch.arange(q_len, device=key.device).unsqueeze(-1)
+            mask = (rows + kv_len - q_len >= torch.arange(kv_len, device=key.device))[None, None]
+        if mask is not None or self.visible is not None:
+            visible = self.visible
+            if visible is None:
+                visible = torch.ones(batch, n_prefix, dtype=torch.bool, device=key.device)
+            mask = _prefix_mask_columns(mask, visible, q_len, kv_len)
+        return (
+            torch.cat([prefix_key, key], dim=2),
+            torch.cat([prefix_value, value], dim=2),
+            mask,
+        )
+
+
+def _prefix_mask_columns(
+    mask: torch.Tensor | None, visible: torch.Tensor, q_len: int, kv_len: int
+) -> torch.Tensor:
+    """Prepend the prefix's columns to a 4D mask (boolean, or additive float for eager)."""
+    batch = visible.shape[0]
+    columns = visible[:, None, None, :].expand(batch, 1, q_len, -1)
+    if mask is None:
+        mask = torch.ones(batch, 1, q_len, kv_len, dtype=torch.bool, device=visible.device)
+    mask = mask.expand(batch, -1, q_len, -1)
+    if mask.dtype != torch.bool:
+        blocked = torch.finfo(mask.dtype).min
+        columns = torch.zeros(columns.shape, dtype=mask.dtype).masked_fill(~columns, blocked)
+    return torch.cat([columns.to(mask.device), mask], dim=-1)
+
+
+def _stock_attention(implementation: str, module: nn.Module) -> Callable:
+    if implementation == "sdpa":
+        return sdpa_attention_forward
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+@functools.cache
+def _registered(implementation: str) -> str:
+    """Register promptkit's wrapper of a stock attention (once); return its name."""
+
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prompting = kwargs.pop(PROMPTING_KWARG, None)
+        prefix = prompting.prefixes.get(module) if isinstance(prompting, Prompting) else None
+        if prefix is not None:
+            key, value, attention_mask = prefix.extend(
+                module, query, key, value, attention_mask, kwargs.get("is_causal")
+            )
+        stock = _stock_attention(implementation, module)
+        return stock(module, query, key, value, attention_mask, **kwargs)
+
+    name = f"promptkit_{implementation}"
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, sdpa_mask if implementation == "sdpa" else eager_mask)
+    return name
+
+
+def _attention_modules(model: PreTrainedModel) -> list[nn.Module]:
+    """The self-attention module of each layer, by ``layer_idx``."""
+    found: dict[int, nn.Module] = {}
+    for module in model.base_model.modules():
+        index = getattr(module, "layer_idx", None)
+        inner = any(getattr(m, "layer_idx", None) is not None for m in module.children())
+        if isinstance(index, int) and not inner:
+            found.setdefault(index, module)
+    count = n_layers(model)
+    if not model._supports_attention_backend or sorted(found) != list(range(count)):
+        raise ConfigError(
+            f"{type(model).__name__} cannot take key/value prefixes: its attention does not go "
+            "through transformers' attention interface with numbered layers (BERT, RoBERTa, "
+            "GPT-2, Llama and others do). Use `prompts.placement: input` or `deep`."
+        )
+    return [found[i] for i in range(count)]

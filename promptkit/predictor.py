@@ -1,0 +1,78 @@
+"""Loading a trained run back, and predicting with it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptkit.errors import BackboneMismatchError
+from promptkit.inference import predict_logits
+from promptkit.modalities import modality_of
+from promptkit.policy import PolicyModule
+from promptkit.run_folder import RunFolder
+
+
+class Predictor:
+    """A trained prompt on its backbone, ready to label new examples.
+
+    Items are what the model takes: for text a string (the template's only input) or a data
+    row; for images a path, a PIL image or an array.
+    """
+
+    def __init__(self, model: PolicyModule) -> None:
+        self.model = model
+
+    @property
+    def classes(self) -> list[str]:
+        """Label names."""
+        return self.model.classes
+
+    def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
+        """Logits ``[N, C]`` (``[N, W, C]`` per word for a tagger)."""
+        encoded = self.model.encode(self.model.examples(items))
+        return predict_logits(self.model, encoded, batch_size)
+
+    def predict(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
+        """The predicted label of each item; for a tagger, the tag of each word (a string
+        item is split into words at whitespace)."""
+        return _per_answer(self.predict_proba(items, batch_size), lambda p: max(p, key=p.get))
+
+    def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
+        """Class probabilities of each item (of each word, for a tagger)."""
+        examples = self.model.examples(items)
+        probs = predict_logits(self.model, self.model.encode(examples), batch_size).softmax(-1)
+        return self.model.task.named(probs, self.classes, self.model.answer_counts(examples))
+
+
+def _per_answer(named: list[Any], pick: Any) -> list[Any]:
+    return [[pick(a) for a in item] if isinstance(item, list) else pick(item) for item in named]
+
+
+def load(
+    run_dir: str | Path, backbone: Any = None, device: str | torch.device = "cpu"
+) -> Predictor:
+    """Load a trained prompt onto its backbone.
+
+    Args:
+        run_dir: the run folder.
+        backbone: text runs: another location of the same backbone (a path or a loaded one);
+            by default the one named in the recipe. A different backbone is an error.
+        device: where to run.
+    """
+    run = RunFolder(run_dir)
+    document = run.read_recipe()
+    modality = modality_of(document["recipe"])
+    recipe = modality.saved_recipe(document)
+    model = modality.build(recipe, document["classes"], backbone)
+    expected, found = document["backbone"]["fingerprint"], model.fingerprint()
+    if found != expected:
+        raise BackboneMismatchError(
+            f"{run_dir} was trained on {document['backbone']['name']} (fingerprint {expected}), "
+            f"but the backbone given has fingerprint {found}: load it onto the backbone it was "
+            "trained on."
+        )
+    model.load_trained_state(run.read_prompt())
+    return Predictor(model.to(device).eval())

@@ -1,0 +1,59 @@
+"""The text modality's config schema: the recipe of a prompt model (saved with it) and a
+whole training run."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
+from promptkit.heads import HeadConfigs
+from promptkit.heads.verbalizer import VerbalizerConfig
+from promptkit.placements import PlacementConfigs
+from promptkit.placements.input import InputConfig
+from promptkit.schema import Strict, absolute_if_local
+
+
+class BackboneConfig(Strict):
+    """Which pretrained model to prompt."""
+
+    name: str = Field(description="hub id or local folder")
+    kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    _absolute_name = field_validator("name")(absolute_if_local)
+
+
+class ModelConfig(Strict):
+    """The recipe of a prompt model: everything needed to rebuild it around its backbone."""
+
+    modality: Literal["text"] = "text"
+    backbone: BackboneConfig
+    template: str = Field(description="a template or a catalog template's name")
+    inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
+    head: HeadConfigs = Field(default_factory=VerbalizerConfig)
+    prompts: PlacementConfigs = Field(default_factory=InputConfig)
+    trainable: list[Group] = Field(
+        default_factory=lambda: ["prompts"], description="what trains; [] for zero-shot use"
+    )
+    max_length: int = Field(256, gt=0)
+    padding_side: Literal["auto", "left", "right"] = "auto"
+    seed: int = 13
+
+    @field_validator("trainable")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class RunConfig(ModelConfig):
+    """A whole training run on text."""
+
+    data: DataConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output_dir: str = "runs/run"
+
+    def recipe(self) -> ModelConfig:
+        """The part of the config that is saved with the trained prompt."""
+        return recipe_of(self, ModelConfig)

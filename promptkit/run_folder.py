@@ -1,0 +1,235 @@
+"""The run folder: every file a trained prompt is made of, written atomically.
+
+    prompt.safetensors   the trained parameters only (prompt encoders collapsed)
+    promptkit.json       the recipe (template, head, method), classes, backbone id and
+                         fingerprint
+    config.yaml          the full config of the run
+    metrics.jsonl        one line per evaluation
+    resume/state.pt      optimizer, scheduler, uncollapsed encoders, progress: to resume
+    .promptkit-run       the marker that says the folder is a promptkit run, and its status
+    .promptkit-lock      held while a process writes the run
+
+Every file is replaced atomically (a temporary file, then a rename), so a crash never leaves
+a half-written file. promptkit writes only into a folder that is new, empty, or a run of its
+own, and ``clear`` removes only the files above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from promptkit.errors import ConfigError, TrainingError
+
+FORMAT_VERSION = 2
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a file through ``write(tmp_path)`` then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+class RunFolder:
+    """One run folder: its file names, and reading and writing each of them.
+
+    Args:
+        path: the folder (it need not exist yet).
+    """
+
+    PROMPT = "prompt.safetensors"
+    RECIPE = "promptkit.json"
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    RESUME = "resume/state.pt"
+    MARKER = ".promptkit-run"
+    LOCK = ".promptkit-lock"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """The path of one of the run's files."""
+        return self.path / name
+
+    # -- what the folder is ---------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a promptkit run (its marker, or a run of an older
+        promptkit that wrote none)."""
+        return any(self.file(n).exists() for n in (self.MARKER, self.RECIPE, self.RESUME))
+
+    def is_empty(self) -> bool:
+        """Whether the folder does not exist or holds nothing (but promptkit's lock)."""
+        return not self.path.exists() or all(p.name == self.LOCK for p in self.path.iterdir())
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Whether a fit may write here: to continue its run (``resume``), to replace its run
+        (``overwrite``), or to start in a new or empty folder. Anything else is an error, so a
+        fit never writes into a folder of other files."""
+        if resume:
+            if self.read_resume() is None:
+                raise TrainingError(
+                    f"{self.path} has no resume state to continue from: train without --resume."
+                )
+            if self.status() == "finished":
+                raise TrainingError(
+                    f"{self.path} holds a finished run: there is nothing to resume. Train "
+                    "again with --overwrite, or choose another --output."
+                )
+        elif self.is_run():
+            if not overwrite:
+                raise ConfigError(
+                    f"{self.path} holds an earlier run: continue it with --resume, replace it "
+                    "with --overwrite, or choose another --output."
+                )
+        elif not self.is_empty():
+            raise ConfigError(
+                f"{self.path} is not empty and holds no promptkit run: promptkit writes only "
+                "into a new or empty folder, or a run of its own. Choose another --output."
+            )
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Check the folder (see ``check``), then clear an earlier run when replacing it and
+        mark the folder as a run in training."""
+        self.check(resume, overwrite)
+        if not resume and self.is_run():
+            self.clear()
+        self.mark("training")
+
+    def status(self) -> str | None:
+        """ "training" or "finished" (None: no marker)."""
+        marker = self.file(self.MARKER)
+        if not marker.is_file():
+            return None
+        return json.loads(marker.read_text()).get("status")
+
+    def mark(self, status: str) -> None:
+        """Record the run's status in its marker."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_text(
+            self.file(self.MARKER),
+            json.dumps({"promptkit_run": FORMAT_VERSION, "status": status}) + "\n",
+        )
+
+    def clear(self) -> None:
+        """Remove the run's own files (nothing else the folder holds)."""
+        for name in (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.MARKER):
+            self.file(name).unlink(missing_ok=True)
+        shutil.rmtree(self.file(self.RESUME).parent, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock: a second process that asks for it is refused."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(self.LOCK), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"{self.path} is being written by another promptkit process: wait for it "
+                    "to end, or choose another --output."
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Save the full config of the run."""
+        atomic_text(self.file(self.CONFIG), yaml.safe_dump(dict(config), sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved config of the run ({} if it has none)."""
+        path = self.file(self.CONFIG)
+        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+    def save_prompt(self, state: Mapping[str, torch.Tensor], document: Mapping[str, Any]) -> None:
+        """Save the trained parameters, then the recipe document that describes them."""
+        tensors = {k: v.contiguous().cpu() for k, v in state.items()}
+        atomic_write(self.file(self.PROMPT), lambda p: save_file(tensors, str(p)))
+        document = {"format": FORMAT_VERSION, **document}
+        atomic_text(self.file(self.RECIPE), json.dumps(document, indent=2))
+
+    def save_model(
+        self,
+        model: Any,
+        recipe: Any,
+        fingerprint: str,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Save a model's trained parameters with its recipe, classes and the fingerprint of
+        the backbone they belong to."""
+        state = model.trained_state()
+        document = {
+            "recipe": recipe.model_dump(mode="json"),
+            "task": model.task.name,
+            "classes": model.classes,
+            "backbone": {"name": recipe.backbone.name, "fingerprint": fingerprint},
+            "trained_parameters": sum(v.numel() for v in state.values()),
+            **(info or {}),
+        }
+        self.save_prompt(state, document)
+
+    def read_prompt(self) -> dict[str, torch.Tensor]:
+        """The saved trained parameters."""
+        return load_file(str(self.file(self.PROMPT)))
+
+    def read_recipe(self) -> dict[str, Any]:
+        """The parsed promptkit.json of the run."""
+        path = self.file(self.RECIPE)
+        if not path.is_file():
+            raise ConfigError(f"{self.path} is not a promptkit run: it has no {self.RECIPE}.")
+        return json.loads(path.read_text())
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Add one line to metrics.jsonl (the file is replaced whole, atomically)."""
+        lines = [*self.read_metrics(), dict(record)]
+        atomic_text(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in lines))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The lines of metrics.jsonl so far."""
+        path = self.file(self.METRICS)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def save_resume(self, state: Mapping[str, Any]) -> None:
+        """Save the resume state."""
+        atomic_write(self.file(self.RESUME), lambda p: torch.save(dict(state), p))
+
+    def read_resume(self) -> dict[str, Any] | None:
+        """The resume state of the run, or None if it has none."""
+        path = self.file(self.RESUME)
+        return torch.load(path, weights_only=False) if path.is_file() else None

@@ -1,0 +1,12 @@
+"""Task kinds, by name. A new kind is one module plus one line here."""
+
+from __future__ import annotations
+
+from promptkit.tasks.base import IGNORED, Task
+from promptkit.tasks.classification import Classification
+from promptkit.tasks.tagging import Tagging
+
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Tagging())}
+CLASSIFICATION, TAGGING = TASKS["classification"], TASKS["tagging"]
+
+__all__ = ["CLASSIFICATION", "IGNORED", "TAGGING", "TASKS", "Task"]

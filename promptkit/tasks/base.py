@@ -1,0 +1,74 @@
+"""A task kind: what one answer is, and everything that follows from it (labels, batching,
+loss, metrics, what predictions look like). Heads declare their task; data, training,
+inference and the run folder read it from there instead of guessing from label shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from promptkit.data import Split
+
+IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
+
+
+class Task:
+    """Base of the task kinds. A subclass is one file plus a line in ``promptkit.tasks``."""
+
+    name: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]  # what ``metrics`` measures; the first picks epochs
+
+    @property
+    def default_metric(self) -> str:
+        """The metric that picks the best epoch unless the config names one."""
+        return self.metric_names[0]
+
+    def class_order(self, names: Sequence[str]) -> list[str]:
+        """The classes, in logit order, from the label names found in the training data."""
+        return sorted(set(names))
+
+    def label_names(self, raw: Any) -> list[str]:
+        """The class names one row's raw label holds."""
+        raise NotImplementedError
+
+    def encode_label(self, names: list[str], index: Mapping[str, int]) -> Any:
+        """One row's label (its class names, already mapped) as what the loss reads."""
+        raise NotImplementedError
+
+    def holdout(self, split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+        """Split off ``fraction`` of a split for validation (seeded)."""
+        raise NotImplementedError
+
+    def few_shot(self, split: Split, k: int, seed: int) -> Split:
+        """k training examples per class (seeded)."""
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> Any:
+        """What a plain string given to ``predict`` puts in the template's input slot."""
+        return text
+
+    def add_labels(self, batch: dict[str, torch.Tensor], labels: Sequence[Any]) -> None:
+        """Put the labels of a collated batch into it (``batch["labels"]``)."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss: cross-entropy over classes, ignoring ``IGNORED`` labels."""
+        return torch.nn.functional.cross_entropy(
+            logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORED
+        )
+
+    def metrics(
+        self, logits: torch.Tensor, labels: Sequence[Any], classes: Sequence[str]
+    ) -> dict[str, float]:
+        """Metrics of predictions ``logits`` against labels."""
+        raise NotImplementedError
+
+    def named(
+        self, probabilities: torch.Tensor, classes: Sequence[str], sizes: Sequence[int]
+    ) -> list[Any]:
+        """Probabilities as class name -> probability, per item; ``sizes`` is how many
+        answers each item has (words, for tagging)."""
+        raise NotImplementedError

@@ -1,0 +1,83 @@
+"""The vision modality's config schema: the recipe of a prompted vision transformer and a
+whole training run on images."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
+from promptkit.layers import check_layers
+from promptkit.schema import Strict, absolute_if_local
+
+
+class VisionBackboneConfig(Strict):
+    """A vision transformer: a timm model name or a transformers ViT folder / hub id."""
+
+    name: str = Field(description="timm name (vit_*, deit_*) or transformers folder / hub id")
+    source: Literal["auto", "timm", "transformers"] = Field(
+        "auto", description="auto: transformers if name is a folder with config.json"
+    )
+    pretrained: bool = Field(False, description="timm: load the published weights")
+    checkpoint: str | None = Field(None, description="timm: a local weights file to load")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="timm.create_model kwargs")
+
+    _absolute_paths = field_validator("name", "checkpoint")(absolute_if_local)
+
+
+class VPTConfig(Strict):
+    """Visual Prompt Tuning: how many prompt tokens, and where."""
+
+    tokens: int = Field(10, ge=0, description="prompt tokens per prompted layer")
+    deep: bool = Field(False, description="VPT-deep: each selected layer has its own prompts")
+    layers: str = Field("all", description="deep only: all | first:K | last:K | A-B")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    _layers = field_validator("layers")(check_layers)
+
+
+class VisionHeadConfig(Strict):
+    """The linear head on the class token or on the mean of the patch tokens."""
+
+    pool: Literal["token", "avg"] = "token"
+
+
+class VisionModelConfig(Strict):
+    """The recipe of a prompted vision transformer."""
+
+    modality: Literal["vision"]
+    backbone: VisionBackboneConfig
+    vpt: VPTConfig = Field(default_factory=VPTConfig)
+    head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
+    trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
+    seed: int = 13
+
+    @field_validator("trainable")
+    @classmethod
+    def _head_trains(cls, value: list[str]) -> list[str]:
+        if "head" not in value:
+            raise ValueError("the head is new (one output per class), so it must train: add head")
+        return list(dict.fromkeys(value))
+
+
+class ImageDataConfig(DataConfig):
+    """Images: a folder per class, Fashion-MNIST's IDX files, scikit-learn's digits, or a
+    data set with an image column."""
+
+    source: Literal["image_folder", "fashion_mnist", "digits", "dataset"] = "image_folder"
+    path: str | None = Field(None, description="fashion_mnist: the folder of the IDX files")
+    image_column: str = "image"
+    classes: list[str] | None = Field(None, description="keep only these labels, in this order")
+
+
+class VisionRunConfig(VisionModelConfig):
+    """A whole training run on images."""
+
+    data: ImageDataConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output_dir: str = "runs/run"
+
+    def recipe(self) -> VisionModelConfig:
+        """The part of the config that is saved with the trained prompt."""
+        return recipe_of(self, VisionModelConfig)

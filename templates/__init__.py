@@ -1,0 +1,1 @@
+"""Catalog: named templates (YAML), installed as ``promptkit.catalog.templates``."""

@@ -1,0 +1,101 @@
+"""The run folder: where fit may write, the lock, atomic files, resuming a finished run,
+and runs saved by an earlier promptkit."""
+
+import json
+import multiprocessing
+
+import pytest
+from conftest import run_config
+
+from promptkit.config import validate_config
+from promptkit.errors import ConfigError, TrainingError
+from promptkit.pipeline import fit
+from promptkit.predictor import load
+from promptkit.run_folder import RunFolder
+
+
+def test_fit_refuses_a_folder_that_is_not_a_run(model_dir, sentiment_data):
+    """The data folder itself as --output: nothing is deleted, with or without overwrite."""
+    before = sorted(p.name for p in sentiment_data.iterdir())
+    config = run_config(model_dir("bert"), sentiment_data)
+    config["output_dir"] = str(sentiment_data)
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="not empty and holds no promptkit run"):
+            fit(validate_config(config), overwrite=overwrite)
+    assert sorted(p.name for p in sentiment_data.iterdir()) == before
+
+
+def test_fit_writes_into_new_or_empty_folders(model_dir, sentiment_data):
+    (sentiment_data / "empty").mkdir()
+    for name in ("empty", "new/nested"):
+        config = run_config(model_dir("bert"), sentiment_data, trainer={"epochs": 1})
+        config["output_dir"] = str(sentiment_data / name)
+        fit(validate_config(config))
+        run = RunFolder(sentiment_data / name)
+        assert run.is_run() and run.status() == "finished"
+        assert json.loads(run.file(run.MARKER).read_text())["status"] == "finished"
+
+
+def test_resume_of_a_finished_run_says_so(model_dir, sentiment_data):
+    config = validate_config(run_config(model_dir("bert"), sentiment_data, trainer={"epochs": 1}))
+    fit(config)
+    with pytest.raises(TrainingError, match="finished run: there is nothing to resume"):
+        fit(config, resume=True)
+
+
+def _hold_lock(path, ready, release):
+    with RunFolder(path).lock():
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_writer_is_refused(model_dir, sentiment_data):
+    path = sentiment_data / "run"
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(path, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        config = validate_config(run_config(model_dir("bert"), sentiment_data))
+        with pytest.raises(ConfigError, match="being written by another promptkit process"):
+            fit(config)
+    finally:
+        release.set()
+        holder.join(30)
+    assert not RunFolder(path).is_run()  # the refused fit wrote nothing
+
+
+def test_overwrite_removes_only_promptkits_files(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.mark("finished")
+    run.write_config({"a": 1})
+    run.append_metrics({"epoch": 1})
+    run.save_resume({"x": 1})
+    (run.path / "notes.txt").write_text("mine")
+    run.prepare(resume=False, overwrite=True)
+    assert sorted(p.name for p in run.path.iterdir()) == [run.MARKER, "notes.txt"]
+    assert run.status() == "training"
+
+
+def test_metrics_and_config_are_replaced_whole(tmp_path):
+    run = RunFolder(tmp_path)
+    for epoch in range(3):
+        run.append_metrics({"epoch": epoch})
+    assert [m["epoch"] for m in run.read_metrics()] == [0, 1, 2]
+    run.write_config({"output_dir": "x", "nested": {"a": [1, 2]}})
+    assert run.read_config() == {"output_dir": "x", "nested": {"a": [1, 2]}}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and "tmp" in p.name]
+
+
+def test_a_run_saved_in_the_first_format_still_loads(model_dir, sentiment_data):
+    """Format 1 kept every head and placement key in one flat section."""
+    result = fit(validate_config(run_config(model_dir("bert"), sentiment_data)))
+    path = result.run_dir / RunFolder.RECIPE
+    document = json.loads(path.read_text())
+    document["format"] = 1
+    document["recipe"]["head"].update({"pool": "cls", "classes": None, "dropout": 0.1})
+    document["recipe"]["prompts"]["layers"] = "all"
+    path.write_text(json.dumps(document))
+    texts = ["the movie was great", "boring"]
+    assert load(result.run_dir).predict(texts) == result.predictor.predict(texts)

@@ -1,0 +1,1 @@
+"""Catalog: named label-word sets (YAML), installed as ``promptkit.catalog.verbalizers``."""

@@ -1,0 +1,1 @@
+"""Catalog: VPT recipes for image runs (YAML), installed as ``promptkit.catalog.vision``."""
