@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -15,9 +16,13 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from promptkit import hub
+from promptkit.errors import ConfigError
 
 BackboneKind = Literal["masked_lm", "causal_lm", "encoder"]
 _LOADERS = {
@@ -79,9 +84,9 @@ def fingerprint(tag: str, tensors: Iterable[torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def detect_kind(name: str) -> BackboneKind:
+def detect_kind(config: PretrainedConfig) -> BackboneKind:
     """A model's kind from the architectures its config names."""
-    architectures = AutoConfig.from_pretrained(name).architectures or []
+    architectures = config.architectures or []
     if any(a.endswith("ForMaskedLM") for a in architectures):
         return "masked_lm"
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
@@ -99,10 +104,51 @@ def load_backbone(
         kind: "auto" reads it from the config's architectures.
         dtype: "float32", "bfloat16" or "float16".
     """
-    kind = detect_kind(name) if kind == "auto" else kind
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = _LOADERS[kind].from_pretrained(name, dtype=_DTYPES[dtype])
+    with _loading(name) as options:
+        tokenizer, detected = load_tokenizer(name)
+        kind = detected if kind == "auto" else kind
+        model = _LOADERS[kind].from_pretrained(name, dtype=_DTYPES[dtype], **options)
     return Backbone(model, tokenizer, kind, name)
+
+
+def load_tokenizer(name: str) -> tuple[PreTrainedTokenizerBase, BackboneKind]:
+    """A model's tokenizer and its kind, from a hub id or a local folder."""
+    with _loading(name) as options:
+        config = AutoConfig.from_pretrained(name, **options)
+        return AutoTokenizer.from_pretrained(name, **options), detect_kind(config)
+
+
+@contextmanager
+def _loading(name: str) -> Iterator[dict[str, bool]]:
+    """Load from a local folder, the hub cache, or the hub if it can be reached; anything
+    else is a ConfigError at once (not after minutes of retries)."""
+    if hub.looks_local(name):
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            what = "no such folder" if not folder.exists() else "it has no config.json"
+            raise ConfigError(f"backbone {name!r}: {what}; give a transformers model folder.")
+        options = {}
+    else:
+        cached = _cached(name)
+        if not cached and not hub.reachable():
+            raise ConfigError(
+                f"backbone {name!r}: no such local folder, not in the Hugging Face cache, and "
+                "the hub cannot be reached from here. Check the name for a typo, or give a "
+                "local model folder."
+            )
+        options = {"local_files_only": cached}
+    try:
+        yield options
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"backbone {name!r} cannot be loaded: {err}") from None
+
+
+def _cached(name: str) -> bool:
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @contextmanager

@@ -1,17 +1,27 @@
-"""The ``promptkit`` command line."""
+"""The ``promptkit`` command line.
+
+A user's mistake is a one-line error and a non-zero exit, never a traceback (``--debug``
+shows one). Whatever comes from the user (templates, data, paths) is printed as plain text,
+never read as terminal markup. Heavy libraries load only in the commands that need them.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from promptkit import catalog
-from promptkit.errors import PromptkitError
+from promptkit.errors import PromptkitError, TrainingInterrupted
 from promptkit.template import Segment, SegmentKind, Template
 
 app = typer.Typer(
@@ -23,6 +33,7 @@ template_app = typer.Typer(help="Check and render templates.", no_args_is_help=T
 app.add_typer(template_app, name="template")
 console = Console()
 err_console = Console(stderr=True)
+_options = {"debug": False}
 
 _STYLE = {
     SegmentKind.TEXT: "white",
@@ -32,10 +43,47 @@ _STYLE = {
 }
 
 
-def _fail(err: Exception) -> typer.Exit:
-    err_console.print("error:", style="bold red", end=" ")
-    err_console.print(str(err), markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False,
+) -> None:
+    """Prompt learning for transformers: templates, soft prompts, verbalizers."""
+    _options["debug"] = debug
+
+
+@contextmanager
+def _reported(resume_hint: str = "") -> Iterator[None]:
+    """Errors as one message and an exit code: 2 for a mistake in the input, 1 for a
+    failure of promptkit itself, 128 + the signal for an interrupt."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except PromptkitError as err:
+        if _options["debug"]:
+            raise
+        _say("error:", str(err))
+        raise typer.Exit(2) from None
+    except TrainingInterrupted as stop:
+        _say("stopped:", f"at {stop.where}; the run can continue with {resume_hint} --resume")
+        raise typer.Exit(128 + stop.signal) from None
+    except KeyboardInterrupt:
+        _say("interrupted:", "nothing saved since the last checkpoint was lost")
+        raise typer.Exit(128 + signal.SIGINT) from None
+    except Exception as err:
+        if _options["debug"]:
+            raise
+        _say(
+            "internal error:",
+            f"{type(err).__name__}: {err}. This is a promptkit bug, not your input: rerun with "
+            "`promptkit --debug ...` to see where it happened, and report it.",
+        )
+        raise typer.Exit(1) from None
+
+
+def _say(label: str, message: str) -> None:
+    err_console.print(label, style="bold red", end=" ")
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -44,31 +92,28 @@ def fit(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
     output: Annotated[Path | None, typer.Option(help="run folder (default: output_dir)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the run's resume state")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace an earlier run in the folder")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an earlier promptkit run in the folder")
+    ] = False,
 ) -> None:
-    """Train a prompt as CONFIG says, then evaluate it on the test split."""
-    from promptkit.config import load_config
-    from promptkit.pipeline import fit as run_fit
+    """Train a prompt as CONFIG says, then evaluate it on the test split. Ctrl-C stops at the
+    next step and `--resume` continues exactly there; progress is also in the run's
+    train.log."""
+    overrides = [*(set_ or []), *([f"output_dir={output}"] if output else [])]
+    hint = " ".join(["promptkit fit", str(config), *(f"--set {o}" for o in overrides)])
+    with _reported(hint):
+        from promptkit.config import load_config
+        from promptkit.pipeline import fit as run_fit
 
-    try:
-        cfg = load_config(config, [*(set_ or []), *([f"output_dir={output}"] if output else [])])
-        result = run_fit(cfg, resume=resume, overwrite=overwrite)
-    except PromptkitError as err:
-        raise _fail(err) from None
-    except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: progress saved in {cfg.output_dir}/resume; continue with "
-            f"`promptkit fit {config} --resume`"
-        )
-        raise typer.Exit(130) from None
-    console.print(f"run saved in [bold]{result.run_dir}[/]")
+        result = run_fit(load_config(config, overrides), resume=resume, overwrite=overwrite)
+    console.print(f"run saved in [bold]{escape(str(result.run_dir))}[/]")
     console.print(
         f"trainable parameters: {result.trainable_parameters:,} "
         f"(saved: {result.saved_parameters:,})"
     )
-    console.print(f"best validation: {json.dumps(result.validation)}")
+    console.print(f"best validation: {json.dumps(result.validation)}", markup=False)
     if result.test is not None:
-        console.print(f"test: {json.dumps(result.test)}")
+        console.print(f"test: {json.dumps(result.test)}", markup=False)
 
 
 @app.command("eval")
@@ -85,33 +130,33 @@ def evaluate(
 ) -> None:
     """Score a trained prompt on labelled data: accuracy and macro-F1, or entity-level
     precision, recall and F1 for a tagger."""
-    from promptkit.data import Split, label_indices
-    from promptkit.pipeline import evaluate_split
-    from promptkit.predictor import load
+    with _reported():
+        from promptkit.data import Split, label_indices, validate_rows
+        from promptkit.pipeline import evaluate_split
+        from promptkit.predictor import load
 
-    try:
         predictor = load(run_dir)
         modality, data_config = _run_data(run_dir)
         if label_column:
             data_config = data_config.model_copy(update={"label_column": label_column})
         rows, column = modality.read_labelled(data_config, data)
         model = predictor.model
+        rows = validate_rows(rows, data, model.data_columns(), column, data_config.invalid)
         labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
-        split = Split(model.examples(rows), labels)
-        metrics = evaluate_split(model, split, progress=True)
-    except PromptkitError as err:
-        raise _fail(err) from None
-    console.print(json.dumps(metrics))
+        metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
+    console.print(json.dumps(metrics), markup=False)
 
 
-def _run_data(run_dir: Path) -> tuple:
+def _run_data(run_dir: Path) -> tuple[Any, Any]:
     """The modality of a run and its data config (as saved in its config.yaml)."""
+    from promptkit.config import validate
     from promptkit.modalities import modality_of
     from promptkit.run_folder import RunFolder
 
     run = RunFolder(run_dir)
     modality = modality_of(run.read_recipe()["recipe"])
-    return modality, modality.data_schema().model_validate(run.read_config().get("data", {}))
+    saved = run.read_config().get("data", {})
+    return modality, validate(modality.data_schema(), saved, f"{run_dir}/config.yaml")
 
 
 @app.command()
@@ -124,21 +169,27 @@ def predict(
         ),
     ],
     output: Annotated[Path, typer.Option("--output", help="jsonl to write")],
+    overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
 ) -> None:
     """Label each example of INPUT; write one JSON line per example with label and scores."""
-    from promptkit.predictor import load
+    with _reported():
+        from promptkit.predictor import load
+        from promptkit.run_folder import atomic_text
 
-    try:
+        if output.exists() and not overwrite:
+            raise PromptkitError(f"{output} exists: choose another --output, or add --overwrite.")
+        if Path(input).resolve() == output.resolve():
+            raise PromptkitError("--output is the --input file: write the predictions elsewhere.")
         predictor = load(run_dir)
         modality, _ = _run_data(run_dir)
         rows = modality.read_inputs(input)
         probs = predictor.predict_proba(rows)
-    except PromptkitError as err:
-        raise _fail(err) from None
-    with open(output, "w") as f:
-        for row, p in zip(rows, probs, strict=True):
-            f.write(json.dumps({**row, "prediction": _best(p), "scores": p}) + "\n")
-    console.print(f"{len(rows)} predictions written to {output}")
+        lines = [
+            json.dumps({**row, "prediction": _best(p), "scores": p}, default=str) + "\n"
+            for row, p in zip(rows, probs, strict=True)
+        ]
+        atomic_text(output, "".join(lines))
+    console.print(f"{len(lines)} predictions written to {escape(str(output))}")
 
 
 def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:
@@ -156,7 +207,7 @@ def list_catalog() -> None:
         table.add_column("name", style="bold")
         table.add_column("description")
         for name, entry in catalog.entries(kind).items():
-            table.add_row(name, entry.get("description", ""))
+            table.add_row(Text(name), Text(entry.get("description", "")))
         console.print(table)
 
 
@@ -170,7 +221,8 @@ def list_methods() -> None:
     for modality in MODALITIES.values():
         for name, entry in catalog.entries(modality.presets).items():
             method = entry["description"].split(" - ")[0]
-            table.add_row(name, modality.name, entry["trains"], entry["prompts"], method)
+            cells = (name, modality.name, entry["trains"], entry["prompts"], method)
+            table.add_row(*(Text(c) for c in cells))
     console.print(table)
 
 
@@ -179,10 +231,8 @@ def template_check(
     template: Annotated[str, typer.Argument(help="template text or catalog name")],
 ) -> None:
     """Compile TEMPLATE and show its pieces: anchors, inputs, soft slots, mask."""
-    try:
+    with _reported():
         compiled = catalog.template(template)
-    except PromptkitError as err:
-        raise _fail(err) from None
     table = Table("piece", "kind", "detail")
     for seg in compiled.segments():
         if seg.kind is not SegmentKind.TEXT or seg.text.strip():
@@ -190,7 +240,8 @@ def template_check(
     console.print(table)
     console.print(
         f"ok: {len(compiled.inputs)} input slot(s), {compiled.n_slots} soft slot(s), "
-        f"{'a' if compiled.has_mask else 'no'} [MASK]"
+        f"{'a' if compiled.has_mask else 'no'} [MASK]",
+        markup=False,
     )
 
 
@@ -199,66 +250,67 @@ def template_render(
     template: Annotated[str, typer.Argument(help="template text or catalog name")],
     example: Annotated[str, typer.Option(help="the example as JSON")],
     model: Annotated[str | None, typer.Option(help="tokenize with this model's tokenizer")] = None,
-    max_length: Annotated[int, typer.Option()] = 256,
+    max_length: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Render TEMPLATE over an example; with --model, show the tokens it encodes to."""
-    from promptkit.data import as_examples
+    with _reported():
+        from promptkit.data import as_examples
 
-    try:
         compiled = catalog.template(template)
-        values = json.loads(example)
+        values = _example(example)
         segments = compiled.render(as_examples([values], {}, compiled.inputs)[0])
         if model is None:
-            console.print("".join(_show(s, compiled) for s in segments), highlight=False)
+            console.print(Text.assemble(*(_show(s, compiled) for s in segments)))
             return
         _show_tokens(compiled, values, model, max_length)
+
+
+def _example(text: str) -> dict[str, Any]:
+    try:
+        values = json.loads(text)
     except json.JSONDecodeError as err:
-        raise _fail(PromptkitError(f"--example is not valid JSON: {err}")) from None
-    except PromptkitError as err:
-        raise _fail(err) from None
+        raise PromptkitError(f"--example is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise PromptkitError('--example is a JSON object of fields, e.g. {"x": "a fine film"}.')
+    return values
 
 
-def _describe(seg: Segment, compiled: Template) -> tuple[str, str, str]:
-    kind = f"[{_STYLE[seg.kind]}]{seg.kind}[/]"
+def _describe(seg: Segment, compiled: Template) -> tuple[Text, Text, Text]:
+    kind = Text(str(seg.kind), style=_STYLE[seg.kind])
     if seg.kind is SegmentKind.SOFT:
         slot = compiled.slots[seg.slot]
-        return (
-            f"[{slot.name}]",
-            kind,
-            f"trainable vector #{seg.slot}, init: {slot.init or 'default'}",
-        )
+        detail = f"trainable vector #{seg.slot}, init: {slot.init or 'default'}"
+        return Text(f"[{slot.name}]"), kind, Text(detail)
     if seg.kind is SegmentKind.INPUT:
-        return f"<{seg.name}>", kind, "input, truncated if too long"
+        return Text(f"<{seg.name}>"), kind, Text("input, truncated if too long")
     if seg.kind is SegmentKind.MASK:
-        return "[MASK]", kind, "the answer is read here"
-    return repr(seg.text), kind, "frozen anchor"
+        return Text("[MASK]"), kind, Text("the answer is read here")
+    return Text(repr(seg.text)), kind, Text("frozen anchor")
 
 
-def _show(seg: Segment, compiled: Template) -> str:
+def _show(seg: Segment, compiled: Template) -> tuple[str, str]:
     if seg.kind is SegmentKind.INPUT:
-        return f"[{_STYLE[seg.kind]}]{seg.text}[/]"
+        return seg.text, _STYLE[seg.kind]
     if seg.kind is SegmentKind.SOFT:
-        return f"[{_STYLE[seg.kind]}]<{compiled.slots[seg.slot].name}>[/]"
+        return f"<{compiled.slots[seg.slot].name}>", _STYLE[seg.kind]
     if seg.kind is SegmentKind.MASK:
-        return f"[{_STYLE[seg.kind]}]<MASK>[/]"
-    return seg.text.replace("[", "\\[")
+        return "<MASK>", _STYLE[seg.kind]
+    return seg.text, ""
 
 
 def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) -> None:
-    from transformers import AutoTokenizer
-
-    from promptkit.backbone import detect_kind
+    from promptkit.backbone import load_tokenizer
     from promptkit.data import as_examples
     from promptkit.encoding import PromptTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    encoder = PromptTokenizer(compiled, tokenizer, max_length, detect_kind(model) == "causal_lm")
+    tokenizer, kind = load_tokenizer(model)
+    encoder = PromptTokenizer(compiled, tokenizer, max_length, kind == "causal_lm")
     encoded = encoder(as_examples([values], {}, compiled.inputs))[0]
     table = Table("#", "token", "id", "kind")
     for pos, (tid, slot, word) in enumerate(
         zip(encoded.input_ids, encoded.slot_ids, encoded.word_ids, strict=True)
     ):
-        kind = (
+        kind_of = (
             f"soft [{compiled.slots[slot].name}]"
             if slot >= 0
             else f"input word {word}"
@@ -266,7 +318,7 @@ def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) 
             else "template"
         )
         if pos == encoded.mask_position:
-            kind += " <- answer read here"
+            kind_of += " <- answer read here"
         token = "" if slot >= 0 else tokenizer.convert_ids_to_tokens(tid)
-        table.add_row(str(pos), token, "" if slot >= 0 else str(tid), kind)
+        table.add_row(str(pos), Text(token), "" if slot >= 0 else str(tid), Text(kind_of))
     console.print(table)

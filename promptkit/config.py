@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, Tag, ValidationError, field_validator
@@ -63,7 +63,9 @@ class TrainerConfig(Strict):
     batch_size: int = Field(16, gt=0)
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)
-    lr: dict[Group, float] = Field(default_factory=dict, description="per trainable group")
+    lr: dict[Group, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per trainable group"
+    )
     weight_decay: float = 0.01
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -72,8 +74,14 @@ class TrainerConfig(Strict):
     metric: str | None = Field(
         None, description="picks the best epoch; default: the task's first metric"
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="fp16 needs a GPU (on the CPU it is not used)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower"
+    )
     progress: bool = True
+    log_every: int = Field(10, gt=0, description="optimizer steps between train.log lines")
 
     def learning_rate(self, group: str) -> float:
         """The learning rate of one trainable group."""
@@ -95,6 +103,9 @@ class DataConfig(Strict):
     validation_size: float = Field(0.1, gt=0, lt=1)
     few_shot: int | None = Field(None, gt=0, description="examples per class for training")
     validation_few_shot: int | None = Field(None, gt=0)
+    invalid: Literal["error", "drop"] = Field(
+        "error", description="a row with an empty input or label: an error, or left out"
+    )
 
 
 def recipe_of(config: BaseModel, schema: type[BaseModel]) -> Any:
@@ -106,11 +117,21 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read, override (``a.b=value``, value parsed as YAML) and validate a run config."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: no such config file") from err
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder: give the config's YAML file.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}): save it as UTF-8.") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty: a config needs at least backbone, template, data.")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a config is a mapping of keys to values, not a {type(data).__name__}."
+        )
     for item in overrides:
         _apply_override(data, item)
     return validate_config(data, str(path))
@@ -166,7 +187,14 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or err
+        raise ConfigError(
+            f"--set {item!r}: the value is not valid YAML ({problem}); quote text that holds "
+            """':', '#' or brackets, e.g. --set 'template="<x> [MASK]"'."""
+        ) from None
 
 
 def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:

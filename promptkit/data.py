@@ -1,33 +1,22 @@
-"""Data: load splits (hub or local files), map columns and labels, split, sample, collate."""
+"""Data: bind columns to input slots, map labels, check cells, split, sample, collate."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from promptkit.encoding import EncodedPrompt
-from promptkit.errors import ConfigError, DataError
+from promptkit.errors import ConfigError, DataError, DataWarning
+from promptkit.readers import Rows, read_rows
 
 if TYPE_CHECKING:
-    import datasets
-
     from promptkit.config import DataConfig
     from promptkit.tasks import Task
-
-_CONLL_SUFFIXES = (".conll", ".txt", ".bio", ".iob")
-_FILE_BUILDERS = {
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-}
-
-Rows = list[dict[str, Any]]
 
 
 @dataclass
@@ -46,81 +35,82 @@ class Split:
         return Split([self.examples[i] for i in indices], [self.labels[i] for i in indices])
 
 
-def read_rows(spec: str, dataset: str | None = None, subset: str | None = None) -> list[dict]:
-    """Rows of a split: ``spec`` names a split of the hub data set ``dataset``, or a local
-    csv / tsv / json / jsonl / parquet file, or a CoNLL file (``token<TAB>tag``)."""
-    import datasets  # heavy: imported when data is first read
+def missing(value: Any) -> bool:
+    """Whether a cell holds no value: None, NaN, a blank string or an empty list."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list | tuple) and not value
 
-    if dataset:
-        return _tag_names(datasets.load_dataset(dataset, subset, split=spec)).to_list()
-    path = Path(spec)
-    suffix = path.suffix.lower()
-    builder = _FILE_BUILDERS.get(suffix)
-    if builder is None and suffix not in _CONLL_SUFFIXES:
+
+def validate_rows(
+    rows: Rows, source: str, columns: Sequence[str], label_column: str | None, invalid: str
+) -> Rows:
+    """The rows whose ``columns`` (and label) all hold a value. A row that lacks one is an
+    error naming the source, the row and the column, or, with ``invalid="drop"``, left out
+    with a warning that counts them."""
+    needed = [*columns, *([label_column] if label_column else [])]
+    absent = [c for c in needed if rows and all(c not in row for row in rows)]
+    if absent:
         raise DataError(
-            f"{spec}: unknown file type; use one of "
-            f"{', '.join([*_FILE_BUILDERS, *_CONLL_SUFFIXES])}, or set data.dataset to read "
-            "hub splits."
+            f"{source}: no column {absent[0]!r} (its columns: {', '.join(map(str, rows[0]))}). "
+            "Map input slots to columns with `inputs: {x: COLUMN}` and name the label column "
+            "with `data.label_column`."
         )
-    if not path.is_file():
-        raise DataError(f"{spec}: no such file")
-    if builder is None:
-        return read_conll(path)
-    extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    return datasets.load_dataset(builder, data_files=str(path), split="train", **extra).to_list()
+    bad = [i for i, row in enumerate(rows) if _first_missing(row, needed)]
+    if not bad:
+        return rows
+    if invalid == "drop":
+        dropped = set(bad)
+        kept = [row for i, row in enumerate(rows) if i not in dropped]
+        warnings.warn(
+            f"{source}: left out {len(rows) - len(kept)} of {len(rows)} rows with an empty or "
+            f"missing {' / '.join(needed)} (data.invalid: drop)",
+            DataWarning,
+            stacklevel=2,
+        )
+        return kept
+    index = bad[0]
+    column = _first_missing(rows[index], needed)
+    raise DataError(
+        f"{source}: row {index + 1} has no value in column {column!r} "
+        f"(it is {_shown(rows[index].get(column))}). Fix the data, or set `data.invalid: "
+        f"drop` to leave such rows out ({len(bad)} rows in all)."
+    )
 
 
-def _tag_names(data: datasets.Dataset) -> datasets.Dataset:
-    """Sequences of class labels (e.g. ``ner_tags``) as their names, not their indices."""
-    import datasets
-
-    for column, feature in data.features.items():
-        inner = getattr(feature, "feature", None)
-        if isinstance(inner, datasets.ClassLabel):
-            data = data.map(
-                lambda row, c=column, f=inner: {c: f.int2str(row[c])},
-                features=datasets.Features(
-                    {**data.features, column: datasets.List(datasets.Value("string"))}
-                ),
-            )
-    return data
+def _first_missing(row: Mapping[str, Any], columns: Sequence[str]) -> str | None:
+    return next((c for c in columns if c not in row or missing(row[c])), None)
 
 
-def read_conll(path: str | Path) -> list[dict[str, list[str]]]:
-    """A CoNLL-style file: ``token<TAB>tag`` per line (the tag in the last column), a blank
-    line between sentences. Rows have ``tokens`` and ``ner_tags``."""
-    rows, tokens, tags = [], [], []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            if tokens:
-                rows.append({"tokens": tokens, "ner_tags": tags})
-            tokens, tags = [], []
-            continue
-        fields = line.split("\t") if "\t" in line else line.split()
-        if len(fields) < 2:
-            raise DataError(f"{path}:{number}: expected `token<TAB>tag`, got {line!r}")
-        tokens.append(fields[0])
-        tags.append(fields[-1])
-    if tokens:
-        rows.append({"tokens": tokens, "ner_tags": tags})
-    return rows
+def _shown(value: Any) -> str:
+    return "absent" if value is None else repr(value)
 
 
 def as_examples(
     rows: Sequence[Mapping[str, Any]], inputs: Mapping[str, str], template_inputs: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Each row with its input slots bound: slot ``x`` reads column ``inputs[x]`` (default:
-    the column named ``x``). Other columns stay visible to Jinja."""
+    the column named ``x``). Other columns stay visible to Jinja. A slot's cell must hold a
+    text (or a list of words)."""
     examples = []
     for number, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise DataError(f"item {number + 1} is a {type(row).__name__}, not a row of fields.")
         example = dict(row)
         for slot in template_inputs:
             column = inputs.get(slot, slot)
             if column not in row:
                 raise DataError(
-                    f"row {number}: input slot <{slot}> reads column {column!r}, "
-                    f"which the data lacks (columns: {', '.join(row)}). Set "
+                    f"row {number + 1}: input slot <{slot}> reads column {column!r}, "
+                    f"which the data lacks (columns: {', '.join(map(str, row))}). Set "
                     f"`inputs: {{{slot}: COLUMN}}`."
+                )
+            if missing(row[column]):
+                raise DataError(
+                    f"row {number + 1}: input slot <{slot}> reads column {column!r}, which is "
+                    f"empty ({_shown(row[column])})."
                 )
             example[slot] = row[column]
         examples.append(example)
@@ -141,6 +131,8 @@ def mapped_labels(
 
 
 def _names(raw: Any, task: Task, label_map: Mapping[str, str] | None) -> list[str]:
+    if missing(raw):
+        raise DataError(f"a label is empty ({_shown(raw)}): every example needs one.")
     mapping = label_map or {}
     return [mapping.get(n, n) for n in task.label_names(raw)]
 
@@ -215,7 +207,17 @@ def load_splits(
 ) -> tuple[Splits, list[str]]:
     """Read, label, split and sample text data; returns the splits and the class names
     (``classes``, else the task's order of the training labels)."""
-    rows = read_splits(data, lambda spec: read_rows(spec, data.dataset, data.subset))
+    columns = [inputs.get(slot, slot) for slot in template_inputs]
+    rows = read_splits(
+        data,
+        lambda spec: validate_rows(
+            read_rows(spec, data.dataset, data.subset),
+            spec,
+            columns,
+            data.label_column,
+            data.invalid,
+        ),
+    )
     names = mapped_labels(rows["train"], task, data.label_column, data.label_map)
     classes = list(classes or task.class_order(names))
     splits = build_splits(

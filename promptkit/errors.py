@@ -27,3 +27,20 @@ class BackboneMismatchError(PromptkitError):
 
 class TrainingError(PromptkitError):
     """Training that cannot go on (for example a NaN loss)."""
+
+
+class DataWarning(UserWarning):
+    """Data that promptkit used in part (rows left out, examples cut)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (Ctrl-C, SIGTERM) after saving its resume state.
+
+    Args:
+        where: where it stopped, e.g. "epoch 2, step 5".
+        signal: the signal number.
+    """
+
+    def __init__(self, where: str, signal: int) -> None:
+        super().__init__(where)
+        self.where, self.signal = where, signal

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from rich.progress import track
 
 from promptkit.policy import PolicyModule
@@ -21,11 +23,14 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits in the order of ``encoded``: ``[N, C]``, or ``[N, W, C]`` for sequence
     labelling (W the most words of any example, zero-padded). Examples are batched by
-    length, so that little is spent on padding."""
+    length, so that little is spent on padding. Under ``accelerate launch`` each process
+    scores its share and all of them get every row."""
     device = device or next(model.parameters()).device
+    processes = PartialState()
+    mine = range(processes.process_index, len(encoded), processes.num_processes)
     was_training = model.training
     model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    order = sorted(mine, key=lambda i: len(encoded[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     starts = range(0, len(order), batch_size)
     for start in track(starts, description="scoring", disable=not progress, transient=True):
@@ -35,6 +40,9 @@ def predict_logits(
         for row, index in enumerate(chunk):
             rows[index] = logits[row]
     model.train(was_training)
+    if processes.num_processes > 1:
+        for index, row in gather_object([(i, rows[i]) for i in mine]):
+            rows[index] = row
     width = max((r.shape[0] for r in rows if r.dim() == 2), default=0)
     return torch.stack(
         [r if r.dim() == 1 else torch.nn.functional.pad(r, (0, 0, 0, width - len(r))) for r in rows]

@@ -12,7 +12,7 @@ from promptkit import catalog
 from promptkit.backbone import Backbone, load_backbone
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
-from promptkit.errors import ConfigError
+from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads import HEADS, Head
 from promptkit.placements import PLACEMENTS, Injector
 from promptkit.policy import PolicyModule, parameter_groups
@@ -21,6 +21,8 @@ from promptkit.recipe import ModelConfig
 from promptkit.seeding import seeded
 from promptkit.tasks import Task
 from promptkit.template import Template
+
+DEFAULT_MAX_LENGTH = 256
 
 
 class PromptModel(PolicyModule):
@@ -78,6 +80,10 @@ class PromptModel(PolicyModule):
         """The backbone's fingerprint."""
         return self.backbone.fingerprint()
 
+    def enable_checkpointing(self) -> None:
+        """Recompute the backbone's activations in the backward pass (less memory)."""
+        self.lm.activation_checkpointing_enable()
+
     def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Bind user inputs: a string fills the template's only input slot (split into words
         for a tagger); a mapping is a data row (columns mapped to slots as in training)."""
@@ -92,6 +98,10 @@ class PromptModel(PolicyModule):
                 item = {self.inputs.get(slots[0], slots[0]): self.task.from_text(item)}
             rows.append(dict(item))
         return as_examples(rows, self.inputs, slots)
+
+    def data_columns(self) -> list[str]:
+        """The data columns the template's input slots read."""
+        return [self.inputs.get(slot, slot) for slot in self.template.inputs]
 
     def answer_counts(self, examples: Sequence[Mapping[str, Any]]) -> list[int]:
         """How many words each example's word-list inputs hold (what a tagger labels)."""
@@ -138,6 +148,19 @@ class CheckedRecipe:
 def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     """Compile the template, and check that the placement and the head can take it."""
     template = catalog.template(recipe.template)
+    if not template.inputs and not template.uses_jinja:
+        plain = not (template.slots or template.has_mask)
+        hint = (
+            f" No catalog template is named {recipe.template!r} either; known: "
+            f"{', '.join(catalog.entries('templates'))}."
+            if plain
+            else ""
+        )
+        raise TemplateError(
+            f"{template.name} has no input slot, so the model would never see the data: put "
+            f"<x> where the input goes (and map it to a column with `inputs: {{x: COLUMN}}`)."
+            f"{hint}"
+        )
     missing_inputs = [s for s in recipe.inputs if s not in template.inputs]
     if missing_inputs:
         raise ConfigError(
@@ -175,6 +198,12 @@ def build_model(
         config.backbone.name, config.backbone.kind, config.backbone.dtype
     )
     injector = checked.placement(config.prompts, backbone.model)
+    max_length = config.max_length or min(DEFAULT_MAX_LENGTH, injector.max_positions)
+    if max_length > injector.max_positions:
+        raise ConfigError(
+            f"max_length {max_length} is beyond the {injector.max_positions} positions "
+            f"{backbone.name} has: set max_length to at most {injector.max_positions}."
+        )
     with seeded(config.seed) as generator:  # encoder and head weights are seeded too
         prompts = injector.build_prompts(
             config.prompts, checked.template, backbone, collapsed, generator
@@ -190,7 +219,7 @@ def build_model(
         injector,
         head,
         config.trainable,
-        config.max_length,
+        max_length,
         padding,
         config.inputs,
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from accelerate import PartialState
 
 from promptkit.data import Split
 from promptkit.inference import evaluate
@@ -46,11 +49,13 @@ def fit(
         backbone: for text, ``config.backbone`` already loaded (it is loaded otherwise).
         overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
-    run = RunFolder(config.output_dir)
+    processes = PartialState()  # under `accelerate launch`, only the main process writes
+    run = RunFolder(config.output_dir, writer=processes.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
     prepared = modality_of(config.model_dump()).prepare(config, backbone)
-    with run.lock():
+    with run.lock() if run.writer else contextlib.nullcontext():
         run.prepare(resume, overwrite)
+        processes.wait_for_everyone()
         run.write_config(config.model_dump(mode="json"))
         model, splits = prepared.model, prepared.splits
         trainer = Trainer(
@@ -66,9 +71,8 @@ def fit(
         best = trainer.fit(resume=resume)
         test = None
         if splits.test is not None:
-            test = evaluate_split(
-                model, splits.test, config.trainer.eval_batch_size, config.trainer.progress
-            )
+            progress = config.trainer.progress and run.writer
+            test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, progress)
             run.append_metrics({"split": "test", **test})
         run.mark("finished")
     return FitResult(

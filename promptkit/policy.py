@@ -69,6 +69,14 @@ class PolicyModule(nn.Module):
         """A hash of what the trained parameters depend on in the backbone."""
         raise NotImplementedError
 
+    def data_columns(self) -> list[str]:
+        """The fields of a data row the model reads (besides the label)."""
+        raise NotImplementedError
+
+    def enable_checkpointing(self) -> None:
+        """Recompute the backbone's activations in the backward pass (less memory)."""
+        raise NotImplementedError
+
     def answer_counts(self, examples: Sequence[Mapping[str, Any]]) -> list[int]:
         """How many answers each example has (one, unless the task labels words)."""
         return [1] * len(examples)

@@ -37,7 +37,12 @@ class ModelConfig(Strict):
     trainable: list[Group] = Field(
         default_factory=lambda: ["prompts"], description="what trains; [] for zero-shot use"
     )
-    max_length: int = Field(256, gt=0)
+    max_length: int | None = Field(
+        None,
+        gt=0,
+        description="longest encoded sequence; default 256, or fewer if the "
+        "backbone has fewer positions",
+    )
     padding_side: Literal["auto", "left", "right"] = "auto"
     seed: int = 13
 

@@ -5,6 +5,7 @@
                          fingerprint
     config.yaml          the full config of the run
     metrics.jsonl        one line per evaluation
+    train.log            progress, evaluations, stops and resumes, as plain lines
     resume/state.pt      optimizer, scheduler, uncollapsed encoders, progress: to resume
     .promptkit-run       the marker that says the folder is a promptkit run, and its status
     .promptkit-lock      held while a process writes the run
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import safetensors
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -33,6 +37,17 @@ from safetensors.torch import load_file, save_file
 from promptkit.errors import ConfigError, TrainingError
 
 FORMAT_VERSION = 2
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _writes(method: _Method) -> _Method:
+    """A RunFolder method that writes: a no-op in a process that does not write."""
+
+    @functools.wraps(method)
+    def write(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.writer else None
+
+    return write  # type: ignore[return-value]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -61,18 +76,22 @@ class RunFolder:
 
     Args:
         path: the folder (it need not exist yet).
+        writer: whether this process writes (under ``accelerate launch`` only the main
+            process does; the others read).
     """
 
     PROMPT = "prompt.safetensors"
     RECIPE = "promptkit.json"
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
+    LOG = "train.log"
     RESUME = "resume/state.pt"
     MARKER = ".promptkit-run"
     LOCK = ".promptkit-lock"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -118,6 +137,7 @@ class RunFolder:
                 "into a new or empty folder, or a run of its own. Choose another --output."
             )
 
+    @_writes
     def prepare(self, resume: bool, overwrite: bool) -> None:
         """Check the folder (see ``check``), then clear an earlier run when replacing it and
         mark the folder as a run in training."""
@@ -133,6 +153,7 @@ class RunFolder:
             return None
         return json.loads(marker.read_text()).get("status")
 
+    @_writes
     def mark(self, status: str) -> None:
         """Record the run's status in its marker."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -141,9 +162,10 @@ class RunFolder:
             json.dumps({"promptkit_run": FORMAT_VERSION, "status": status}) + "\n",
         )
 
+    @_writes
     def clear(self) -> None:
         """Remove the run's own files (nothing else the folder holds)."""
-        for name in (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.MARKER):
+        for name in (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER):
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.file(self.RESUME).parent, ignore_errors=True)
 
@@ -166,6 +188,7 @@ class RunFolder:
 
     # -- files ----------------------------------------------------------------------------
 
+    @_writes
     def write_config(self, config: Mapping[str, Any]) -> None:
         """Save the full config of the run."""
         atomic_text(self.file(self.CONFIG), yaml.safe_dump(dict(config), sort_keys=False))
@@ -175,6 +198,7 @@ class RunFolder:
         path = self.file(self.CONFIG)
         return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
+    @_writes
     def save_prompt(self, state: Mapping[str, torch.Tensor], document: Mapping[str, Any]) -> None:
         """Save the trained parameters, then the recipe document that describes them."""
         tensors = {k: v.contiguous().cpu() for k, v in state.items()}
@@ -188,9 +212,9 @@ class RunFolder:
         recipe: Any,
         fingerprint: str,
         info: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
         """Save a model's trained parameters with its recipe, classes and the fingerprint of
-        the backbone they belong to."""
+        the backbone they belong to; returns the promptkit.json document."""
         state = model.trained_state()
         document = {
             "recipe": recipe.model_dump(mode="json"),
@@ -201,22 +225,51 @@ class RunFolder:
             **(info or {}),
         }
         self.save_prompt(state, document)
+        return {"format": FORMAT_VERSION, **document}
 
     def read_prompt(self) -> dict[str, torch.Tensor]:
         """The saved trained parameters."""
-        return load_file(str(self.file(self.PROMPT)))
+        path = self.file(self.PROMPT)
+        try:
+            return load_file(str(path))
+        except (OSError, safetensors.SafetensorError) as err:
+            raise ConfigError(
+                f"{path} cannot be read ({err}): the run folder is incomplete or damaged; "
+                "train it again."
+            ) from None
 
     def read_recipe(self) -> dict[str, Any]:
         """The parsed promptkit.json of the run."""
         path = self.file(self.RECIPE)
         if not path.is_file():
             raise ConfigError(f"{self.path} is not a promptkit run: it has no {self.RECIPE}.")
-        return json.loads(path.read_text())
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path} is damaged ({err}): train the run again.") from None
+        needed = ("recipe", "classes", "backbone")
+        if not isinstance(document, dict) or any(k not in document for k in needed):
+            raise ConfigError(f"{path} is damaged (it lacks {needed}): train the run again.")
+        return document
 
+    @_writes
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """Add one line to metrics.jsonl (the file is replaced whole, atomically)."""
         lines = [*self.read_metrics(), dict(record)]
         atomic_text(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in lines))
+
+    @_writes
+    def keep_metrics(self, count: int) -> None:
+        """Keep the first ``count`` lines of metrics.jsonl (what a resume state accounts for)."""
+        lines = self.read_metrics()[:count]
+        atomic_text(self.file(self.METRICS), "".join(json.dumps(r) + "\n" for r in lines))
+
+    @_writes
+    def log(self, message: str) -> None:
+        """Add a time-stamped line to train.log."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(self.LOG), "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The lines of metrics.jsonl so far."""
@@ -225,6 +278,7 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    @_writes
     def save_resume(self, state: Mapping[str, Any]) -> None:
         """Save the resume state."""
         atomic_write(self.file(self.RESUME), lambda p: torch.save(dict(state), p))
@@ -232,4 +286,12 @@ class RunFolder:
     def read_resume(self) -> dict[str, Any] | None:
         """The resume state of the run, or None if it has none."""
         path = self.file(self.RESUME)
-        return torch.load(path, weights_only=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception as err:  # torch.load raises many kinds on a damaged file
+            raise TrainingError(
+                f"{path} cannot be read ({type(err).__name__}): the resume state is damaged; "
+                "train again with --overwrite."
+            ) from None

@@ -32,6 +32,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from promptkit.errors import TemplateError
 
 _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_JINJA_OPENING = re.compile(r"\{\{|\{%|\{#")
+MAX_SOFT_SLOTS = 1024  # per template: more is a typo, not a prompt
 _ESCAPABLE = "[]<>\\"
 _INPUT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 _SOFT = re.compile(r"\[P(?:(\d+)|\*(\d+))(?::([^\]]*))?\]")
@@ -172,6 +174,14 @@ class _Parser:
             n = int(count)
             if n < 1:
                 raise self.error(pos, "[P*0] has no slots", "Use [P*n] with n >= 1.")
+            if len(self.slots) + n > MAX_SOFT_SLOTS:
+                raise self.error(
+                    pos,
+                    f"{len(self.slots) + n} soft slots, more than the {MAX_SOFT_SLOTS} a "
+                    "template may have",
+                    "Prompt tuning uses tens of slots, prefix tuning up to a few hundred: "
+                    "check the number.",
+                )
             base = len(self.slots)
             group = len(self.groups)
             self.groups.append(n)
@@ -216,11 +226,10 @@ class _Parser:
         return self.by_name[name]
 
 
-def _escape_markup(value: object) -> object:
-    """Jinja finalizer: what ``{{ ... }}`` inserts is data, so its brackets are literal."""
-    if isinstance(value, str):
-        return "".join("\\" + c if c in _ESCAPABLE else c for c in value)
-    return value
+def _escape_markup(value: object) -> str:
+    """Jinja finalizer: what ``{{ ... }}`` inserts is data (a text, or a number, list or
+    mapping written out), so its brackets are literal."""
+    return "".join("\\" + c if c in _ESCAPABLE else c for c in str(value))
 
 
 _JINJA = SandboxedEnvironment(
@@ -247,7 +256,7 @@ class Template:
     def __init__(self, source: str, name: str = "template") -> None:
         self.source = source
         self.name = name
-        self._jinja = _compile_jinja(source, name) if _JINJA_TAG.search(source) else None
+        self._jinja = _compile_jinja(source, name) if _JINJA_OPENING.search(source) else None
         # Jinja tags are blanked, not removed, so positions in errors stay those of the source.
         static = _JINJA_TAG.sub(lambda m: " " * len(m[0]), source)
         parsed = _parse(static, name)
@@ -267,6 +276,11 @@ class Template:
             if seg.kind is SegmentKind.MASK:
                 return before.kind is SegmentKind.TEXT and before.text[-1:].isspace()
         return False
+
+    @property
+    def uses_jinja(self) -> bool:
+        """Whether the template has Jinja tags (which may bring the data in)."""
+        return self._jinja is not None
 
     @property
     def n_slots(self) -> int:
@@ -309,6 +323,10 @@ class Template:
             ) from err
         except jinja2.TemplateError as err:
             raise TemplateError(f"{self.name}: Jinja failed: {err}") from err
+        except Exception as err:  # anything a Jinja expression can raise, e.g. 1/0
+            raise TemplateError(
+                f"{self.name}: Jinja failed on this example: {type(err).__name__}: {err}"
+            ) from err
 
     def _relabel(self, parsed: _Parsed) -> tuple[Segment, ...]:
         """Map the soft slots of a rendered text onto the compiled template's slot ids."""

@@ -1,14 +1,26 @@
 """The trainer: AdamW per parameter group, warm-up and decay, accumulation, evaluation each
-epoch, best checkpoint, early stopping, atomic checkpoints, resume, Ctrl-C saves and exits.
+epoch, best checkpoint, early stopping, exact resume.
 
-It runs on accelerate, so ``accelerate launch`` scales it out unchanged.
+What it promises:
+- Ctrl-C or SIGTERM stops at the next optimizer step (or after the validation under way),
+  saves the state, and ``--resume`` ends where the uninterrupted run would have ended.
+- The resume state is the run's commit point: it is written last and atomically, at the
+  start, at every epoch's end and on a stop. A crash anywhere (a kill, a power cut, in the
+  middle of a save) resumes from the last commit; metrics and the saved prompt written after
+  it are rolled back to it.
+- A non-finite loss or gradient stops training before the optimizer applies it; the last
+  commit is what ``--resume`` continues from, with the learning rates the config then gives.
+
+It runs on accelerate, so ``accelerate launch`` scales it out: every rank trains on its shard
+of each global batch, only the main process writes, and the schedule counts the sharded
+steps.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,8 +34,9 @@ from transformers import get_scheduler
 
 from promptkit.config import TrainerConfig
 from promptkit.data import EncodedDataset, Split
-from promptkit.errors import TrainingError
+from promptkit.errors import ConfigError, TrainingError, TrainingInterrupted
 from promptkit.inference import evaluate
+from promptkit.interrupts import StopRequest, stop_signals
 from promptkit.policy import PolicyModule
 from promptkit.run_folder import RunFolder
 
@@ -39,6 +52,9 @@ class TrainingState:
     best_epoch: int = -1
     stale_epochs: int = 0
     epoch_loss: float = 0.0  # sum over the batches of the current epoch
+    stopped_early: bool = False
+    metrics_lines: int = 0  # lines of metrics.jsonl this state accounts for
+    best_document: dict[str, Any] = field(default_factory=dict)  # promptkit.json of the best
 
 
 class Trainer:
@@ -67,15 +83,22 @@ class Trainer:
     ) -> None:
         if not model.groups:
             raise TrainingError("nothing to train: set `trainable` (prompts, head, bias, all).")
-        self.model, self.recipe, self.config = model, recipe, config
+        self.metric = config.metric or model.task.default_metric
+        if self.metric not in model.task.metric_names:
+            raise ConfigError(
+                f"trainer.metric {self.metric!r} is not measured for {model.task.name}; choose "
+                f"one of {', '.join(model.task.metric_names)}."
+            )
+        self.recipe, self.config = recipe, config
         self.validation, self.run = validation, run
         self.fingerprint, self.seed = fingerprint, seed
-        self.metric = config.metric or model.task.default_metric
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.grad_accum,
-            mixed_precision=config.mixed_precision,
+            mixed_precision=_mixed_precision(config.mixed_precision, run),
             cpu=not torch.cuda.is_available(),
         )
+        if config.gradient_checkpointing:
+            model.enable_checkpointing()
         self.train_set = EncodedDataset(model.encode(train.examples), train.labels)
         self.validation_encoded = model.encode(validation.examples)
         self.optimizer = torch.optim.AdamW(
@@ -89,27 +112,18 @@ class Trainer:
                 for group, params in model.groups.items()
             ]
         )
-        steps_per_epoch = math.ceil(
-            math.ceil(len(self.train_set) / config.batch_size) / config.grad_accum
-        )
-        total = steps_per_epoch * config.epochs
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.batches_per_epoch = len(self._loader(0))  # this rank's share of each epoch
+        total = math.ceil(self.batches_per_epoch / config.grad_accum) * config.epochs
         self.scheduler = get_scheduler(
             config.scheduler,
             self.optimizer,
             num_warmup_steps=int(config.warmup_ratio * total),
             num_training_steps=total,
         )
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.state = TrainingState()
         self._best_state: dict[str, torch.Tensor] | None = None
-
-    def _collate(self, items: list[tuple[object, int]]) -> dict[str, torch.Tensor]:
-        return self._unwrapped.collate([x for x, _ in items], [y for _, y in items])
-
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {
-            n: p.detach().clone() for n, p in self._unwrapped.named_parameters() if p.requires_grad
-        }
+        self._best_table: torch.Tensor | None = None  # the best epoch's saved prompt table
 
     @property
     def _unwrapped(self) -> PolicyModule:
@@ -120,39 +134,39 @@ class Trainer:
 
         Args:
             resume: continue from the run folder's resume state (error if it has none).
+        Raises:
+            TrainingInterrupted: on Ctrl-C or SIGTERM, once the resume state is saved.
         """
         set_seed(self.seed)
         if resume:
             self._restore()
-        try:
-            self._loop()
-        except KeyboardInterrupt:
-            self._save_resume()
-            raise
+        else:
+            self._commit()  # a kill before the first epoch ends resumes from the start
+        with stop_signals(self._notice) as stop:
+            self._loop(stop)
         if self._best_state is not None:
             self._unwrapped.load_state_dict(self._best_state, strict=False)
         return {"best_epoch": self.state.best_epoch, self.metric: self.state.best}
 
-    def _loop(self) -> None:
+    def _loop(self, stop: StopRequest) -> None:
         cfg, state = self.config, self.state
-        with _progress_bar(cfg.progress) as bar:
+        with _progress_bar(cfg.progress and self.accelerator.is_main_process) as bar:
             task = bar.add_task(
                 "training",
-                total=cfg.epochs * self._batches_per_epoch(),
-                completed=state.epoch * self._batches_per_epoch() + state.step_in_epoch,
+                total=cfg.epochs * self.batches_per_epoch,
+                completed=state.epoch * self.batches_per_epoch + state.step_in_epoch,
             )
-            while state.epoch < cfg.epochs:
-                self._train_epoch(bar, task)
+            while state.epoch < cfg.epochs and not state.stopped_early:
+                if not self._train_epoch(bar, task, stop):
+                    self._commit()
+                    raise TrainingInterrupted(self._where(), stop.signal)
                 state.epoch += 1
-                if self._end_of_epoch():
-                    break
+                self._end_of_epoch()
+                if self._agreed(stop.requested):
+                    raise TrainingInterrupted(f"the end of epoch {state.epoch}", stop.signal)
 
-    def _batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_set) / self.config.batch_size)
-
-    def _train_epoch(self, bar: Progress, task: Any) -> None:
-        state = self.state
-        generator = torch.Generator().manual_seed(self.seed * 1000 + state.epoch)
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         loader = DataLoader(
             self.train_set,
             batch_size=self.config.batch_size,
@@ -160,26 +174,24 @@ class Trainer:
             collate_fn=self._collate,
             generator=generator,  # so creating the loader draws nothing from the global RNG
         )
-        loader = self.accelerator.skip_first_batches(
-            self.accelerator.prepare_data_loader(loader), state.step_in_epoch
-        )
+        return self.accelerator.prepare_data_loader(loader)
+
+    def _collate(self, items: list[tuple[object, Any]]) -> dict[str, torch.Tensor]:
+        return self._unwrapped.collate([x for x, _ in items], [y for _, y in items])
+
+    def _train_epoch(self, bar: Progress, task: Any, stop: StopRequest) -> bool:
+        """One epoch from where the state stands; False when a stop was asked for (the
+        state then stands at the step boundary where it stopped)."""
+        state = self.state
+        loader = self.accelerator.skip_first_batches(self._loader(state.epoch), state.step_in_epoch)
         self.model.train()
         for batch in loader:
             with self.accelerator.accumulate(self.model):
                 loss = self._unwrapped.task.loss(self.model(batch), batch["labels"])
-                if not torch.isfinite(loss):
-                    self._save_resume()
-                    raise TrainingError(
-                        f"loss is {loss.item()} at epoch {state.epoch}, step "
-                        f"{state.step_in_epoch}: lower the learning rates (trainer.lr) or use "
-                        "float32; the last good state is in resume/."
-                    )
+                self._check_finite(loss, "loss")
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
-                    if self.config.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(
-                            self._trainable(), self.config.max_grad_norm
-                        )
+                    self._check_finite(self._clip_gradients(), "gradient norm")
                     state.optimizer_steps += 1
                 self.optimizer.step()
                 if self.accelerator.sync_gradients:
@@ -190,27 +202,47 @@ class Trainer:
             bar.update(
                 task, advance=1, description=f"epoch {state.epoch + 1} loss {loss.item():.4f}"
             )
+            if self.accelerator.sync_gradients:
+                self._log_step(loss.item())
+                if self._agreed(stop.requested):
+                    return False
+        return True
 
-    def _trainable(self) -> list[torch.nn.Parameter]:
-        return [p for params in self._unwrapped.groups.values() for p in params]
+    def _clip_gradients(self) -> torch.Tensor:
+        params = [p for params in self._unwrapped.groups.values() for p in params]
+        limit = self.config.max_grad_norm or math.inf
+        return self.accelerator.clip_grad_norm_(params, limit)
 
-    def _end_of_epoch(self) -> bool:
-        """Evaluate, keep the best, save; True when early stopping says stop."""
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if self.accelerator.scaler is not None or bool(torch.isfinite(value).all()):
+            return  # with fp16 loss scaling, overflowing steps are skipped by the scaler
+        lower = ", ".join(
+            f"trainer.lr.{g['name']}={g['initial_lr'] / 10:.2g}"
+            for g in self.optimizer.param_groups
+        )
+        message = (
+            f"the {what} is {value.item()} at {self._where()}: training diverged and stopped "
+            f"before applying it. The run can continue from its last good state "
+            f"({self._last_commit()}): lower the learning rates and resume, e.g. "
+            f"--resume --set {lower}"
+        )
+        self.run.log(message)
+        raise TrainingError(message)
+
+    def _end_of_epoch(self) -> None:
+        """Evaluate, keep the best, decide on early stopping, commit."""
         state, cfg = self.state, self.config
-        train_loss = state.epoch_loss / max(state.step_in_epoch, 1)
+        train_loss = self._agreed_mean(state.epoch_loss / max(state.step_in_epoch, 1))
         state.step_in_epoch, state.epoch_loss = 0, 0.0
         metrics = self.evaluate()
-        if self.metric not in metrics:
-            raise TrainingError(
-                f"trainer.metric {self.metric!r} is not measured here; choose one of "
-                f"{', '.join(metrics)}."
-            )
         score = metrics[self.metric]
         improved = score > state.best
         if improved:
             state.best, state.best_epoch, state.stale_epochs = score, state.epoch, 0
             self._best_state = self._trainable_state()
-            self.run.save_model(
+            if "prompts" in self._unwrapped.groups:
+                self._best_table = self._unwrapped.prompts.collapse()
+            state.best_document = self.run.save_model(
                 self._unwrapped,
                 self.recipe,
                 self.fingerprint,
@@ -218,18 +250,23 @@ class Trainer:
             )
         else:
             state.stale_epochs += 1
-        self.run.append_metrics(
-            {
-                "epoch": state.epoch,
-                "split": "validation",
-                "train_loss": train_loss,
-                **metrics,
-                "lr": self.scheduler.get_last_lr()[0],
-                "best": improved,
-            },
+        record = {
+            "epoch": state.epoch,
+            "split": "validation",
+            "train_loss": train_loss,
+            **metrics,
+            "lr": self.scheduler.get_last_lr()[0],
+            "best": improved,
+        }
+        self.run.append_metrics(record)
+        self.run.log(
+            f"epoch {state.epoch}: train loss {train_loss:.4f}, validation "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + (" (best)" if improved else "")
         )
-        self._save_resume()
-        return cfg.patience is not None and state.stale_epochs >= cfg.patience
+        state.metrics_lines += 1
+        state.stopped_early = cfg.patience is not None and state.stale_epochs >= cfg.patience
+        self._commit()
 
     def evaluate(self) -> dict[str, float]:
         """Metrics of the current model on the validation split."""
@@ -241,16 +278,25 @@ class Trainer:
             self.accelerator.device,
         )
 
-    def _save_resume(self) -> None:
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {
+            n: p.detach().clone() for n, p in self._unwrapped.named_parameters() if p.requires_grad
+        }
+
+    def _commit(self) -> None:
+        """Save the resume state: the point a resumed run starts from."""
+        if not self.run.writer:
+            return
         self.run.save_resume(
             {
                 "trainable": self._trainable_state(),
                 "best_state": self._best_state,
+                "best_table": self._best_table,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "progress": asdict(self.state),
                 "rng": _rng_state(),
-            },
+            }
         )
 
     def _restore(self) -> None:
@@ -260,11 +306,77 @@ class Trainer:
                 f"{self.run.path} has no resume state to continue from: train without --resume."
             )
         self._unwrapped.load_state_dict(saved["trainable"], strict=False)
-        self._best_state = saved["best_state"]
+        self._best_state, self._best_table = saved["best_state"], saved["best_table"]
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(**saved["progress"])
         _set_rng_state(saved["rng"])
+        self._apply_learning_rates()
+        self._roll_back_files()
+        self.run.log(f"resumed from {self._where()}")
+
+    def _roll_back_files(self) -> None:
+        """Metrics and the saved prompt as they were at the commit."""
+        self.run.keep_metrics(self.state.metrics_lines)
+        if self._best_state is None:
+            return
+        prompt = {k: v for k, v in self._best_state.items() if not k.startswith("prompts.")}
+        if self._best_table is not None:
+            prompt["prompts.table"] = self._best_table
+        self.run.save_prompt(prompt, self.state.best_document)
+
+    def _apply_learning_rates(self) -> None:
+        """The config's learning rates replace the saved ones (to resume a diverged run with
+        lower ones), at the point of the schedule where the run stands."""
+        self.scheduler.base_lrs = [
+            self.config.learning_rate(g["name"]) for g in self.optimizer.param_groups
+        ]
+        for group, base, factor in zip(
+            self.optimizer.param_groups,
+            self.scheduler.base_lrs,
+            (f(self.scheduler.last_epoch) for f in self.scheduler.lr_lambdas),
+            strict=True,
+        ):
+            group["initial_lr"], group["lr"] = base, base * factor
+
+    def _agreed(self, flag: bool) -> bool:
+        """A flag every rank agrees on (any rank's True wins), so all stop at one step."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, "max").item())
+
+    def _agreed_mean(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor([value], device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, "mean").item())
+
+    def _where(self) -> str:
+        return f"epoch {self.state.epoch + 1}, step {self.state.step_in_epoch}"
+
+    def _last_commit(self) -> str:
+        epoch = self.state.epoch
+        return f"the end of epoch {epoch}" if epoch else "the start"
+
+    def _log_step(self, loss: float) -> None:
+        every = self.config.log_every
+        if self.state.optimizer_steps % every == 0:
+            self.run.log(f"{self._where()}: loss {loss:.4f}")
+
+    def _notice(self, message: str) -> None:
+        self.run.log(message)
+        if self.accelerator.is_main_process:
+            print(message, flush=True)
+
+
+def _mixed_precision(requested: str, run: RunFolder) -> str:
+    """fp16 mixed precision needs a GPU: on the CPU it is not used, and the log says so."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        run.log("trainer.mixed_precision fp16 needs a GPU: not used, training in full precision")
+        print("note: trainer.mixed_precision fp16 needs a GPU; training in full precision")
+        return "no"
+    return requested
 
 
 def _progress_bar(enabled: bool) -> Progress:

@@ -52,7 +52,12 @@ class Verbalizer:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Verbalizer:
         """Read ``{class: [words]}`` from a YAML file (a top-level ``words:`` key is allowed)."""
-        data = yaml.safe_load(Path(path).read_text())
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise VerbalizerError(f"{path}: no such verbalizer file.") from None
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise VerbalizerError(f"{path}: not a readable YAML file: {err}") from None
         if isinstance(data, dict) and "words" in data:
             data = data["words"]
         if not isinstance(data, dict):

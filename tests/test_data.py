@@ -6,9 +6,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from promptkit.data import Split, as_examples, collate, label_indices, read_rows
+from promptkit.data import Split, as_examples, collate, label_indices
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import DataError
+from promptkit.readers import read_rows
 from promptkit.tasks import CLASSIFICATION
 
 ROWS = [{"sentence": f"s{i}", "label": ["pos", "neg", "neu"][i % 3]} for i in range(30)]

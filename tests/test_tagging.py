@@ -11,11 +11,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from promptkit.config import validate_config
-from promptkit.data import _tag_names, collate, label_indices, read_conll, read_rows
+from promptkit.data import collate, label_indices
 from promptkit.encoding import PromptTokenizer
 from promptkit.errors import DataError
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.readers import read_conll, read_rows, tag_names
 from promptkit.tasks import IGNORED, TAGGING
 from promptkit.template import Template
 from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config
@@ -77,7 +78,7 @@ def test_tag_indices_of_hub_style_rows():
             {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": tags}
         ),
     )
-    rows = _tag_names(data).to_list()
+    rows = tag_names(data).to_list()
     assert rows == [{"tokens": ["a", "b"], "ner_tags": ["B-x", "I-x"]}]
     assert label_indices(rows, ["O", "B-x", "I-x"], TAGGING, "ner_tags") == [[1, 2]]
     with pytest.raises(DataError, match=r"labels \['I-x'\]"):

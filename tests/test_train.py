@@ -1,6 +1,8 @@
 """Training, checkpoints, resume, save -> load, and the errors around them."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -8,7 +10,12 @@ from conftest import run_config
 from safetensors.torch import load_file
 
 from promptkit.config import validate_config
-from promptkit.errors import BackboneMismatchError, ConfigError, TrainingError
+from promptkit.errors import (
+    BackboneMismatchError,
+    ConfigError,
+    TrainingError,
+    TrainingInterrupted,
+)
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
 from promptkit.predictor import load
@@ -99,16 +106,16 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(
     def interrupted(self, batch):
         if self.training:
             calls["n"] += 1
-            if calls["n"] == 11:  # mid-epoch 2 (8 batches an epoch)
-                raise KeyboardInterrupt
+            if calls["n"] == 11:  # in the 3rd step of epoch 2 (8 batches an epoch)
+                os.kill(os.getpid(), signal.SIGINT)
         return forward(self, batch)
 
     monkeypatch.setattr(PromptModel, "forward", interrupted)
     cfg = validate_config({**base, "output_dir": str(sentiment_data / "resumed")})
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="epoch 2, step 3"):
         fit(cfg)
     state = RunFolder(sentiment_data / "resumed").read_resume()
-    assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 2
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 3
     with pytest.raises(ConfigError, match="continue it with --resume"):
         fit(cfg)
     resumed = fit(cfg, resume=True)

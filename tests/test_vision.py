@@ -259,9 +259,10 @@ def test_cli_fit_and_predict_on_image_files(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and rows[0]["image"].endswith(".png")
     assert rows[0]["prediction"] in {"bright", "dark"}
-    single = runner.invoke(
-        app, ["predict", str(tmp_path / "run"), "--input", rows[0]["image"], "--output", str(out)]
-    )
+    command = ["predict", str(tmp_path / "run"), "--input", rows[0]["image"], "--output", str(out)]
+    refused = runner.invoke(app, command)
+    assert refused.exit_code == 2 and "exists" in refused.output
+    single = runner.invoke(app, [*command, "--overwrite"])
     assert single.exit_code == 0 and len(out.read_text().splitlines()) == 1
     evaluated = runner.invoke(app, ["eval", str(tmp_path / "run"), "--data", str(new)])
     assert evaluated.exit_code == 0, evaluated.output

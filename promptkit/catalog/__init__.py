@@ -4,6 +4,7 @@ top-level folders of those names and install as ``promptkit.catalog.<kind>``."""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import yaml
 
 from promptkit.errors import ConfigError
 from promptkit.template import Template
+
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 
 
 def _folder(kind: str) -> Path:
@@ -26,15 +29,15 @@ def entries(kind: str) -> dict[str, dict[str, Any]]:
 def entry(kind: str, name: str) -> dict[str, Any]:
     """One catalog entry; an unknown name is an error listing the known ones."""
     path = _folder(kind) / f"{name}.yaml"
-    if not path.is_file():
+    if not has(kind, name):
         known = ", ".join(entries(kind))
         raise ConfigError(f"the {kind} catalog has no entry {name!r}; known: {known}")
     return yaml.safe_load(path.read_text())
 
 
 def has(kind: str, name: str) -> bool:
-    """Whether the catalog has an entry of that name."""
-    return (_folder(kind) / f"{name}.yaml").is_file()
+    """Whether the catalog has an entry of that name (a template's text is never one)."""
+    return bool(_NAME.fullmatch(name)) and (_folder(kind) / f"{name}.yaml").is_file()
 
 
 def template(source: str) -> Template:

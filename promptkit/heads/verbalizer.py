@@ -88,17 +88,9 @@ class VerbalizerHead(Head):
     def check(cls, config: VerbalizerConfig, template: Template) -> list[str]:
         """The template must have [MASK]; the label words bring the classes."""
         if not template.has_mask:
-            hint = (
-                ""
-                if template.slots or template.inputs
-                else (
-                    f" No catalog template is named {template.source!r} either; known: "
-                    f"{', '.join(catalog.entries('templates'))}."
-                )
-            )
             raise TemplateError(
                 f"{template.name} has no [MASK], but a verbalizer head reads its "
-                f"answer there: add [MASK] (e.g. '<x> It was [MASK].').{hint}"
+                "answer there: add [MASK] (e.g. '<x> It was [MASK].')."
             )
         return config.words().classes
 

@@ -74,11 +74,11 @@ class TextModality(Modality):
         return build_model(recipe, classes, backbone, collapsed=True)
 
     def read_inputs(self, spec: str) -> list[dict[str, Any]]:
-        from promptkit.data import read_rows
+        from promptkit.readers import read_rows
 
         return read_rows(spec)
 
     def read_labelled(self, data: Any, spec: str) -> tuple[list[dict[str, Any]], str]:
-        from promptkit.data import read_rows
+        from promptkit.readers import read_rows
 
         return read_rows(spec), data.label_column

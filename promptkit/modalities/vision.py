@@ -43,7 +43,7 @@ class VisionModality(Modality):
 
     def read_inputs(self, spec: str) -> list[dict[str, Any]]:
         """An image file, a folder of them (searched recursively), or a data file."""
-        from promptkit.data import read_rows
+        from promptkit.readers import read_rows
         from promptkit.vision.data import IMAGE_SUFFIXES
 
         path = Path(spec)

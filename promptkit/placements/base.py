@@ -11,6 +11,7 @@ between forwards, so several prompted models can share one backbone.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -73,6 +74,7 @@ class Injector:
         self.position_offset = (
             settings.pad_token_id + 1 if settings.model_type in _POSITIONS_AFTER_PADDING else 0
         )
+        self.max_positions = _positions_of(settings.get_text_config()) - self.position_offset
         self.released = False
 
     @classmethod
@@ -152,6 +154,15 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     if bool(attention_mask[:, 0].all()):
         return torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _positions_of(settings: object) -> float:
+    """How long an input the backbone's positions allow (unbounded without a table)."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(settings, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return math.inf
 
 
 def replace_slots(

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from promptkit.data import Splits, build_splits, mapped_labels, read_rows, read_splits
+from promptkit.data import Splits, build_splits, mapped_labels, read_splits, validate_rows
 from promptkit.errors import DataError
+from promptkit.readers import read_rows
 from promptkit.tasks import CLASSIFICATION
 from promptkit.vision.config import ImageDataConfig
 
@@ -39,7 +40,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def load_image_splits(data: ImageDataConfig, seed: int) -> tuple[Splits, list[str]]:
     """Read, label, split and sample image data; returns the splits and the class names
     (``data.classes``, else every label of the training data, sorted)."""
-    rows = read_splits(data, lambda spec: read_image_rows(data, spec))
+    rows = read_splits(
+        data,
+        lambda spec: validate_rows(
+            read_image_rows(data, spec), spec, ["image"], "label", data.invalid
+        ),
+    )
     names = mapped_labels(rows["train"], CLASSIFICATION, "label", data.label_map)
     classes = data.classes or sorted(set(names))
     kept = {

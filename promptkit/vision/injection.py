@@ -62,6 +62,10 @@ class ViTAdapter:
         """timm-style data config: input_size, mean, std, interpolation, crop_pct."""
         raise NotImplementedError
 
+    def enable_checkpointing(self) -> None:
+        """Recompute the blocks' activations in the backward pass."""
+        raise NotImplementedError
+
 
 class TimmViT(ViTAdapter):
     """timm's VisionTransformer family (``vit_*``, ``deit_*``)."""
@@ -100,6 +104,9 @@ class TimmViT(ViTAdapter):
     def data_config(self) -> dict[str, Any]:
         config = timm.data.resolve_data_config({}, model=self.model)
         return {**config, "input_size": (3, *self.image_size)}
+
+    def enable_checkpointing(self) -> None:
+        self.model.set_grad_checkpointing(True)
 
 
 class HFViT(ViTAdapter):
@@ -143,6 +150,9 @@ class HFViT(ViTAdapter):
             "interpolation": "bilinear",
             "crop_pct": 1.0,
         }
+
+    def enable_checkpointing(self) -> None:
+        self.model.activation_checkpointing_enable()
 
 
 def adapter_for(model: nn.Module) -> ViTAdapter:

@@ -56,6 +56,14 @@ class VisionPromptModel(PolicyModule):
         self.transform = image_transform(adapter.data_config())
         self.groups = parameter_groups(prompts, adapter.classifier(), adapter.model, trainable)
 
+    def data_columns(self) -> list[str]:
+        """A row's image."""
+        return ["image"]
+
+    def enable_checkpointing(self) -> None:
+        """Recompute the blocks' activations in the backward pass (less memory)."""
+        self.adapter.enable_checkpointing()
+
     def examples(self, items: Sequence[Any]) -> list[dict[str, Any]]:
         """Images (paths, PIL images, arrays) or rows with an ``image`` field, as examples."""
         return [dict(item) if isinstance(item, dict) else {"image": item} for item in items]
