@@ -31,7 +31,8 @@ _LOADERS = {
     "encoder": AutoModel,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_FINGERPRINT_CHUNK = 1 << 22  # values hashed at a time (16 MiB of float32)
+_FINGERPRINT_CHUNK = 1 << 22  # values hashed at a time
+FINGERPRINT_SCHEME = 2  # what a fingerprint hashes: see ``fingerprint``
 
 
 @dataclass
@@ -61,26 +62,38 @@ class Backbone:
         """Whether the model predicts tokens (what a verbalizer needs)."""
         return self.kind != "encoder"
 
-    def fingerprint(self) -> str:
-        """A hash of the architecture and the input embeddings: the same only for the same
-        backbone, so trained prompts are never loaded onto another one unnoticed."""
+    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
+        """A hash of the architecture and every weight: the same only for the same backbone,
+        so trained prompts are never loaded onto another one unnoticed (``scheme`` 1, of
+        runs saved by promptkit 0.1, hashed the input embeddings only)."""
         config = self.model.config
         tag = ";".join(
             f"{key}={getattr(config, key, None)}"
             for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
         )
-        return fingerprint(tag, [self.model.get_input_embeddings().weight])
+        if scheme == 1:
+            return fingerprint(tag, [("", self.model.get_input_embeddings().weight)], scheme)
+        return fingerprint(f"{type(self.model).__name__};{tag}", self.model.named_parameters())
 
 
-def fingerprint(tag: str, tensors: Iterable[torch.Tensor]) -> str:
-    """A short hash of a description and the float32 values of some tensors.
+def fingerprint(
+    tag: str,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    scheme: int = FINGERPRINT_SCHEME,
+) -> str:
+    """A short hash of a description and of named tensors: their names, shapes and values
+    rounded to bfloat16 (so float32 and bfloat16 copies of one backbone agree, and a change
+    of any weight beyond bfloat16's precision shows). Scheme 1 hashed float32 values alone.
 
-    Values are hashed a chunk at a time, straight from their buffer: a large embedding matrix
-    is never copied whole (its float32 bytes hash the same either way)."""
+    Values are hashed a chunk at a time, straight from their buffer: a large matrix is never
+    copied whole."""
     digest = hashlib.sha256(tag.encode())
-    for tensor in tensors:
+    for name, tensor in tensors:
+        if scheme != 1:
+            digest.update(f";{name}{tuple(tensor.shape)}".encode())
         for chunk in tensor.detach().reshape(-1).split(_FINGERPRINT_CHUNK):
-            digest.update(chunk.float().cpu().numpy())
+            values = chunk.float() if scheme == 1 else chunk.to(torch.bfloat16).view(torch.int16)
+            digest.update(values.cpu().numpy())
     return digest.hexdigest()[:16]
 
 

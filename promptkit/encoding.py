@@ -113,10 +113,11 @@ class PromptTokenizer:
         inputs = [s for s in segments if s.kind is SegmentKind.INPUT]
         texts = [s.text for s in inputs if s.words is None]
         words = [" " + w for s in inputs if s.words is not None for w in s.words]
-        text_encoding = self.tokenizer(texts, add_special_tokens=False) if texts else None
-        word_tokens = iter(
-            self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
-        )
+        # Data is data: text that looks like a special token ("[SEP]", "<|endoftext|>") is
+        # tokenised as the text it is.
+        split = {"add_special_tokens": False, "split_special_tokens": True}
+        text_encoding = self.tokenizer(texts, **split) if texts else None
+        word_tokens = iter(self.tokenizer(words, **split)["input_ids"] if words else [])
         out, n_texts = [], 0
         for segment in inputs:
             if segment.words is None:

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from rich.progress import track
 
 from promptkit.policy import PolicyModule
+from promptkit.processes import processes
 
 
 @torch.inference_mode()
@@ -26,8 +26,8 @@ def predict_logits(
     length, so that little is spent on padding. Under ``accelerate launch`` each process
     scores its share and all of them get every row."""
     device = device or next(model.parameters()).device
-    processes = PartialState()
-    mine = range(processes.process_index, len(encoded), processes.num_processes)
+    state = processes()
+    mine = range(state.process_index, len(encoded), state.num_processes)
     was_training = model.training
     model.eval()
     order = sorted(mine, key=lambda i: len(encoded[i]))
@@ -40,7 +40,7 @@ def predict_logits(
         for row, index in enumerate(chunk):
             rows[index] = logits[row]
     model.train(was_training)
-    if processes.num_processes > 1:
+    if state.num_processes > 1:
         for index, row in gather_object([(i, rows[i]) for i in mine]):
             rows[index] = row
     width = max((r.shape[0] for r in rows if r.dim() == 2), default=0)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from promptkit import catalog
-from promptkit.backbone import Backbone, load_backbone
+from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, TemplateError
@@ -76,9 +76,9 @@ class PromptModel(PolicyModule):
         """What the head answers."""
         return self.head.task
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
         """The backbone's fingerprint."""
-        return self.backbone.fingerprint()
+        return self.backbone.fingerprint(scheme)
 
     def enable_checkpointing(self) -> None:
         """Recompute the backbone's activations in the backward pass (less memory)."""

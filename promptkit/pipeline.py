@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
+from pydantic import BaseModel
 
+from promptkit.config import load_config, validate_config
 from promptkit.data import Split
+from promptkit.errors import ConfigError
 from promptkit.inference import evaluate
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
 from promptkit.predictor import Predictor
+from promptkit.processes import processes
 from promptkit.run_folder import RunFolder
 from promptkit.train import Trainer
 
@@ -38,24 +42,38 @@ def evaluate_split(
     return evaluate(model, model.encode(split.examples), split.labels, batch_size, None, progress)
 
 
+def _as_config(config: Any) -> Any:
+    if isinstance(config, str | Path):
+        return load_config(config)
+    if isinstance(config, Mapping):
+        return validate_config(dict(config))
+    if not isinstance(config, BaseModel) or not hasattr(config, "recipe"):
+        raise ConfigError(
+            f"fit takes a run config (promptkit.load_config), a mapping or a YAML path, not a "
+            f"{type(config).__name__}."
+        )
+    return config
+
+
 def fit(
     config: Any, resume: bool = False, backbone: Any = None, overwrite: bool = False
 ) -> FitResult:
     """Train a prompt as the config says, save the run folder, evaluate on the test split.
 
     Args:
-        config: the run config (text or vision).
+        config: the run config (text or vision): validated, a mapping, or a YAML file.
         resume: continue the run in ``config.output_dir`` from its resume state.
         backbone: for text, ``config.backbone`` already loaded (it is loaded otherwise).
         overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
-    processes = PartialState()  # under `accelerate launch`, only the main process writes
-    run = RunFolder(config.output_dir, writer=processes.is_main_process)
+    config = _as_config(config)
+    state = processes()  # under `accelerate launch`, only the main process writes
+    run = RunFolder(config.output_dir, writer=state.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
     prepared = modality_of(config.model_dump()).prepare(config, backbone)
     with run.lock() if run.writer else contextlib.nullcontext():
         run.prepare(resume, overwrite)
-        processes.wait_for_everyone()
+        state.wait_for_everyone()
         run.write_config(config.model_dump(mode="json"))
         model, splits = prepared.model, prepared.splits
         trainer = Trainer(

@@ -65,8 +65,9 @@ class PolicyModule(nn.Module):
     classes: list[str]
     task: Task
 
-    def fingerprint(self) -> str:
-        """A hash of what the trained parameters depend on in the backbone."""
+    def fingerprint(self, scheme: int = 2) -> str:
+        """A hash of what the trained parameters depend on in the backbone (``scheme``: of
+        which promptkit version, see ``promptkit.backbone.fingerprint``)."""
         raise NotImplementedError
 
     def data_columns(self) -> list[str]:

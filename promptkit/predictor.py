@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from promptkit.errors import BackboneMismatchError
+from promptkit.errors import BackboneMismatchError, PromptkitError
 from promptkit.inference import predict_logits
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
@@ -32,6 +32,9 @@ class Predictor:
 
     def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
         """Logits ``[N, C]`` (``[N, W, C]`` per word for a tagger)."""
+        items = _checked(items, batch_size)
+        if not items:
+            return torch.empty(0, len(self.classes))
         encoded = self.model.encode(self.model.examples(items))
         return predict_logits(self.model, encoded, batch_size)
 
@@ -42,9 +45,24 @@ class Predictor:
 
     def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
         """Class probabilities of each item (of each word, for a tagger)."""
+        items = _checked(items, batch_size)
+        if not items:
+            return []
         examples = self.model.examples(items)
         probs = predict_logits(self.model, self.model.encode(examples), batch_size).softmax(-1)
         return self.model.task.named(probs, self.classes, self.model.answer_counts(examples))
+
+
+def _checked(items: Any, batch_size: Any) -> list[Any]:
+    """The items as a list; a single item or a bad batch size is an error that says so."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        raise PromptkitError(
+            f"predict takes a list of items, not a {type(items).__name__}: write "
+            "predict([item]) for one."
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PromptkitError(f"batch_size is a positive whole number, not {batch_size!r}.")
+    return list(items)
 
 
 def _per_answer(named: list[Any], pick: Any) -> list[Any]:
@@ -62,12 +80,16 @@ def load(
             by default the one named in the recipe. A different backbone is an error.
         device: where to run.
     """
+    if not isinstance(run_dir, str | Path):
+        raise PromptkitError(f"load takes a run folder's path, not a {type(run_dir).__name__}.")
     run = RunFolder(run_dir)
     document = run.read_recipe()
     modality = modality_of(document["recipe"])
     recipe = modality.saved_recipe(document)
     model = modality.build(recipe, document["classes"], backbone)
-    expected, found = document["backbone"]["fingerprint"], model.fingerprint()
+    saved = document["backbone"]
+    expected = saved["fingerprint"]
+    found = model.fingerprint(saved.get("fingerprint_scheme", 1))
     if found != expected:
         raise BackboneMismatchError(
             f"{run_dir} was trained on {document['backbone']['name']} (fingerprint {expected}), "

@@ -34,6 +34,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from promptkit.backbone import FINGERPRINT_SCHEME
 from promptkit.errors import ConfigError, TrainingError
 
 FORMAT_VERSION = 2
@@ -220,7 +221,11 @@ class RunFolder:
             "recipe": recipe.model_dump(mode="json"),
             "task": model.task.name,
             "classes": model.classes,
-            "backbone": {"name": recipe.backbone.name, "fingerprint": fingerprint},
+            "backbone": {
+                "name": recipe.backbone.name,
+                "fingerprint": fingerprint,
+                "fingerprint_scheme": FINGERPRINT_SCHEME,
+            },
             "trained_parameters": sum(v.numel() for v in state.values()),
             **(info or {}),
         }

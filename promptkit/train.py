@@ -234,6 +234,7 @@ class Trainer:
         state, cfg = self.state, self.config
         train_loss = self._agreed_mean(state.epoch_loss / max(state.step_in_epoch, 1))
         state.step_in_epoch, state.epoch_loss = 0, 0.0
+        self.run.log(f"epoch {state.epoch}: validating")
         metrics = self.evaluate()
         score = metrics[self.metric]
         improved = score > state.best

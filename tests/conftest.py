@@ -114,6 +114,12 @@ def make_model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "bert":
         return BertForMaskedLM(BertConfig(**_small(pad_token_id=0)))
+    if kind == "bert-nodropout":
+        return BertForMaskedLM(
+            BertConfig(
+                **_small(pad_token_id=0), hidden_dropout_prob=0, attention_probs_dropout_prob=0
+            )
+        )
     if kind == "bert-encoder":
         return BertModel(BertConfig(**_small(pad_token_id=0)))
     if kind == "roberta":
@@ -136,7 +142,7 @@ def make_model(kind: str) -> torch.nn.Module:
     raise ValueError(kind)
 
 
-MASKED = {"bert", "bert-encoder", "roberta"}
+MASKED = {"bert", "bert-nodropout", "bert-encoder", "roberta"}
 
 
 @pytest.fixture(scope="session")

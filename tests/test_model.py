@@ -209,12 +209,21 @@ def test_encoder_and_head_weights_are_seeded(model_dir):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
 
 
-def test_fingerprint_hashes_float32_values_in_chunks(monkeypatch):
+def test_fingerprint_of_the_first_scheme_hashes_float32_values_in_chunks(monkeypatch):
     """Chunked hashing gives the digest of the whole tensor's float32 bytes, so fingerprints
-    saved with earlier runs still match."""
+    saved with runs of the first scheme still match."""
     weights = torch.randn(37, 5).to(torch.bfloat16)
     whole = hashlib.sha256(b"tag")
     whole.update(weights.float().numpy().tobytes())
     monkeypatch.setattr(promptkit.backbone, "_FINGERPRINT_CHUNK", 16)
-    assert fingerprint("tag", [weights]) == whole.hexdigest()[:16]
-    assert fingerprint("tag", [weights + 1]) != whole.hexdigest()[:16]
+    assert fingerprint("tag", [("", weights)], scheme=1) == whole.hexdigest()[:16]
+    assert fingerprint("tag", [("", weights + 1)], scheme=1) != whole.hexdigest()[:16]
+
+
+def test_fingerprint_sees_every_weight_and_agrees_across_float32_and_bfloat16(model_dir):
+    backbone = load_backbone(str(model_dir("gpt2")))
+    digest = backbone.fingerprint()
+    assert load_backbone(str(model_dir("gpt2")), dtype="bfloat16").fingerprint() == digest
+    with torch.no_grad():
+        backbone.model.transformer.h[1].mlp.c_fc.weight[3, 7] += 0.1  # deep inside, one value
+    assert backbone.fingerprint() != digest

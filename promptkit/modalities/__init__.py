@@ -23,7 +23,7 @@ def modality_of(config: Mapping[str, Any]) -> Modality:
             f"a config is a mapping of keys to values, not a {type(config).__name__}."
         )
     name = config.get("modality", "text")
-    if name not in MODALITIES:
+    if not isinstance(name, str) or name not in MODALITIES:
         raise ConfigError(f"modality {name!r} is unknown; choose one of {', '.join(MODALITIES)}.")
     return MODALITIES[name]
 

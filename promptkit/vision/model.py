@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import ViTForImageClassification
 
-from promptkit.backbone import fingerprint
+from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint
 from promptkit.errors import ConfigError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
@@ -89,11 +89,11 @@ class VisionPromptModel(PolicyModule):
         )
         return self.adapter.logits(batch["pixel_values"])
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
         """Of the backbone's architecture and weights (the head excluded)."""
         head = {id(p) for p in self.adapter.classifier().parameters()}
-        weights = [p for p in self.vit.parameters() if id(p) not in head]
-        return fingerprint(type(self.vit).__name__, weights)
+        weights = [(n, p) for n, p in self.vit.named_parameters() if id(p) not in head]
+        return fingerprint(type(self.vit).__name__, weights, scheme)
 
 
 def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:

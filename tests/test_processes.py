@@ -1,0 +1,140 @@
+"""Whole `promptkit fit` processes: real signals and kills at several points, then --resume,
+end where the uninterrupted run ends; two ranks under `accelerate launch` equal one process
+with the same global batch. Marked slow: each test starts several Python processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_config, sentiment_rows
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "promptkit", "fit", str(config), *extra]
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def outcome(run_dir: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return metrics, load_file(str(run_dir / "prompt.safetensors"))
+
+
+def assert_same(got: Path, want: Path, atol: float = 0.0) -> None:
+    (got_metrics, got_prompt), (want_metrics, want_prompt) = outcome(got), outcome(want)
+    assert [m.keys() for m in got_metrics] == [m.keys() for m in want_metrics]
+    for a, b in zip(got_metrics, want_metrics, strict=True):
+        for key, value in b.items():
+            if isinstance(value, float):
+                assert a[key] == pytest.approx(value, abs=atol, rel=0), key
+            else:
+                assert a[key] == value, key
+    assert got_prompt.keys() == want_prompt.keys()
+    for key in want_prompt:
+        torch.testing.assert_close(got_prompt[key], want_prompt[key], atol=atol, rtol=0)
+
+
+def run_until(config: Path, line: str, sig: int, log: Path) -> int:
+    """Start a fit, send ``sig`` once train.log shows ``line``; the exit code."""
+    process = subprocess.Popen(command(config), env=ENV, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and line in log.read_text():
+            process.send_signal(sig)
+            break
+        time.sleep(0.01)
+    return process.wait(120)
+
+
+@pytest.fixture
+def runs(model_dir, sentiment_data):
+    """A config (4 steps an epoch, a long validation) and the uninterrupted run's folder."""
+    with open(sentiment_data / "validation.jsonl", "w") as f:  # long enough to signal into
+        f.writelines(json.dumps(r) + "\n" for r in sentiment_rows(3000, 1))
+    base = run_config(
+        model_dir("bert"),
+        sentiment_data,
+        trainable=["prompts", "bias"],
+        trainer={"epochs": 3, "batch_size": 16, "progress": False, "log_every": 1},
+    )
+    straight = sentiment_data / "straight"
+    reference = write_config(
+        sentiment_data / "straight.yaml", {**base, "output_dir": str(straight)}
+    )
+    subprocess.run(command(reference), env=ENV, check=True, stderr=subprocess.DEVNULL)
+    interrupted = sentiment_data / "interrupted"
+    config = write_config(sentiment_data / "run.yaml", {**base, "output_dir": str(interrupted)})
+    return config, interrupted, straight
+
+
+@pytest.mark.parametrize(
+    ("line", "sig", "code"),
+    [
+        ("epoch 1, step 2:", signal.SIGINT, 128 + signal.SIGINT),  # mid-epoch
+        ("epoch 2: validating", signal.SIGTERM, 128 + signal.SIGTERM),  # mid-validation
+        ("epoch 1, step 3:", signal.SIGKILL, -signal.SIGKILL),  # mid-epoch, no warning
+        ("epoch 1: validating", signal.SIGKILL, -signal.SIGKILL),  # mid-validation
+        ("epoch 2: train loss", signal.SIGKILL, -signal.SIGKILL),  # between the saves
+    ],
+)
+def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs, line, sig, code):
+    config, interrupted, straight = runs
+    assert run_until(config, line, sig, interrupted / "train.log") == code
+    resumed = subprocess.run(
+        command(config, "--resume"), env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(interrupted, straight)
+    finished = subprocess.run(command(config, "--resume"), env=ENV, capture_output=True, text=True)
+    assert finished.returncode == 2 and "finished run" in finished.stderr
+
+
+def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
+    base = run_config(
+        model_dir("bert-nodropout"),
+        sentiment_data,
+        trainable=["prompts", "bias"],
+        trainer={"epochs": 2, "batch_size": 16, "progress": False},
+    )
+    single = write_config(sentiment_data / "single.yaml", {**base, "output_dir": "single"})
+    subprocess.run(command(single), env=ENV, cwd=sentiment_data, check=True)
+    ranks = {**base, "output_dir": "ranks", "trainer": {**base["trainer"], "batch_size": 8}}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "promptkit",
+        "fit",
+        str(write_config(sentiment_data / "ranks.yaml", ranks)),
+    ]
+    done = subprocess.run(launch, env=ENV, cwd=sentiment_data, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same(sentiment_data / "ranks", sentiment_data / "single", atol=1e-5)
+    log = (sentiment_data / "ranks" / "train.log").read_text()
+    assert log.count("epoch 2: validating") == 1  # one writer
