@@ -171,6 +171,11 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     placement.check(recipe.prompts, template)
     head = HEADS[recipe.head.type]
     classes = head.check(recipe.head, template)
+    if "prompts" in recipe.trainable and not template.n_slots:
+        raise ConfigError(
+            "trainable includes 'prompts' but the template has no soft slot ([P1], [P*n]): "
+            "add some, or drop 'prompts'."
+        )
     return CheckedRecipe(recipe, template, placement, head, classes)
 
 

@@ -98,13 +98,20 @@ class PolicyModule(nn.Module):
         own = dict(self.named_parameters())
         unknown = [k for k in state if k not in own]
         if unknown:
-            raise ConfigError(f"saved parameters do not fit this model: {unknown[:3]}...")
+            raise ConfigError(
+                f"saved parameters do not fit this model ({unknown[:3]}): the run does not "
+                "fit its own recipe."
+            )
         with torch.no_grad():
             for name, value in state.items():
                 if own[name].shape != value.shape:
                     raise ConfigError(
                         f"saved {name} has shape {tuple(value.shape)}, the model expects "
-                        f"{tuple(own[name].shape)}"
+                        f"{tuple(own[name].shape)}: the run does not fit its own recipe."
+                    )
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ConfigError(
+                        f"saved {name} holds non-finite values: the run folder is damaged."
                     )
                 own[name].copy_(value)
 

@@ -254,6 +254,9 @@ class Template:
     """
 
     def __init__(self, source: str, name: str = "template") -> None:
+        if not isinstance(source, str):
+            raise TemplateError(f"{name} is a text, not a {type(source).__name__}.")
+        source = source.replace("\r\n", "\n").replace("\r", "\n")  # one kind of line end
         self.source = source
         self.name = name
         self._jinja = _compile_jinja(source, name) if _JINJA_OPENING.search(source) else None

@@ -99,3 +99,42 @@ def test_fit_with_an_unknown_key_fails_early(sentiment_data):
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("eval", str(tmp_path), "--data", "x.jsonl")
     assert result.exit_code == 2 and "is not a promptkit run" in result.output
+
+
+def test_user_mistakes_are_one_line_errors_without_tracebacks(model_dir, sentiment_data):
+    good = run_config(model_dir("bert"), sentiment_data)
+    cases = {
+        "typo.yaml": ({**good, "backbone": {"name": str(model_dir("bert")) + "x"}}, "no such"),
+        "list.yaml": ([1, 2], "a mapping of keys to values, not a list"),
+        "jinja.yaml": ({**good, "template": "{{ 1/0 }} <x> [P1] [MASK]"}, "ZeroDivisionError"),
+        "lr.yaml": ({**good, "trainer": {"lr": {"prompts": -1}}}, "trainer.lr.prompts"),
+        "slots.yaml": ({**good, "template": "[P*5000] <x> [MASK]"}, "more than the 1024"),
+        "noinput.yaml": ({**good, "template": "It was [MASK]."}, "no input slot"),
+        "long.yaml": ({**good, "max_length": 4096}, "beyond the 128 positions"),
+    }
+    for name, (config, message) in cases.items():
+        path = sentiment_data / name
+        path.write_text(yaml.safe_dump(config))
+        result = invoke("fit", str(path), "--output", str(sentiment_data / "runs" / name))
+        assert result.exit_code == 2, (name, result.output)
+        assert message in result.output and "Traceback" not in result.output, name
+    (sentiment_data / "latin.yaml").write_bytes(b"template: caf\xe9")
+    assert "not UTF-8" in invoke("fit", str(sentiment_data / "latin.yaml")).output
+    bad_set = invoke("fit", str(sentiment_data / "lr.yaml"), "--set", "trainer.epochs=[1")
+    assert bad_set.exit_code == 2 and "not valid YAML" in bad_set.output
+
+
+def test_fit_into_a_folder_of_other_files_keeps_them(model_dir, sentiment_data):
+    config = sentiment_data / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    before = sorted(p.name for p in sentiment_data.iterdir())
+    for extra in ([], ["--overwrite"]):
+        result = invoke("fit", str(config), "--output", str(sentiment_data), *extra)
+        assert result.exit_code == 2 and "holds no promptkit run" in result.output
+    assert sorted(p.name for p in sentiment_data.iterdir()) == before
+
+
+def test_debug_shows_the_traceback(sentiment_data):
+    result = runner.invoke(app, ["--debug", "fit", str(sentiment_data / "missing.yaml")])
+    assert result.exit_code != 0 and isinstance(result.exception, Exception)
+    assert "no such config file" in str(result.exception)

@@ -59,7 +59,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_catalog_names_resolve():
-    cfg = validate_config({**BASE, "template": "null_prompt"})
+    cfg = validate_config({**BASE, "template": "null_prompt", "trainable": ["bias"]})
     checked = check_recipe(cfg.recipe())
     assert checked.template.source == "<x> [MASK]"
     assert checked.recipe.head.words().words == {
@@ -96,5 +96,6 @@ def test_inputs_must_name_template_slots():
 def test_verbalizer_from_yaml_file(tmp_path):
     path = tmp_path / "words.yaml"
     path.write_text("agree: [good]\ndisagree: [bad]\n")
-    checked = check_recipe(validate_config({**BASE, "head": {"verbalizer": str(path)}}).recipe())
+    config = {**BASE, "head": {"verbalizer": str(path)}, "trainable": []}
+    checked = check_recipe(validate_config(config).recipe())
     assert checked.classes == ["agree", "disagree"]

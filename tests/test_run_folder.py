@@ -5,7 +5,9 @@ import json
 import multiprocessing
 
 import pytest
+import torch
 from conftest import run_config
+from safetensors.torch import save_file
 
 from promptkit.config import validate_config
 from promptkit.errors import ConfigError, TrainingError
@@ -101,3 +103,30 @@ def test_a_run_saved_in_the_first_format_still_loads(model_dir, sentiment_data):
     path.write_text(json.dumps(document))
     texts = ["the movie was great", "boring"]
     assert load(result.run_dir).predict(texts) == result.predictor.predict(texts)
+
+
+def test_a_damaged_run_folder_is_named(model_dir, sentiment_data):
+    result = fit(
+        validate_config(run_config(model_dir("bert"), sentiment_data, trainer={"epochs": 1}))
+    )
+    run = RunFolder(result.run_dir)
+    prompt, recipe = run.file(run.PROMPT), run.file(run.RECIPE)
+    good_prompt, good_recipe = prompt.read_bytes(), recipe.read_text()
+    prompt.write_bytes(good_prompt[: len(good_prompt) // 2])
+    with pytest.raises(ConfigError, match="prompt.safetensors cannot be read.*damaged"):
+        load(run.path)
+    for bad, message in (
+        ({"prompts.table": torch.full((2, 32), float("nan"))}, "non-finite values"),
+        ({"prompts.table": torch.zeros(3, 32)}, "has shape"),
+        ({"prompts.other": torch.zeros(2, 32)}, "do not fit this model"),
+    ):
+        save_file(bad, str(prompt))
+        with pytest.raises(ConfigError, match=message):
+            load(run.path)
+    prompt.write_bytes(good_prompt)
+    recipe.write_text(good_recipe[:40])
+    with pytest.raises(ConfigError, match="promptkit.json is damaged"):
+        load(run.path)
+    recipe.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="promptkit.json is damaged"):
+        load(run.path)

@@ -142,6 +142,33 @@ def test_nan_loss_stops_with_a_clear_error(model_dir, sentiment_data, monkeypatc
     assert RunFolder(sentiment_data / "run").read_resume() is not None
 
 
+def test_a_diverged_run_resumes_from_its_last_good_state_with_lower_rates(
+    model_dir, sentiment_data, monkeypatch
+):
+    forward = PromptModel.forward
+    calls = {"n": 0}
+
+    def diverging(self, batch):
+        calls["n"] += self.training
+        return forward(self, batch) * (float("inf") if calls["n"] == 11 else 1.0)
+
+    monkeypatch.setattr(PromptModel, "forward", diverging)
+    config = run_config(model_dir("bert"), sentiment_data)
+    with pytest.raises(TrainingError, match=r"epoch 2, step 2.*end of epoch 1.*prompts=0.001"):
+        fit(validate_config(config))
+    state = RunFolder(sentiment_data / "run").read_resume()
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step_in_epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["trainable"].values())
+    monkeypatch.setattr(PromptModel, "forward", forward)
+    config["trainer"]["lr"] = {"prompts": 0.001}
+    resumed = fit(validate_config(config), resume=True)
+    lines = metrics_lines(sentiment_data / "run")
+    assert [m["epoch"] for m in lines if m["split"] == "validation"] == [1, 2, 3]
+    assert lines[0]["lr"] == pytest.approx(0.01 * 16 / 23)  # linear decay over 24 steps
+    assert lines[1]["lr"] == pytest.approx(0.001 * 8 / 23)  # the new rate, same schedule
+    assert resumed.test is not None
+
+
 def test_early_stopping_and_accumulation(model_dir, sentiment_data):
     cfg = validate_config(
         run_config(

@@ -57,6 +57,9 @@ class TextModality(Modality):
             checked.template.inputs,
             config.seed,
         )
+        for split in (splits.train, splits.validation, splits.test):
+            for example in split.examples if split else ():  # render errors before loading
+                checked.template.render(example)
         backbone = backbone or load_backbone(
             config.backbone.name, config.backbone.kind, config.backbone.dtype
         )
