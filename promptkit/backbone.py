@@ -15,6 +15,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -23,11 +24,13 @@ from transformers import (
 
 from promptkit import hub
 from promptkit.errors import ConfigError
+from promptkit.tasks.base import IGNORED
 
-BackboneKind = Literal["masked_lm", "causal_lm", "encoder"]
+BackboneKind = Literal["masked_lm", "causal_lm", "seq2seq_lm", "encoder"]
 _LOADERS = {
     "masked_lm": AutoModelForMaskedLM,
     "causal_lm": AutoModelForCausalLM,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
     "encoder": AutoModel,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,7 +42,8 @@ FINGERPRINT_SCHEME = 2  # what a fingerprint hashes: see ``fingerprint``
 class Backbone:
     """A frozen pretrained model with its tokenizer.
 
-    ``kind`` is "masked_lm" or "causal_lm" (an LM head, for verbalizers) or "encoder".
+    ``kind`` is "masked_lm", "causal_lm" or "seq2seq_lm" (an LM head: verbalizers, text
+    answers) or "encoder".
     """
 
     model: PreTrainedModel
@@ -51,6 +55,11 @@ class Backbone:
     def is_causal(self) -> bool:
         """Whether the answer is read as a next-token prediction."""
         return self.kind == "causal_lm"
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Whether an encoder reads the prompt and a decoder writes the answer."""
+        return self.kind == "seq2seq_lm"
 
     @property
     def hidden_size(self) -> int:
@@ -104,6 +113,8 @@ def detect_kind(config: PretrainedConfig) -> BackboneKind:
         return "masked_lm"
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return "causal_lm"
+    if config.is_encoder_decoder:
+        return "seq2seq_lm"
     return "encoder"
 
 
@@ -166,20 +177,62 @@ def _cached(name: str) -> bool:
 
 @contextmanager
 def reading_at(model: PreTrainedModel, positions: torch.Tensor) -> Iterator[None]:
-    """Within this context, the model's head sees only the hidden states at ``positions``.
+    """Within this context, the model's head sees only the hidden states at ``positions``
+    (``[B]``, or ``[B, K]`` for several per sequence).
 
-    The LM head is applied to whatever the base model returns, so gathering one position per
-    sequence before it avoids computing logits over the whole vocabulary for every token.
-    """
+    The LM head is applied to whatever the base model returns, so gathering the positions
+    that are read before it avoids computing logits over the whole vocabulary for every
+    token."""
+    index = positions.view(positions.shape[0], -1)
 
     def gather(_module, _args, output):
         hidden = output[0]
-        index = positions.view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
-        output["last_hidden_state"] = hidden.gather(1, index)
+        rows = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        output["last_hidden_state"] = hidden.gather(1, rows)
         return output
 
-    handle = model.base_model.register_forward_hook(gather)
+    handle = _stack_before_head(model).register_forward_hook(gather)
     try:
         yield
     finally:
         handle.remove()
+
+
+def _stack_before_head(model: PreTrainedModel) -> torch.nn.Module:
+    """The module whose output the LM head reads: the decoder of an encoder-decoder."""
+    return model.get_decoder() if model.config.is_encoder_decoder else model.base_model
+
+
+def encoder_states(model: PreTrainedModel, inputs: dict[str, object]) -> torch.Tensor:
+    """The last hidden states over the input (an encoder-decoder's encoder's)."""
+    if model.config.is_encoder_decoder:
+        return model.get_encoder()(**inputs).last_hidden_state
+    return model.base_model(**inputs).last_hidden_state
+
+
+def answer_logits(
+    model: PreTrainedModel, inputs: dict[str, object], labels: torch.Tensor
+) -> torch.Tensor:
+    """Logits ``[N, V]`` where ``labels`` (``[B, T]``) hold a target, in row order.
+
+    A decoder-only model's ``labels`` are aligned with its input (the answer follows the
+    prompt): only the labelled positions go through the LM head. An encoder-decoder's are
+    the decoder's targets, fed shifted right (teacher forcing)."""
+    targeted = labels != IGNORED
+    if model.config.is_encoder_decoder:
+        decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        return model(**inputs, decoder_input_ids=decoder_ids).logits[targeted]
+    counts = targeted.sum(-1)
+    positions = torch.zeros(len(labels), int(counts.max()), dtype=torch.long, device=labels.device)
+    kept = torch.arange(positions.shape[1], device=labels.device) < counts.unsqueeze(-1)
+    positions[kept] = targeted.nonzero()[:, 1]
+    with reading_at(model, positions):
+        return model(**inputs).logits[kept]
+
+
+def first_answer_logits(model: PreTrainedModel, inputs: dict[str, object]) -> torch.Tensor:
+    """An encoder-decoder's logits ``[B, V]`` for the first token of the answer."""
+    batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
+    start = model.config.decoder_start_token_id
+    decoder_ids = torch.full((batch, 1), start, dtype=torch.long, device=model.device)
+    return model(**inputs, decoder_input_ids=decoder_ids).logits[:, 0]

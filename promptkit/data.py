@@ -13,6 +13,7 @@ import torch
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import ConfigError, DataError, DataWarning
 from promptkit.readers import Rows, read_rows
+from promptkit.tasks.base import IGNORED
 
 if TYPE_CHECKING:
     from promptkit.config import DataConfig
@@ -238,7 +239,9 @@ def collate(
     """Pad a batch to its longest sequence (left or right) into tensors.
 
     ``word_starts`` ``[B, W]`` is the position of each input word's first token (-1 where
-    there is none)."""
+    there is none). Text answers become ``labels``: for answers inline after the prompt,
+    ``labels[b, t]`` is the token that position ``t`` predicts where that token is part of
+    the answer (``IGNORED`` elsewhere); for a decoder's answers, the decoder's targets."""
     width = max(len(e.input_ids) for e in encoded)
     batch: dict[str, list] = {
         "input_ids": [],
@@ -259,6 +262,16 @@ def collate(
         batch["word_ids"].append(padded(e.word_ids, -1))
         batch["attention_mask"].append(padded([1] * len(e.input_ids), 0))
         batch["mask_positions"].append(e.mask_position + left if e.mask_position >= 0 else 0)
+        if e.answer_start >= 0:
+            start = e.answer_start + left - 1  # the position that predicts the answer's first
+            batch.setdefault("labels", []).append(
+                [IGNORED] * start + padded(e.input_ids, IGNORED)[start + 1 :] + [IGNORED]
+            )
+    if any(e.target_ids for e in encoded):
+        longest = max(len(e.target_ids) for e in encoded)
+        batch["labels"] = [
+            [*e.target_ids] + [IGNORED] * (longest - len(e.target_ids)) for e in encoded
+        ]
     tensors = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
     tensors["word_starts"] = _word_starts(tensors["word_ids"])
     return tensors

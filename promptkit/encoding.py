@@ -1,14 +1,19 @@
-"""Turn rendered templates into token ids, soft-slot ids, mask positions and word ids."""
+"""Turn rendered templates into token ids, soft-slot ids, mask positions and word ids, and
+text answers into the tokens a generator learns."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from promptkit.errors import TemplateError
+from promptkit.errors import ConfigError, DataWarning, TemplateError
 from promptkit.template import Segment, SegmentKind, Template
+
+Answers = Literal["inline", "decoder"]
 
 
 @dataclass(frozen=True)
@@ -17,16 +22,27 @@ class EncodedPrompt:
 
     ``slot_ids`` is -1 for a real token, else the soft-slot index whose vector replaces it;
     ``word_ids`` is -1 outside input slots, else the index of the input word the token is from;
-    ``mask_position`` is where the answer is read (-1 if the template has no [MASK]).
+    ``mask_position`` is where the answer is read (-1 if the template has no [MASK]). A text
+    answer to learn sits at the end of ``input_ids`` from ``answer_start`` on (a decoder-only
+    model), or in ``target_ids`` (the decoder's, for an encoder-decoder); both end with the
+    end token.
     """
 
     input_ids: list[int]
     slot_ids: list[int]
     word_ids: list[int]
     mask_position: int
+    answer_start: int = -1
+    target_ids: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def answer_length(self) -> int:
+        """How many answer tokens (the end token included) the example carries."""
+        inline = len(self.input_ids) - self.answer_start if self.answer_start >= 0 else 0
+        return inline + len(self.target_ids)
 
 
 def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
@@ -64,6 +80,8 @@ class PromptTokenizer:
             [MASK] cannot influence that prediction, so it is not fed).
         soft_positions: soft slots are sequence positions; False for key/value prefixes,
             which take none.
+        answers: where text answers go when targets are given: "inline" after the prompt
+            (decoder-only models), "decoder" (encoder-decoders), or None (no text answers).
 
     An input given as a list of words (e.g. NER tokens) is tokenised word by word, each with
     a leading space, so word ids follow the given words, not the tokenizer's own splitting.
@@ -76,8 +94,10 @@ class PromptTokenizer:
         max_length: int = 256,
         causal: bool = False,
         soft_positions: bool = True,
+        answers: Answers | None = None,
     ) -> None:
         self.template = template
+        self.answers = answers
         self.soft_positions = soft_positions
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -93,20 +113,48 @@ class PromptTokenizer:
                 f"{template.name} has [MASK] but the tokenizer has no mask token: "
                 "use a masked LM, or a causal LM with `kind: causal_lm`."
             )
+        if answers and tokenizer.eos_token_id is None:
+            raise ConfigError("the tokenizer has no end token, which a text answer ends with.")
         self._anchor_cache: dict[str, list[int]] = {}
 
-    def __call__(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
-        """Encode a batch of examples (tokenising all their pieces in one call)."""
-        rendered = [self._trim(self.template.render(ex)) for ex in examples]
+    def __call__(
+        self, examples: Sequence[Mapping[str, object]], targets: Sequence[str] | None = None
+    ) -> list[EncodedPrompt]:
+        """Encode a batch of examples (tokenising all their pieces in one call); with
+        ``targets``, their text answers too."""
+        trimmed = [self._trim(self.template.render(ex)) for ex in examples]
+        rendered = [segments for segments, _ in trimmed]
         pieces = iter(self._encode_inputs([s for segs in rendered for s in segs]))
         self._cache_anchors(rendered)
-        return [
+        answers = self._encode_answers(targets, [space for _, space in trimmed])
+        encoded = [
             self._assemble(
                 segments,
                 [next(pieces) for s in segments if s.kind is SegmentKind.INPUT],
+                answer,
             )
-            for segments in rendered
+            for segments, answer in zip(rendered, answers, strict=True)
         ]
+        cut = sum(e.answer_length < len(a) for e, a in zip(encoded, answers, strict=True))
+        if cut:
+            warnings.warn(
+                f"{cut} of {len(encoded)} answers were cut to fit max_length={self.max_length} "
+                "(the inputs were cut first): raise max_length to learn them whole.",
+                DataWarning,
+                stacklevel=2,
+            )
+        return encoded
+
+    def _encode_answers(self, targets: Sequence[str] | None, spaces: list[bool]) -> list[list[int]]:
+        """Each target's tokens and the end token (nothing without targets or answers)."""
+        if targets is None or self.answers is None:
+            return [[] for _ in spaces]
+        texts = [
+            (" " if space and self.answers == "inline" else "") + str(target)
+            for target, space in zip(targets, spaces, strict=True)
+        ]
+        ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+        return [[*row, self.tokenizer.eos_token_id] for row in ids["input_ids"]]
 
     def _encode_inputs(self, segments: list[Segment]) -> list[tuple[list[int], list[int]]]:
         """Token ids and word ids of every input segment, in order, in two batched calls."""
@@ -133,11 +181,12 @@ class PromptTokenizer:
             out.append((ids, word_ids))
         return out
 
-    def _trim(self, segments: list[Segment]) -> list[Segment]:
+    def _trim(self, segments: list[Segment]) -> tuple[list[Segment], bool]:
         """Attach each anchor's trailing whitespace to what follows, as tokenizers expect
         (" the", not " " + "the"): an input gets it as a leading space; before a soft slot or
-        [MASK] it is dropped, since they stand for whole tokens (label words are tokenised
-        with the space the template has before [MASK]). For causal LMs, stop at [MASK]."""
+        [MASK] it is dropped, since they stand for whole tokens (label words and text answers
+        are tokenised with the space the template has before them). For causal LMs, stop at
+        [MASK]. Also says whether whitespace comes before the answer ([MASK] or the end)."""
         out: list[Segment] = []
         space = ""
         for seg in segments:
@@ -148,13 +197,14 @@ class PromptTokenizer:
                 if stripped:
                     out.append(Segment(SegmentKind.TEXT, stripped))
                 continue
+            spaced = bool(space)
             if seg.kind is SegmentKind.INPUT:
                 seg = Segment(SegmentKind.INPUT, space + seg.text, seg.name, words=seg.words)
             space = ""
             out.append(seg)
             if self.causal and seg.kind is SegmentKind.MASK:
-                break
-        return out
+                return out, spaced
+        return out, bool(space)
 
     def _cache_anchors(self, rendered: list[list[Segment]]) -> None:
         new = list(
@@ -178,12 +228,19 @@ class PromptTokenizer:
         return ([] if self.causal else [self.tokenizer.mask_token_id]), -1
 
     def _assemble(
-        self, segments: list[Segment], inputs: list[tuple[list[int], list[int]]]
+        self,
+        segments: list[Segment],
+        inputs: list[tuple[list[int], list[int]]],
+        answer: list[int],
     ) -> EncodedPrompt:
         fixed = len(self.prefix) + len(self.suffix)
         fixed += sum(len(self._tokens(s)[0]) for s in segments if s.kind is not SegmentKind.INPUT)
+        least = len(inputs)  # a token of each input, at the least
+        if self.answers == "inline":  # the answer shares the sequence; inputs are cut first
+            answer = answer[: max(self.max_length - fixed - least, 1)]
+            fixed += len(answer)
         budget = self.max_length - fixed
-        if budget < (1 if inputs else 0):
+        if budget < least:
             raise TemplateError(
                 f"{self.template.name} takes {fixed} tokens without its inputs, which leaves no "
                 f"room in max_length={self.max_length}: raise max_length or shorten the template."
@@ -213,12 +270,18 @@ class PromptTokenizer:
                 f"{self.template.name}: a causal LM reads [MASK] from the token before it; "
                 "put text before [MASK]."
             )
-        n_suffix = len(self.suffix)
+        input_ids += self.suffix
+        n_new = len(self.suffix) + (len(answer) if self.answers == "inline" else 0)
+        answer_start = len(input_ids) if answer and self.answers == "inline" else -1
+        if answer_start >= 0:
+            input_ids += answer
         return EncodedPrompt(
-            input_ids + self.suffix,
-            slot_ids + [-1] * n_suffix,
-            word_ids + [-1] * n_suffix,
+            input_ids,
+            slot_ids + [-1] * n_new,
+            word_ids + [-1] * n_new,
             mask_position,
+            answer_start,
+            tuple(answer[: self.max_length]) if self.answers == "decoder" else (),
         )
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
 from rich.progress import track
 
+from promptkit.data import Split
 from promptkit.policy import PolicyModule
 from promptkit.processes import processes
+from promptkit.tasks import IGNORED
 
 
 @torch.inference_mode()
@@ -51,12 +53,42 @@ def predict_logits(
 
 def evaluate(
     model: PolicyModule,
-    encoded: Sequence[Any],
-    labels: Sequence[Any],
+    split: Split,
+    encoded: Sequence[Any] | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
     progress: bool = False,
+    wanted: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """The model's metrics (its task's) on encoded, labelled examples."""
-    logits = predict_logits(model, encoded, batch_size, device, progress)
-    return model.task.metrics(logits, labels, model.classes)
+    """The model's metrics (its task's) on a labelled split; ``encoded``: the split already
+    encoded with its labels; ``wanted``: the metrics that must be there (default: all)."""
+    if encoded is None:
+        encoded = model.encode(split.examples, split.labels)
+    return model.task.evaluate(model, split, encoded, batch_size, device, progress, wanted)
+
+
+@torch.inference_mode()
+def answer_loss(
+    model: PolicyModule,
+    encoded: Sequence[Any],
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+) -> float:
+    """The mean loss per answer token of encoded examples with their answers."""
+    device = device or next(model.parameters()).device
+    state = processes()
+    mine = list(range(state.process_index, len(encoded), state.num_processes))
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(mine), batch_size):
+        batch = model.collate([encoded[i] for i in mine[start : start + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        tokens = int((batch["labels"] != IGNORED).sum())
+        total += float(model.task.loss(model(batch), batch["labels"])) * tokens
+        count += tokens
+    model.train(was_training)
+    if state.num_processes > 1:
+        sums = gather_object([(total, count)])
+        total, count = sum(t for t, _ in sums), sum(c for _, c in sums)
+    return total / max(count, 1)

@@ -38,6 +38,7 @@ class PromptModel(PolicyModule):
         max_length: longest encoded sequence.
         padding_side: "left" or "right".
         inputs: input slot -> data column, as in training.
+        seed: seeds sampling when the model writes text.
     """
 
     def __init__(
@@ -51,8 +52,10 @@ class PromptModel(PolicyModule):
         max_length: int = 256,
         padding_side: str = "right",
         inputs: Mapping[str, str] | None = None,
+        seed: int = 13,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.backbone = backbone
         self.lm = backbone.model
         self.prompts = prompts
@@ -61,8 +64,16 @@ class PromptModel(PolicyModule):
         self.padding_side = padding_side
         self.inputs = dict(inputs or {})
         self.injector = injector
+        answers = None
+        if not head.task.has_classes:
+            answers = "decoder" if backbone.is_encoder_decoder else "inline"
         self.tokenizer = PromptTokenizer(
-            template, backbone.tokenizer, max_length, backbone.is_causal, injector.takes_positions
+            template,
+            backbone.tokenizer,
+            max_length,
+            backbone.is_causal,
+            injector.takes_positions,
+            answers,
         )
         self.groups = parameter_groups(prompts, head, backbone.model, trainable)
 
@@ -110,9 +121,25 @@ class PromptModel(PolicyModule):
             for ex in examples
         ]
 
-    def encode(self, examples: Sequence[Mapping[str, object]]) -> list[EncodedPrompt]:
-        """Encode examples (mappings from input-slot names and Jinja fields to values)."""
-        return self.tokenizer(examples)
+    def encode(
+        self, examples: Sequence[Mapping[str, object]], labels: Sequence[Any] | None = None
+    ) -> list[EncodedPrompt]:
+        """Encode examples (mappings from input-slot names and Jinja fields to values); for a
+        generator, with ``labels``, their text answers too."""
+        return self.tokenizer(examples, None if self.task.has_classes else labels)
+
+    def generate(
+        self,
+        examples: Sequence[Mapping[str, object]],
+        batch_size: int = 16,
+        progress: bool = False,
+        **decoding: Any,
+    ) -> list[str]:
+        """Write the answer of each example (a generator's; ``decoding`` overrides the head's
+        decoding options, e.g. ``num_beams=4``)."""
+        from promptkit.generation import generate
+
+        return generate(self, examples, batch_size, progress, decoding)
 
     def collate(
         self, encoded: Sequence[EncodedPrompt], labels: Sequence[Any] | None = None
@@ -195,7 +222,7 @@ def build_model(
     """
     checked = recipe if isinstance(recipe, CheckedRecipe) else check_recipe(recipe)
     config = checked.recipe
-    if not (checked.classes or classes):
+    if checked.classes is None and not classes:
         raise ConfigError(
             f"a {config.head.type} head needs its labels: set head.classes or give data."
         )
@@ -227,4 +254,5 @@ def build_model(
         max_length,
         padding,
         config.inputs,
+        config.seed,
     )

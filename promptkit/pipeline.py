@@ -37,9 +37,10 @@ class FitResult:
 def evaluate_split(
     model: PolicyModule, split: Split, batch_size: int = 64, progress: bool = False
 ) -> dict[str, float]:
-    """The model's metrics on a labelled split (its task's: accuracy and macro-F1, or
-    entity-level precision, recall and F1 for tagging)."""
-    return evaluate(model, model.encode(split.examples), split.labels, batch_size, None, progress)
+    """The model's metrics on a labelled split (its task's: accuracy and macro-F1,
+    entity-level precision, recall and F1 for tagging, the loss and BLEU, chrF and ROUGE-L
+    for text answers)."""
+    return evaluate(model, split, None, batch_size, None, progress)
 
 
 def _as_config(config: Any) -> Any:

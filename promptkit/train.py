@@ -48,7 +48,7 @@ class TrainingState:
     epoch: int = 0
     step_in_epoch: int = 0
     optimizer_steps: int = 0
-    best: float = -math.inf
+    best: float | None = None
     best_epoch: int = -1
     stale_epochs: int = 0
     epoch_loss: float = 0.0  # sum over the batches of the current epoch
@@ -99,8 +99,8 @@ class Trainer:
         )
         if config.gradient_checkpointing:
             model.enable_checkpointing()
-        self.train_set = EncodedDataset(model.encode(train.examples), train.labels)
-        self.validation_encoded = model.encode(validation.examples)
+        self.train_set = EncodedDataset(model.encode(train.examples, train.labels), train.labels)
+        self.validation_encoded = model.encode(validation.examples, validation.labels)
         self.optimizer = torch.optim.AdamW(
             [
                 {
@@ -237,7 +237,7 @@ class Trainer:
         self.run.log(f"epoch {state.epoch}: validating")
         metrics = self.evaluate()
         score = metrics[self.metric]
-        improved = score > state.best
+        improved = self._unwrapped.task.improves(self.metric, score, state.best)
         if improved:
             state.best, state.best_epoch, state.stale_epochs = score, state.epoch, 0
             self._best_state = self._trainable_state()
@@ -273,10 +273,11 @@ class Trainer:
         """Metrics of the current model on the validation split."""
         return evaluate(
             self._unwrapped,
+            self.validation,
             self.validation_encoded,
-            self.validation.labels,
             self.config.eval_batch_size,
             self.accelerator.device,
+            wanted=[self.metric],
         )
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:

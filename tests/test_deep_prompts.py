@@ -84,7 +84,8 @@ def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, 
     reference.set_attn_implementation(attention)
     batch = model.collate(model.encode(model.examples(TEXTS)))
     kwargs = model.injector.embedded(batch)  # the input alone, no prefix
-    table = model.prompts().view(4, 2, 2, model.injector.n_kv_heads, model.injector.head_dim)
+    heads, size = model.injector.shapes[0]
+    table = model.prompts().view(4, 2, 2, heads, size)
     cache = DynamicCache(config=reference.config)
     for layer in range(2):
         key, value = table[:, layer].permute(1, 2, 0, 3)

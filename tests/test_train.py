@@ -228,3 +228,24 @@ def test_overwrite_replaces_an_earlier_run(model_dir, sentiment_data):
     fit(cfg, overwrite=True)
     assert (sentiment_data / "run" / "metrics.jsonl").read_text() == before  # replaced, not added
     assert (sentiment_data / "run" / "stale.txt").exists()  # not promptkit's: left alone
+
+
+def test_gradient_checkpointing_trains_the_same_prompt(model_dir, sentiment_data):
+    prompts = []
+    for checkpointing in (False, True):
+        config = run_config(
+            model_dir("bert-nodropout"),
+            sentiment_data,
+            trainer={"epochs": 2, "progress": False, "gradient_checkpointing": checkpointing},
+        )
+        config["output_dir"] = str(sentiment_data / f"run-{checkpointing}")
+        prompts.append(fit(validate_config(config)).predictor.model.prompts.table.detach())
+    torch.testing.assert_close(prompts[0], prompts[1])
+
+
+def test_fp16_on_the_cpu_says_it_is_not_used(model_dir, sentiment_data):
+    config = run_config(
+        model_dir("bert"), sentiment_data, trainer={"epochs": 1, "mixed_precision": "fp16"}
+    )
+    result = fit(validate_config(config))
+    assert "fp16 needs a GPU: not used" in (result.run_dir / "train.log").read_text()

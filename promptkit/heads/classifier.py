@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 
+from promptkit.backbone import encoder_states
 from promptkit.config import HeadConfig
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head
@@ -80,7 +81,7 @@ class ClassifierHead(Head):
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """Class logits ``[B, C]``."""
-        hidden = model.base_model(**inputs).last_hidden_state
+        hidden = encoder_states(model, inputs)
         return self.linear(self.dropout(self._pooled(hidden, batch)).to(self.linear.weight.dtype))
 
     def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
-from promptkit.backbone import reading_at
+from promptkit.backbone import first_answer_logits, reading_at
 from promptkit.config import HeadConfig
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head
@@ -121,9 +121,12 @@ class VerbalizerHead(Head):
         inputs: dict[str, object],
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        """Class logits ``[B, C]``."""
-        with reading_at(model, batch["mask_positions"]):
-            logits = model(**inputs).logits[:, 0]
+        """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
+        if model.config.is_encoder_decoder:
+            logits = first_answer_logits(model, inputs)
+        else:
+            with reading_at(model, batch["mask_positions"]):
+                logits = model(**inputs).logits[:, 0]
         return score_classes(
             logits.float().log_softmax(-1),
             self.word_ids,

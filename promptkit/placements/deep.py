@@ -79,11 +79,15 @@ class DeepInjector(Injector):
             prompting = kwargs.get(PROMPTING_KWARG)
             if not isinstance(prompting, Prompting) or prompting.owner is not self:
                 return None
-            vectors = prompting.layers[depth]
+            hidden = args[0] if args else kwargs["hidden_states"]
+            slot_ids = prompting.slot_ids
+            if hidden.shape[1] != slot_ids.shape[1]:
+                return None  # a decoding step: the slots sit in the key/value cache already
+            if hidden.shape[0] != slot_ids.shape[0]:  # generate() repeats rows for beams
+                slot_ids = slot_ids.repeat_interleave(hidden.shape[0] // slot_ids.shape[0], 0)
+            hidden = replace_slots(hidden, slot_ids, prompting.layers[depth])
             if args:
-                hidden = replace_slots(args[0], prompting.slot_ids, vectors)
                 return (hidden, *args[1:]), kwargs
-            hidden = replace_slots(kwargs["hidden_states"], prompting.slot_ids, vectors)
             return args, {**kwargs, "hidden_states": hidden}
 
         return replace

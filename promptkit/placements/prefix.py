@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -30,11 +30,18 @@ from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting, n_la
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
 
+Attention = Literal["encoder", "decoder", "cross"]
+
 
 class PrefixConfig(LayeredPromptsConfig):
     """``prompts`` of the prefix placement."""
 
     placement: Literal["prefix"] = "prefix"
+    attention: list[Attention] | None = Field(
+        None,
+        description="encoder-decoders: which attentions get prefixes, any of encoder (self), "
+        "decoder (self) and cross (default: all three)",
+    )
 
     @field_validator("encoder")
     @classmethod
@@ -75,15 +82,20 @@ class PrefixInjector(Injector):
 
     def __init__(self, config: PrefixConfig, model: PreTrainedModel) -> None:
         super().__init__(config, model)
-        self.attention = _attention_modules(model)
-        settings = model.config.get_text_config()
-        self.n_kv_heads = getattr(settings, "num_key_value_heads", None) or (
-            settings.num_attention_heads
-        )
-        self.head_dim = getattr(settings, "head_dim", None) or (
-            settings.hidden_size // settings.num_attention_heads
-        )
-        self.layers = select_layers(config.layers, n_layers(model))
+        stacks = _attention_stacks(model)
+        if config.attention is not None:
+            if not model.config.is_encoder_decoder:
+                raise ConfigError(
+                    "prompts.attention chooses among an encoder-decoder's attentions; "
+                    f"{type(model).__name__} has one stack: drop the key."
+                )
+            stacks = {name: stacks[name] for name in dict.fromkeys(config.attention)}
+        self.targets = [
+            modules[index]
+            for modules in stacks.values()
+            for index in select_layers(config.layers, len(modules))
+        ]
+        self.shapes = [_key_shape(module, model.config) for module in self.targets]
         implementation = model.config._attn_implementation
         if implementation.startswith("promptkit_"):  # another injector switched it already
             return
@@ -96,8 +108,8 @@ class PrefixInjector(Injector):
 
     @property
     def width(self) -> int:
-        """Size of one prompt-table row: key and value at every selected layer."""
-        return len(self.layers) * 2 * self.n_kv_heads * self.head_dim
+        """Size of one prompt-table row: key and value at every prefixed attention."""
+        return sum(2 * heads * size for heads, size in self.shapes)
 
     def build_prompts(self, config, template, backbone, collapsed, generator) -> SoftPrompts:
         projected = config.encoder == "mlp" and not collapsed
@@ -131,16 +143,16 @@ class PrefixInjector(Injector):
     def prefixes(
         self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
     ) -> dict[nn.Module, Prefix]:
-        """Each selected layer's attention module and its prefix."""
+        """Each prefixed attention module and its prefix (a row holds, in order, each one's
+        key then value)."""
         n_prefix = vectors.shape[0]
-        per_layer = vectors.view(
-            n_prefix, len(self.layers), 2, self.n_kv_heads, self.head_dim
-        ).permute(1, 2, 3, 0, 4)
+        pieces = vectors.split([2 * heads * size for heads, size in self.shapes], dim=-1)
         visible = batch.get("prefix_visible")
-        return {
-            self.attention[index]: Prefix(layer[0], layer[1], visible)
-            for layer, index in zip(per_layer, self.layers, strict=True)
-        }
+        out = {}
+        for module, (heads, size), piece in zip(self.targets, self.shapes, pieces, strict=True):
+            key, value = piece.view(n_prefix, 2, heads, size).permute(1, 2, 0, 3)
+            out[module] = Prefix(key, value, visible)
+        return out
 
 
 @dataclass
@@ -162,7 +174,8 @@ class Prefix:
         mask: torch.Tensor | None,
         is_causal: bool | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Keys, values and mask with the prefix in front of the real positions."""
+        """Keys, values and mask with the prefix in front of the real positions (T5's
+        relative position bias: see ``bias``)."""
         batch, n_prefix = key.shape[0], self.key.shape[-2]
         prefix_key = self.key.to(key.dtype).expand(batch, -1, -1, -1)
         prefix_value = self.value.to(value.dtype).expand(batch, -1, -1, -1)
@@ -176,12 +189,20 @@ class Prefix:
             visible = self.visible
             if visible is None:
                 visible = torch.ones(batch, n_prefix, dtype=torch.bool, device=key.device)
+            elif visible.shape[0] != batch:  # generate() repeats rows for beams
+                visible = visible.repeat_interleave(batch // visible.shape[0], 0)
             mask = _prefix_mask_columns(mask, visible, q_len, kv_len)
         return (
             torch.cat([prefix_key, key], dim=2),
             torch.cat([prefix_value, value], dim=2),
             mask,
         )
+
+    def bias(self, position_bias: torch.Tensor) -> torch.Tensor:
+        """A relative position bias (T5) with columns for the prefix: zero, since prefix
+        positions have no place in the sequence to be near or far from."""
+        columns = position_bias.new_zeros((*position_bias.shape[:-1], self.key.shape[-2]))
+        return torch.cat([columns, position_bias], dim=-1)
 
 
 def _prefix_mask_columns(
@@ -223,6 +244,8 @@ def _registered(implementation: str) -> str:
             key, value, attention_mask = prefix.extend(
                 module, query, key, value, attention_mask, kwargs.get("is_causal")
             )
+            if kwargs.get("position_bias") is not None:
+                kwargs["position_bias"] = prefix.bias(kwargs["position_bias"])
         stock = _stock_attention(implementation, module)
         return stock(module, query, key, value, attention_mask, **kwargs)
 
@@ -232,19 +255,61 @@ def _registered(implementation: str) -> str:
     return name
 
 
-def _attention_modules(model: PreTrainedModel) -> list[nn.Module]:
-    """The self-attention module of each layer, by ``layer_idx``."""
-    found: dict[int, nn.Module] = {}
-    for module in model.base_model.modules():
+def _attention_stacks(model: PreTrainedModel) -> dict[str, list[nn.Module]]:
+    """The attention modules of each layer, by stack: "self" for a one-stack model; for an
+    encoder-decoder, "encoder" (self-attention), "decoder" (causal self-attention) and
+    "cross" (the decoder's attention over the encoder)."""
+    if not model.config.is_encoder_decoder:
+        return {"self": _numbered(model.base_model, n_layers(model), model)}
+    decoder = _numbered(model.get_decoder(), None, model, both=True)
+    return {
+        "encoder": _numbered(model.get_encoder(), None, model),
+        "decoder": [m for m in decoder if getattr(m, "is_causal", False)],
+        "cross": [m for m in decoder if not getattr(m, "is_causal", False)],
+    }
+
+
+def _numbered(
+    root: nn.Module, count: int | None, model: PreTrainedModel, both: bool = False
+) -> list[nn.Module]:
+    """The attention modules under ``root``, in layer order (``both``: two per layer, self
+    then cross). Each must go through transformers' attention interface."""
+    found: dict[int, list[nn.Module]] = {}
+    for module in root.modules():
         index = getattr(module, "layer_idx", None)
         inner = any(getattr(m, "layer_idx", None) is not None for m in module.children())
-        if isinstance(index, int) and not inner:
-            found.setdefault(index, module)
-    count = n_layers(model)
-    if not model._supports_attention_backend or sorted(found) != list(range(count)):
+        if isinstance(index, int) and not inner and _pluggable(module):
+            found.setdefault(index, []).append(module)
+    count = len(found) if count is None else count
+    per_layer = 2 if both else 1
+    if (
+        not found
+        or sorted(found) != list(range(count))
+        or any(len(modules) < per_layer for modules in found.values())
+    ):
         raise ConfigError(
             f"{type(model).__name__} cannot take key/value prefixes: its attention does not go "
             "through transformers' attention interface with numbered layers (BERT, RoBERTa, "
-            "GPT-2, Llama and others do). Use `prompts.placement: input` or `deep`."
+            "GPT-2, Llama, T5, BART and others do). Use `prompts.placement: input` or `deep`."
         )
-    return [found[i] for i in range(count)]
+    return [m for i in range(count) for m in found[i][:per_layer]]
+
+
+def _pluggable(module: nn.Module) -> bool:
+    """Whether an attention module looks its attention function up in transformers'
+    registry (so promptkit's can take its place)."""
+    return "ALL_ATTENTION_FUNCTIONS" in vars(sys.modules[type(module).__module__])
+
+
+def _key_shape(module: nn.Module, config: object) -> tuple[int, int]:
+    """Key/value heads and head size of one attention module."""
+    settings = config.get_text_config()
+    heads = getattr(settings, "num_key_value_heads", None) or next(
+        getattr(module, name)
+        for name in ("n_heads", "num_heads", "num_attention_heads")
+        if isinstance(getattr(module, name, None), int)
+    )
+    for name in ("head_dim", "key_value_proj_dim", "attention_head_size"):
+        if isinstance(getattr(module, name, None), int):
+            return heads, getattr(module, name)
+    return heads, settings.hidden_size // settings.num_attention_heads

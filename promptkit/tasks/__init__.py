@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from promptkit.tasks.base import IGNORED, Task
 from promptkit.tasks.classification import Classification
+from promptkit.tasks.generation import Generation
 from promptkit.tasks.tagging import Tagging
 
-TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Tagging())}
-CLASSIFICATION, TAGGING = TASKS["classification"], TASKS["tagging"]
+TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Tagging(), Generation())}
+CLASSIFICATION, TAGGING, GENERATION = (
+    TASKS[n] for n in ("classification", "tagging", "generation")
+)
 
-__all__ = ["CLASSIFICATION", "IGNORED", "TAGGING", "TASKS", "Task"]
+__all__ = ["CLASSIFICATION", "GENERATION", "IGNORED", "TAGGING", "TASKS", "Task"]

@@ -4,13 +4,14 @@ inference and the run folder read it from there instead of guessing from label s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
     from promptkit.data import Split
+    from promptkit.policy import PolicyModule
 
 IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
 
@@ -20,11 +21,36 @@ class Task:
 
     name: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]  # what ``metrics`` measures; the first picks epochs
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    has_classes: ClassVar[bool] = True  # whether answers are classes (else free text)
 
     @property
     def default_metric(self) -> str:
         """The metric that picks the best epoch unless the config names one."""
         return self.metric_names[0]
+
+    def improves(self, metric: str, score: float, best: float | None) -> bool:
+        """Whether ``score`` beats ``best`` (None: nothing yet) on ``metric``."""
+        if best is None:
+            return True
+        return score < best if metric in self.lower_is_better else score > best
+
+    def evaluate(
+        self,
+        model: PolicyModule,
+        split: Split,
+        encoded: Sequence[Any],
+        batch_size: int = 64,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        wanted: Collection[str] | None = None,
+    ) -> dict[str, float]:
+        """The model's metrics on a labelled split (``encoded``: its examples, encoded;
+        ``wanted``: the metrics that must be there, by default all)."""
+        from promptkit.inference import predict_logits
+
+        logits = predict_logits(model, encoded, batch_size, device, progress)
+        return self.metrics(logits, split.labels, model.classes)
 
     def class_order(self, names: Sequence[str]) -> list[str]:
         """The classes, in logit order, from the label names found in the training data."""

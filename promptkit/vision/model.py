@@ -68,8 +68,10 @@ class VisionPromptModel(PolicyModule):
         """Images (paths, PIL images, arrays) or rows with an ``image`` field, as examples."""
         return [dict(item) if isinstance(item, dict) else {"image": item} for item in items]
 
-    def encode(self, examples: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
-        """Each image through the backbone's own transform."""
+    def encode(
+        self, examples: Sequence[dict[str, Any]], labels: Sequence[Any] | None = None
+    ) -> list[torch.Tensor]:
+        """Each image through the backbone's own transform (labels go in at collate)."""
         return [self.transform(example["image"]) for example in examples]
 
     def collate(
