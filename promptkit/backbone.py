@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,9 +230,12 @@ def answer_logits(
         return model(**inputs).logits[kept]
 
 
-def first_answer_logits(model: PreTrainedModel, inputs: dict[str, object]) -> torch.Tensor:
-    """An encoder-decoder's logits ``[B, V]`` for the first token of the answer."""
+def first_answer_logits(
+    model: PreTrainedModel, inputs: dict[str, object], lead: Sequence[int] = ()
+) -> torch.Tensor:
+    """An encoder-decoder's logits ``[B, V]`` for the first token of the answer, once the
+    decoder has read its start token and ``lead`` (T5's sentinel that opens the span)."""
     batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
-    start = model.config.decoder_start_token_id
-    decoder_ids = torch.full((batch, 1), start, dtype=torch.long, device=model.device)
-    return model(**inputs, decoder_input_ids=decoder_ids).logits[:, 0]
+    start = [model.config.decoder_start_token_id, *lead]
+    decoder_ids = torch.tensor([start] * batch, dtype=torch.long, device=model.device)
+    return model(**inputs, decoder_input_ids=decoder_ids).logits[:, -1]

@@ -18,6 +18,7 @@ from promptkit.tasks.base import IGNORED
 if TYPE_CHECKING:
     from promptkit.config import DataConfig
     from promptkit.tasks import Task
+    from promptkit.template import Template
 
 
 @dataclass
@@ -149,7 +150,7 @@ def label_indices(
     naming them."""
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(mapped_labels(rows, task, label_column, label_map)) - set(index))
-    if unknown:
+    if unknown and task.has_classes:
         raise DataError(
             f"labels {unknown} in the data are not among the classes {list(classes)}: add them "
             f"to the verbalizer, or map them with `data.label_map: {{{unknown[0]!r}: CLASS}}`."
@@ -205,20 +206,20 @@ def load_splits(
     inputs: Mapping[str, str],
     template_inputs: Sequence[str],
     seed: int,
+    target: Template | None = None,
 ) -> tuple[Splits, list[str]]:
     """Read, label, split and sample text data; returns the splits and the class names
-    (``classes``, else the task's order of the training labels)."""
+    (``classes``, else the task's order of the training labels). ``target``: a template
+    that writes each row's answer (into ``data.label_column``, which the data must lack)."""
     columns = [inputs.get(slot, slot) for slot in template_inputs]
-    rows = read_splits(
-        data,
-        lambda spec: validate_rows(
-            read_rows(spec, data.dataset, data.subset),
-            spec,
-            columns,
-            data.label_column,
-            data.invalid,
-        ),
-    )
+
+    def read(spec: str) -> Rows:
+        rows = read_rows(spec, data.dataset, data.subset)
+        if target is not None:
+            rows = with_targets(rows, spec, target, data.label_column)
+        return validate_rows(rows, spec, columns, data.label_column, data.invalid)
+
+    rows = read_splits(data, read)
     names = mapped_labels(rows["train"], task, data.label_column, data.label_map)
     classes = list(classes or task.class_order(names))
     splits = build_splits(
@@ -231,6 +232,16 @@ def load_splits(
         seed,
     )
     return splits, classes
+
+
+def with_targets(rows: Rows, source: str, target: Template, column: str) -> Rows:
+    """The rows with the answer ``target`` writes for each, in ``column``."""
+    if rows and column in rows[0]:
+        raise DataError(
+            f"{source}: head.target writes each answer into data.label_column {column!r}, "
+            "which the data already has: name another column with data.label_column."
+        )
+    return [{**row, column: target.text(row)} for row in rows]
 
 
 def collate(

@@ -14,6 +14,7 @@ from promptkit.errors import ConfigError, DataWarning, TemplateError
 from promptkit.template import Segment, SegmentKind, Template
 
 Answers = Literal["inline", "decoder"]
+SENTINEL = "<extra_id_0>"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class PromptTokenizer:
         self.placeholder_id = next(
             i for i in (tokenizer.unk_token_id, tokenizer.pad_token_id, 0) if i is not None
         )
-        if template.has_mask and not causal and tokenizer.mask_token_id is None:
+        self.mask_token_id = mask_token(tokenizer)
+        if template.has_mask and not causal and self.mask_token_id is None:
             raise TemplateError(
                 f"{template.name} has [MASK] but the tokenizer has no mask token: "
                 "use a masked LM, or a causal LM with `kind: causal_lm`."
@@ -225,7 +227,7 @@ class PromptTokenizer:
             return self._anchor_cache[seg.text], -1
         if seg.kind is SegmentKind.SOFT:
             return ([self.placeholder_id] if self.soft_positions else []), seg.slot
-        return ([] if self.causal else [self.tokenizer.mask_token_id]), -1
+        return ([] if self.causal else [self.mask_token_id]), -1
 
     def _assemble(
         self,
@@ -283,6 +285,15 @@ class PromptTokenizer:
             answer_start,
             tuple(answer[: self.max_length]) if self.answers == "decoder" else (),
         )
+
+
+def mask_token(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The token [MASK] stands for: the tokenizer's mask token, or else T5's first sentinel
+    (``<extra_id_0>``, the span its decoder then fills in); None if it has neither."""
+    if tokenizer.mask_token_id is not None:
+        return tokenizer.mask_token_id
+    sentinel = tokenizer.convert_tokens_to_ids(SENTINEL)
+    return None if sentinel in (None, tokenizer.unk_token_id) else sentinel
 
 
 def word_tokens(tokenizer: PreTrainedTokenizerBase, words: str, space: bool) -> list[int] | None:

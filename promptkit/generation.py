@@ -57,6 +57,7 @@ def generate(
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in model.collate([encoded[i] for i in chunk]).items()}
         kwargs = model.injector(batch, model.prompts())
+        kwargs.pop("position_ids", None)  # generate() numbers real tokens from the mask alike
         prompting = kwargs.pop(PROMPTING_KWARG, None)
         with carried(model.lm, prompting), seeded(model.seed):
             written = model.lm.generate(

@@ -32,6 +32,7 @@ class Predictor:
 
     def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
         """Logits ``[N, C]`` (``[N, W, C]`` per word for a tagger)."""
+        self._classes_only()
         items = _checked(items, batch_size)
         if not items:
             return torch.empty(0, len(self.classes))
@@ -40,17 +41,36 @@ class Predictor:
 
     def predict(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
         """The predicted label of each item; for a tagger, the tag of each word (a string
-        item is split into words at whitespace)."""
+        item is split into words at whitespace); for a generator, the text it writes."""
+        if not self.model.task.has_classes:
+            return self.generate(items, min(batch_size, 16))
         return _per_answer(self.predict_proba(items, batch_size), lambda p: max(p, key=p.get))
+
+    def generate(self, items: Sequence[Any], batch_size: int = 16, **decoding: Any) -> list[str]:
+        """The text a generator writes for each item; ``decoding`` replaces the run's decoding
+        options (``num_beams=4``, ``max_new_tokens=32``, ``do_sample=True``, ``stop=[...]``)."""
+        if self.model.task.has_classes:
+            raise PromptkitError(
+                "this run's model labels classes, it does not write text: use predict."
+            )
+        items = _checked(items, batch_size)
+        return self.model.generate(self.model.examples(items), batch_size, **decoding)
 
     def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
         """Class probabilities of each item (of each word, for a tagger)."""
+        self._classes_only()
         items = _checked(items, batch_size)
         if not items:
             return []
         examples = self.model.examples(items)
         probs = predict_logits(self.model, self.model.encode(examples), batch_size).softmax(-1)
         return self.model.task.named(probs, self.classes, self.model.answer_counts(examples))
+
+    def _classes_only(self) -> None:
+        if not self.model.task.has_classes:
+            raise PromptkitError(
+                "this run's model writes text, it has no class scores: use predict or generate."
+            )
 
 
 def _checked(items: Any, batch_size: Any) -> list[Any]:

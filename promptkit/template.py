@@ -316,6 +316,16 @@ class Template:
             )
         return [_filled(s, example[s.name]) if s.kind is SegmentKind.INPUT else s for s in segments]
 
+    def text(self, example: Mapping[str, object]) -> str:
+        """Render a template of text (and Jinja) only, such as a target, to its text."""
+        segments = self.render(example)
+        if any(s.kind is not SegmentKind.TEXT for s in segments):
+            raise TemplateError(
+                f"{self.name} is text and Jinja only: no <x>, soft slots or [MASK] (write "
+                "\\[ for a literal '[')."
+            )
+        return "".join(s.text for s in segments)
+
     def _render_jinja(self, example: Mapping[str, object]) -> str:
         try:
             return self._jinja.render(example)

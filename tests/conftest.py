@@ -8,6 +8,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
     BertConfig,
     BertForMaskedLM,
     BertModel,
@@ -18,6 +20,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 WORDS = [
@@ -68,9 +72,11 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>"]
 HIDDEN = 32
 
 
-def make_tokenizer(masked: bool) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer: [CLS] x [SEP] for masked LMs, <s> x for causal LMs."""
-    vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
+def make_tokenizer(masked: bool, seq2seq: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: [CLS] x [SEP] for masked LMs, <s> x for causal LMs, x [SEP]
+    for encoder-decoders ([SEP] ends a sequence)."""
+    specials = [*SPECIALS[:-1], "<extra_id_0>"] if seq2seq else SPECIALS  # T5's sentinel
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
@@ -86,6 +92,17 @@ def make_tokenizer(masked: bool) -> PreTrainedTokenizerFast:
             cls_token="[CLS]",
             sep_token="[SEP]",
             mask_token="[MASK]",
+        )
+    if seq2seq:
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A [SEP]", special_tokens=[("[SEP]", 3)]
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            eos_token="[SEP]",
+            additional_special_tokens=["<extra_id_0>"],
         )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 5)])
     return PreTrainedTokenizerFast(
@@ -139,10 +156,45 @@ def make_model(kind: str) -> torch.nn.Module:
         )
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(**_small(num_key_value_heads=2, pad_token_id=0)))
+    if kind == "t5":
+        return T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=len(SPECIALS) + len(WORDS),
+                d_model=HIDDEN,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                pad_token_id=0,
+                eos_token_id=3,
+                decoder_start_token_id=0,
+            )
+        )
+    if kind == "bart":
+        return BartForConditionalGeneration(
+            BartConfig(
+                vocab_size=len(SPECIALS) + len(WORDS),
+                d_model=HIDDEN,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=128,
+                pad_token_id=0,
+                bos_token_id=5,
+                eos_token_id=3,
+                decoder_start_token_id=3,
+                forced_eos_token_id=None,
+            )
+        )
     raise ValueError(kind)
 
 
 MASKED = {"bert", "bert-nodropout", "bert-encoder", "roberta"}
+SEQ2SEQ = {"t5", "bart"}
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +207,7 @@ def model_dir(tmp_path_factory):
         if kind not in made:
             folder = root / kind
             make_model(kind).save_pretrained(folder)
-            make_tokenizer(kind in MASKED).save_pretrained(folder)
+            make_tokenizer(kind in MASKED, kind in SEQ2SEQ).save_pretrained(folder)
             made[kind] = folder
         return made[kind]
 

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from promptkit import catalog
 from promptkit.backbone import first_answer_logits, reading_at
 from promptkit.config import HeadConfig
+from promptkit.encoding import mask_token
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head
 from promptkit.tasks import CLASSIFICATION
@@ -56,7 +57,9 @@ class VerbalizerConfig(HeadConfig):
 
 
 class VerbalizerHead(Head):
-    """Scores the verbalizer's classes from the LM logits at the mask position (no parameters).
+    """Scores the verbalizer's classes from the LM logits at the mask position (no parameters);
+    on an encoder-decoder, from the decoder's prediction of the answer's first token (after
+    T5's sentinel, when [MASK] stands for it).
 
     Args:
         verbalizer: the label words.
@@ -81,6 +84,8 @@ class VerbalizerHead(Head):
         self.classes = verbalizer.classes
         self.multi_token, self.aggregate = multi_token, aggregate
         ids, mask = verbalizer.token_ids(tokenizer, space_before)
+        sentinel = mask_token(tokenizer)
+        self.lead = [sentinel] if tokenizer.mask_token_id is None and sentinel is not None else []
         self.register_buffer("word_ids", ids, persistent=False)
         self.register_buffer("word_mask", mask, persistent=False)
 
@@ -123,7 +128,7 @@ class VerbalizerHead(Head):
     ) -> torch.Tensor:
         """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
         if model.config.is_encoder_decoder:
-            logits = first_answer_logits(model, inputs)
+            logits = first_answer_logits(model, inputs, self.lead)
         else:
             with reading_at(model, batch["mask_positions"]):
                 logits = model(**inputs).logits[:, 0]

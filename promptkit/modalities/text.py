@@ -47,8 +47,10 @@ class TextModality(Modality):
         from promptkit.backbone import load_backbone
         from promptkit.data import load_splits
         from promptkit.model import build_model, check_recipe
+        from promptkit.template import Template
 
         checked = check_recipe(config.recipe())  # before any model is loaded
+        target = getattr(config.head, "target", None)
         splits, classes = load_splits(
             config.data,
             checked.task,
@@ -56,6 +58,7 @@ class TextModality(Modality):
             config.inputs,
             checked.template.inputs,
             config.seed,
+            Template(target, "head.target") if target else None,
         )
         for split in (splits.train, splits.validation, splits.test):
             for example in split.examples if split else ():  # render errors before loading
