@@ -75,7 +75,7 @@ def test_the_loss_covers_the_answer_and_its_end_whatever_the_padding_side(model_
         batch = model.collate(model.encode(examples, ANSWERS))
         end = model.backbone.tokenizer.eos_token_id
         targets = batch["labels"][batch["labels"] != IGNORED].tolist()
-        answer_ids = [model.backbone.tokenizer(" " + a)["input_ids"][1:] + [end] for a in ANSWERS]
+        answer_ids = [[*model.backbone.tokenizer(" " + a)["input_ids"][1:], end] for a in ANSWERS]
         assert sorted(targets) == sorted(t for ids in answer_ids for t in ids)
         losses.append(model.task.loss(model(batch), batch["labels"]))
     torch.testing.assert_close(losses[0], losses[1])
