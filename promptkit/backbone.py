@@ -128,10 +128,26 @@ def load_backbone(
         kind: "auto" reads it from the config's architectures.
         dtype: "float32", "bfloat16" or "float16".
     """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a backbone is named by a folder or hub id, not {name!r}.")
     with _loading(name) as options:
         tokenizer, detected = load_tokenizer(name)
+        if kind not in ("auto", "encoder", detected):
+            raise ConfigError(
+                f"backbone {name!r} is a {detected} checkpoint, not a {kind}: set backbone.kind "
+                f"to {detected} (or auto, or encoder to use its hidden states alone)."
+            )
         kind = detected if kind == "auto" else kind
-        model = _LOADERS[kind].from_pretrained(name, dtype=_DTYPES[dtype], **options)
+        model, info = _LOADERS[kind].from_pretrained(
+            name, dtype=_DTYPES[dtype], output_loading_info=True, **options
+        )
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ConfigError(
+            f"backbone {name!r} has no weights for {len(missing)} of the parameters of a "
+            f"{kind} (e.g. {missing[0]}): they would start random. Use a checkpoint that has "
+            "them, or another backbone.kind."
+        )
     return Backbone(model, tokenizer, kind, name)
 
 

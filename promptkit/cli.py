@@ -111,9 +111,9 @@ def fit(
         f"trainable parameters: {result.trainable_parameters:,} "
         f"(saved: {result.saved_parameters:,})"
     )
-    console.print(f"best validation: {json.dumps(result.validation)}", markup=False)
+    console.print(f"best validation: {json.dumps(result.validation)}", markup=False, soft_wrap=True)
     if result.test is not None:
-        console.print(f"test: {json.dumps(result.test)}", markup=False)
+        console.print(f"test: {json.dumps(result.test)}", markup=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -128,35 +128,41 @@ def evaluate(
     ],
     label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
 ) -> None:
-    """Score a trained prompt on labelled data: accuracy and macro-F1, or entity-level
-    precision, recall and F1 for a tagger."""
+    """Score a trained prompt on labelled data: accuracy and macro-F1, entity-level
+    precision, recall and F1 for a tagger, or BLEU, chrF, ROUGE-L and the loss for a
+    generator (examples with the same input are one input with several references)."""
     with _reported():
-        from promptkit.data import Split, label_indices, validate_rows
+        from promptkit.data import Split, label_indices, validate_rows, with_targets
         from promptkit.pipeline import evaluate_split
         from promptkit.predictor import load
+        from promptkit.template import Template
 
         predictor = load(run_dir)
-        modality, data_config = _run_data(run_dir)
+        modality, data_config, recipe = _run_data(run_dir)
         if label_column:
             data_config = data_config.model_copy(update={"label_column": label_column})
         rows, column = modality.read_labelled(data_config, data)
+        target = recipe.get("head", {}).get("target")
+        if target:
+            rows = with_targets(rows, data, Template(target, "head.target"), column)
         model = predictor.model
         rows = validate_rows(rows, data, model.data_columns(), column, data_config.invalid)
         labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
         metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
-    console.print(json.dumps(metrics), markup=False)
+    console.print(json.dumps(metrics), markup=False, soft_wrap=True)
 
 
-def _run_data(run_dir: Path) -> tuple[Any, Any]:
-    """The modality of a run and its data config (as saved in its config.yaml)."""
+def _run_data(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The modality of a run, its data config (as saved in its config.yaml) and recipe."""
     from promptkit.config import validate
     from promptkit.modalities import modality_of
     from promptkit.run_folder import RunFolder
 
     run = RunFolder(run_dir)
-    modality = modality_of(run.read_recipe()["recipe"])
+    recipe = run.read_recipe()["recipe"]
+    modality = modality_of(recipe)
     saved = run.read_config().get("data", {})
-    return modality, validate(modality.data_schema(), saved, f"{run_dir}/config.yaml")
+    return modality, validate(modality.data_schema(), saved, f"{run_dir}/config.yaml"), recipe
 
 
 @app.command()
@@ -170,8 +176,13 @@ def predict(
     ],
     output: Annotated[Path, typer.Option("--output", help="jsonl to write")],
     overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
+    decoding: Annotated[
+        list[str] | None,
+        typer.Option("--decoding", help="generators: a decoding option, e.g. num_beams=4"),
+    ] = None,
 ) -> None:
-    """Label each example of INPUT; write one JSON line per example with label and scores."""
+    """Label each example of INPUT, or write its answer (a generator); one JSON line per
+    example: its fields, the prediction, and the class scores."""
     with _reported():
         from promptkit.predictor import load
         from promptkit.run_folder import atomic_text
@@ -181,15 +192,36 @@ def predict(
         if Path(input).resolve() == output.resolve():
             raise PromptkitError("--output is the --input file: write the predictions elsewhere.")
         predictor = load(run_dir)
-        modality, _ = _run_data(run_dir)
+        modality, _, _ = _run_data(run_dir)
         rows = modality.read_inputs(input)
-        probs = predictor.predict_proba(rows)
+        if predictor.model.task.has_classes:
+            scored = predictor.predict_proba(rows)
+            results = [{"prediction": _best(p), "scores": p} for p in scored]
+        else:
+            texts = predictor.generate(rows, **_key_values(decoding or []))
+            results = [{"prediction": text} for text in texts]
         lines = [
-            json.dumps({**row, "prediction": _best(p), "scores": p}, default=str) + "\n"
-            for row, p in zip(rows, probs, strict=True)
+            json.dumps({**row, **result}, default=str) + "\n"
+            for row, result in zip(rows, results, strict=True)
         ]
         atomic_text(output, "".join(lines))
     console.print(f"{len(lines)} predictions written to {escape(str(output))}")
+
+
+def _key_values(items: list[str]) -> dict[str, Any]:
+    """``key=value`` options, values read as YAML."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PromptkitError(f"--decoding {item!r}: write KEY=VALUE, e.g. num_beams=4")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise PromptkitError(f"--decoding {item!r}: the value is not valid YAML") from err
+    return options
 
 
 def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:

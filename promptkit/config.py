@@ -14,17 +14,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from promptkit import catalog
 from promptkit.errors import ConfigError
 from promptkit.layers import check_layers
 from promptkit.schema import Strict
 
-Group = Literal["prompts", "head", "bias", "all"]
+Group = Literal["prompts", "head", "bias", "norm", "all"]
 InitKind = Literal["random", "vocab"]
 EncoderKind = Literal["none", "mlp", "lstm"]
-DEFAULT_LR: dict[str, float] = {"prompts": 1e-2, "head": 1e-3, "bias": 1e-3, "all": 2e-5}
+DEFAULT_LR: dict[str, float] = {
+    "prompts": 1e-2,
+    "head": 1e-3,
+    "bias": 1e-3,
+    "norm": 1e-3,
+    "all": 2e-5,
+}
 # Keys that say which member of a tagged section is meant; a preset's section is replaced,
 # not merged, when the config names another member.
 _TAG_KEYS = ("placement", "type")
@@ -34,10 +40,16 @@ class PromptsConfig(Strict):
     """Where the soft slots go and how their vectors are parameterised. Each placement
     extends it with its own keys (``promptkit.placements``)."""
 
+    @model_validator(mode="after")
+    def _hidden_needs_an_encoder(self) -> PromptsConfig:
+        if self.encoder_hidden is not None and self.encoder == "none":
+            raise ValueError("encoder_hidden sizes a prompt encoder: set encoder (mlp, lstm)")
+        return self
+
     placement: str
     init: InitKind = Field("vocab", description="default init of slots that name none")
     encoder: EncoderKind = Field("none", description="none | mlp | lstm (P-tuning v1)")
-    encoder_hidden: int | None = Field(None, gt=0)
+    encoder_hidden: int | None = Field(None, gt=0, le=65536)
     dropout: float = Field(0.0, ge=0, lt=1, description="on the vectors (prefix dropout)")
 
 
@@ -47,6 +59,18 @@ class LayeredPromptsConfig(PromptsConfig):
     layers: str = Field("all", description="all | first:K | last:K | A-B")
 
     _layers = field_validator("layers")(check_layers)
+
+
+def distinct_classes(classes: list[str] | None) -> list[str] | None:
+    """Classes given by name: at least two, none twice."""
+    if classes is None:
+        return None
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise ValueError(f"{twice} named more than once: each class once")
+    if len(classes) < 2:
+        raise ValueError("a classifier needs at least two classes")
+    return classes
 
 
 class HeadConfig(Strict):
@@ -63,13 +87,15 @@ class TrainerConfig(Strict):
     batch_size: int = Field(16, gt=0)
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)
-    lr: dict[Group, Annotated[float, Field(ge=0)]] = Field(
+    lr: dict[Group, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="per trainable group"
     )
-    weight_decay: float = 0.01
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, allow_inf_nan=False, description="clip gradients to this norm (null: never)"
+    )
     patience: int | None = Field(None, gt=0, description="epochs without improvement")
     metric: str | None = Field(
         None, description="picks the best epoch; default: the task's first metric"

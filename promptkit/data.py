@@ -46,6 +46,20 @@ def missing(value: Any) -> bool:
     return isinstance(value, list | tuple) and not value
 
 
+def not_text(value: Any) -> str | None:
+    """What is wrong with an input cell, if it is not a text or a list of words: "empty",
+    "a list with an empty word", "a mapping"... (None: nothing)."""
+    if missing(value):
+        return f"empty ({_shown(value)})"
+    if isinstance(value, Mapping):
+        return "a mapping, not a text"
+    if isinstance(value, list | tuple) and any(
+        not isinstance(w, str) or not w.strip() for w in value
+    ):
+        return "a list of words with an empty or non-text item"
+    return None
+
+
 def validate_rows(
     rows: Rows, source: str, columns: Sequence[str], label_column: str | None, invalid: str
 ) -> Rows:
@@ -60,7 +74,7 @@ def validate_rows(
             "Map input slots to columns with `inputs: {x: COLUMN}` and name the label column "
             "with `data.label_column`."
         )
-    bad = [i for i, row in enumerate(rows) if _first_missing(row, needed)]
+    bad = [i for i, row in enumerate(rows) if _first_missing(row, columns, label_column)]
     if not bad:
         return rows
     if invalid == "drop":
@@ -74,16 +88,24 @@ def validate_rows(
         )
         return kept
     index = bad[0]
-    column = _first_missing(rows[index], needed)
+    column, problem = _first_missing(rows[index], columns, label_column)
     raise DataError(
-        f"{source}: row {index + 1} has no value in column {column!r} "
-        f"(it is {_shown(rows[index].get(column))}). Fix the data, or set `data.invalid: "
-        f"drop` to leave such rows out ({len(bad)} rows in all)."
+        f"{source}: row {index + 1}, column {column!r}: {problem}. Fix the data, or set "
+        f"`data.invalid: drop` to leave such rows out ({len(bad)} rows in all)."
     )
 
 
-def _first_missing(row: Mapping[str, Any], columns: Sequence[str]) -> str | None:
-    return next((c for c in columns if c not in row or missing(row[c])), None)
+def _first_missing(
+    row: Mapping[str, Any], columns: Sequence[str], label_column: str | None
+) -> tuple[str, str] | None:
+    """The first bad cell of a row: an input that is not text, or an empty label."""
+    for column in columns:
+        problem = "absent" if column not in row else not_text(row[column])
+        if problem:
+            return column, problem
+    if label_column and (label_column not in row or missing(row[label_column])):
+        return label_column, f"no label ({_shown(row.get(label_column))})"
+    return None
 
 
 def _shown(value: Any) -> str:
@@ -109,10 +131,11 @@ def as_examples(
                     f"which the data lacks (columns: {', '.join(map(str, row))}). Set "
                     f"`inputs: {{{slot}: COLUMN}}`."
                 )
-            if missing(row[column]):
+            problem = not_text(row[column])
+            if problem:
                 raise DataError(
                     f"row {number + 1}: input slot <{slot}> reads column {column!r}, which is "
-                    f"empty ({_shown(row[column])})."
+                    f"{problem}."
                 )
             example[slot] = row[column]
         examples.append(example)
@@ -183,12 +206,15 @@ def build_splits(
     to_examples: Callable[[Rows], Rows],
     label_column: str,
     seed: int,
+    slots: Sequence[str] = (),
 ) -> Splits:
     """Label the rows, hold out a validation set if there is none, sample few-shot."""
     splits = {
         name: Split(to_examples(r), label_indices(r, classes, task, label_column, data.label_map))
         for name, r in rows.items()
     }
+    for name, split in splits.items():
+        task.check(split, slots, f"the {name} data")
     train, validation = splits["train"], splits.get("validation")
     if validation is None:
         train, validation = task.holdout(train, data.validation_size, seed)
@@ -197,6 +223,16 @@ def build_splits(
     if data.validation_few_shot:
         validation = task.few_shot(validation, data.validation_few_shot, seed + 1)
     return Splits(train, validation, splits.get("test"))
+
+
+def enough_classes(task: Task, classes: Sequence[str], names: Sequence[str]) -> None:
+    """A classifier's classes are at least two (a run of one class learns nothing)."""
+    if task.has_classes and len(set(classes)) < 2:
+        found = sorted(set(names))
+        raise DataError(
+            f"the training data has one class only ({found[0] if found else 'none'}): "
+            "a classifier needs two or more."
+        )
 
 
 def load_splits(
@@ -222,6 +258,7 @@ def load_splits(
     rows = read_splits(data, read)
     names = mapped_labels(rows["train"], task, data.label_column, data.label_map)
     classes = list(classes or task.class_order(names))
+    enough_classes(task, classes, names)
     splits = build_splits(
         rows,
         data,
@@ -230,6 +267,7 @@ def load_splits(
         lambda r: as_examples(r, inputs, template_inputs),
         data.label_column,
         seed,
+        template_inputs,
     )
     return splits, classes
 

@@ -117,7 +117,7 @@ class PromptTokenizer:
             )
         if answers and tokenizer.eos_token_id is None:
             raise ConfigError("the tokenizer has no end token, which a text answer ends with.")
-        self._anchor_cache: dict[str, list[int]] = {}
+        self._anchor_cache: dict[tuple[str, bool], list[int]] = {}
 
     def __call__(
         self, examples: Sequence[Mapping[str, object]], targets: Sequence[str] | None = None
@@ -126,6 +126,12 @@ class PromptTokenizer:
         ``targets``, their text answers too."""
         trimmed = [self._trim(self.template.render(ex)) for ex in examples]
         rendered = [segments for segments, _ in trimmed]
+        if self.causal and not all(map(_reads_data, rendered)):
+            raise TemplateError(
+                f"{self.template.name}: a causal LM answers from what comes before [MASK] (or "
+                "the end), and no input comes before it, so the answer would never depend on "
+                "the data: put <x> before [MASK]."
+            )
         pieces = iter(self._encode_inputs([s for segs in rendered for s in segs]))
         self._cache_anchors(rendered)
         answers = self._encode_answers(targets, [space for _, space in trimmed])
@@ -197,7 +203,7 @@ class PromptTokenizer:
                 stripped = text.rstrip()
                 space = text[len(stripped) :]
                 if stripped:
-                    out.append(Segment(SegmentKind.TEXT, stripped))
+                    out.append(Segment(SegmentKind.TEXT, stripped, data=seg.data))
                 continue
             spaced = bool(space)
             if seg.kind is SegmentKind.INPUT:
@@ -209,22 +215,27 @@ class PromptTokenizer:
         return out, bool(space)
 
     def _cache_anchors(self, rendered: list[list[Segment]]) -> None:
+        """Tokenise the text pieces not seen yet: the template's own text as written (its
+        special tokens, if it names any, are special), and what Jinja inserted as data."""
         new = list(
             dict.fromkeys(
-                s.text
+                (s.text, s.data)
                 for segs in rendered
                 for s in segs
-                if s.kind is SegmentKind.TEXT and s.text not in self._anchor_cache
+                if s.kind is SegmentKind.TEXT and (s.text, s.data) not in self._anchor_cache
             )
         )
-        if new:
-            ids = self.tokenizer(new, add_special_tokens=False)["input_ids"]
-            self._anchor_cache.update(zip(new, ids, strict=True))
+        for data in (False, True):
+            texts = [text for text, is_data in new if is_data == data]
+            if texts:
+                split = {"split_special_tokens": True} if data else {}
+                ids = self.tokenizer(texts, add_special_tokens=False, **split)["input_ids"]
+                self._anchor_cache.update(((t, data), i) for t, i in zip(texts, ids, strict=True))
 
     def _tokens(self, seg: Segment) -> tuple[list[int], int]:
         """Token ids and soft-slot id of a segment that is not an input."""
         if seg.kind is SegmentKind.TEXT:
-            return self._anchor_cache[seg.text], -1
+            return self._anchor_cache[seg.text, seg.data], -1
         if seg.kind is SegmentKind.SOFT:
             return ([self.placeholder_id] if self.soft_positions else []), seg.slot
         return ([] if self.causal else [self.mask_token_id]), -1
@@ -244,8 +255,10 @@ class PromptTokenizer:
         budget = self.max_length - fixed
         if budget < least:
             raise TemplateError(
-                f"{self.template.name} takes {fixed} tokens without its inputs, which leaves no "
-                f"room in max_length={self.max_length}: raise max_length or shorten the template."
+                f"{self.template.name} takes {fixed} tokens without its inputs (its own text, "
+                "what its Jinja inserts, its soft slots and the answer), which leaves no room in "
+                f"max_length={self.max_length}: raise max_length, or shorten the template or "
+                "the fields it inserts."
             )
         cut_inputs = zip(inputs, fit_lengths([len(ids) for ids, _ in inputs], budget), strict=True)
         input_ids, slot_ids, word_ids = (
@@ -285,6 +298,11 @@ class PromptTokenizer:
             answer_start,
             tuple(answer[: self.max_length]) if self.answers == "decoder" else (),
         )
+
+
+def _reads_data(segments: Sequence[Segment]) -> bool:
+    """Whether the part of a template that is fed holds an input or data Jinja inserted."""
+    return any(s.kind is SegmentKind.INPUT or s.data for s in segments)
 
 
 def mask_token(tokenizer: PreTrainedTokenizerBase) -> int | None:

@@ -12,7 +12,7 @@ from promptkit import catalog
 from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
-from promptkit.errors import ConfigError, TemplateError
+from promptkit.errors import ConfigError, DataError, TemplateError
 from promptkit.heads import HEADS, Head
 from promptkit.placements import PLACEMENTS, Injector
 from promptkit.policy import PolicyModule, parameter_groups
@@ -23,6 +23,11 @@ from promptkit.tasks import Task
 from promptkit.template import Template
 
 DEFAULT_MAX_LENGTH = 256
+
+
+def _words(item: object) -> bool:
+    """Whether an item is a list of words (a pre-split input)."""
+    return isinstance(item, list | tuple) and bool(item) and all(isinstance(w, str) for w in item)
 
 
 class PromptModel(PolicyModule):
@@ -96,18 +101,28 @@ class PromptModel(PolicyModule):
         self.lm.activation_checkpointing_enable()
 
     def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Bind user inputs: a string fills the template's only input slot (split into words
-        for a tagger); a mapping is a data row (columns mapped to slots as in training)."""
+        """Bind user inputs: a string (or a list of words) fills the template's only input
+        slot; a mapping is a data row (columns mapped to slots as in training). A tagger splits
+        text into words at whitespace."""
         slots = self.template.inputs
         rows = []
-        for item in items:
-            if isinstance(item, str):
+        for number, item in enumerate(items, 1):
+            if isinstance(item, str) or _words(item):
                 if len(slots) != 1:
                     raise ConfigError(
                         f"the template has inputs {list(slots)}: pass mappings, not strings."
                     )
-                item = {self.inputs.get(slots[0], slots[0]): self.task.from_text(item)}
-            rows.append(dict(item))
+                item = {self.inputs.get(slots[0], slots[0]): item}
+            if not isinstance(item, Mapping):
+                raise DataError(
+                    f"item {number} is a {type(item).__name__}: give a text, a list of words, "
+                    "or a row (a mapping of fields)."
+                )
+            row = dict(item)
+            for column in self.data_columns():
+                if isinstance(row.get(column), str):
+                    row[column] = self.task.from_text(row[column])
+            rows.append(row)
         return as_examples(rows, self.inputs, slots)
 
     def data_columns(self) -> list[str]:

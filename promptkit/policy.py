@@ -1,8 +1,11 @@
 """What trains: a declared policy over named groups of parameters; the rest is frozen.
 
 - ``prompts``: the soft prompts (and their encoder);
-- ``head``: the head's own parameters (a classifier; a verbalizer has none);
+- ``head``: the head's own parameters (a classifier's; a verbalizer and a generator have
+  none, and there the group trains nothing);
 - ``bias``: BitFit, every bias of the backbone (LayerNorm shifts included);
+- ``norm``: every normalisation layer's scale and shift (LayerNorm / RMSNorm tuning; what
+  BitFit can still train on a backbone without biases, such as Llama's);
 - ``all``: every backbone parameter (full fine-tuning).
 """
 
@@ -25,14 +28,20 @@ def parameter_groups(
 ) -> dict[str, list[nn.Parameter]]:
     """Freeze everything, then unfreeze the groups the policy names; return them by group.
 
-    Groups are claimed in the order prompts, head, bias, all: a parameter belongs to the first
-    group that names it (a head inside the backbone is not in ``bias`` or ``all``).
+    Groups are claimed in the order prompts, head, bias, norm, all: a parameter belongs to the
+    first group that names it (a head inside the backbone is not in ``bias`` or ``all``).
     """
     policy = set(policy)
     candidates = {
         "prompts": prompts.parameters(),
         "head": head.parameters(),
         "bias": (p for n, p in backbone.named_parameters() if n.endswith("bias")),
+        "norm": (
+            p
+            for m in backbone.modules()
+            if "norm" in type(m).__name__.lower()
+            for p in m.parameters(recurse=False)
+        ),
         "all": backbone.parameters(),
     }
     claimed: set[int] = set()
@@ -42,7 +51,9 @@ def parameter_groups(
             continue
         chosen[group] = [p for p in params if p.numel() and id(p) not in claimed]
         claimed.update(id(p) for p in chosen[group])
-        if not chosen[group]:
+        if not chosen[group] and group == "head":  # a verbalizer or generator has none
+            del chosen[group]
+        elif not chosen[group]:
             raise ConfigError(_EMPTY[group])
     for module in (prompts, head, backbone):
         module.requires_grad_(False)
@@ -123,9 +134,9 @@ class PolicyModule(nn.Module):
 _EMPTY = {
     "prompts": "trainable includes 'prompts' but there are none (no soft slot [P1], [P*n] in "
     "the template, or vpt.tokens: 0): add some, or drop 'prompts'.",
-    "head": "trainable includes 'head' but this head has no parameters (a verbalizer reads the "
-    "LM head): drop 'head', or use `head: {type: classifier}`.",
     "bias": "trainable includes 'bias' (BitFit) but the backbone has no bias parameters: "
-    "choose another group.",
+    "choose another group (norm trains the normalisation layers instead).",
+    "norm": "trainable includes 'norm' but the backbone has no normalisation layers with "
+    "parameters: choose another group.",
     "all": "trainable includes 'all' but the backbone has no parameters.",
 }

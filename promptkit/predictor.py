@@ -74,7 +74,10 @@ class Predictor:
 
 
 def _checked(items: Any, batch_size: Any) -> list[Any]:
-    """The items as a list; a single item or a bad batch size is an error that says so."""
+    """The items as a list (a data frame's rows as mappings); a single item or a bad batch
+    size is an error that says so."""
+    if hasattr(items, "to_dict") and hasattr(items, "columns"):  # a pandas data frame
+        items = items.to_dict("records")
     if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
         raise PromptkitError(
             f"predict takes a list of items, not a {type(items).__name__}: write "

@@ -44,7 +44,7 @@ class ModelConfig(Strict):
         "backbone has fewer positions",
     )
     padding_side: Literal["auto", "left", "right"] = "auto"
-    seed: int = 13
+    seed: int = Field(13, ge=0, lt=2**32)
 
     @field_validator("trainable")
     @classmethod

@@ -12,7 +12,7 @@
 - ``[MASK]``: where the answer is read;
 - ``\\[``, ``\\]``, ``\\<``, ``\\>``, ``\\\\``: literal characters;
 - Jinja (``{{ field }}``, ``{% if %}``) is rendered first over the example, in a sandbox with
-  strict undefined variables; what it inserts is data, never markup.
+  strict undefined variables; what it inserts is data: never markup, never special tokens.
 
 A template is checked completely when it is compiled, before any model is loaded.
 """
@@ -35,6 +35,9 @@ _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _JINJA_OPENING = re.compile(r"\{\{|\{%|\{#")
 MAX_SOFT_SLOTS = 1024  # per template: more is a typo, not a prompt
 _ESCAPABLE = "[]<>\\"
+# What Jinja inserts is wrapped in these (private-use) characters, so it is read as data.
+_DATA_OPEN, _DATA_CLOSE = "\ue000", "\ue001"
+_MAX_RENDERED = 100_000  # characters a Jinja expression may build (a typo, not a prompt)
 _INPUT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 _SOFT = re.compile(r"\[P(?:(\d+)|\*(\d+))(?::([^\]]*))?\]")
 _MASK = "[MASK]"
@@ -59,6 +62,7 @@ class Segment:
     name: str = ""
     slot: int = -1
     words: tuple[str, ...] | None = None  # an input given as pre-split words
+    data: bool = False  # text that Jinja inserted from the example (tokenised as data)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,11 @@ class _Parser:
                 pos = self._bracket(pos, segments)
             elif ch in "]>":
                 raise self.error(pos, f"unmatched '{ch}'", f"Write \\{ch} for a literal '{ch}'.")
+            elif ch == _DATA_OPEN:
+                flush()
+                end = src.index(_DATA_CLOSE, pos)
+                segments.append(Segment(SegmentKind.TEXT, src[pos + 1 : end], data=True))
+                pos = end + 1
             else:
                 text.append(ch)
                 pos += 1
@@ -226,15 +235,34 @@ class _Parser:
         return self.by_name[name]
 
 
-def _escape_markup(value: object) -> str:
-    """Jinja finalizer: what ``{{ ... }}`` inserts is data (a text, or a number, list or
-    mapping written out), so its brackets are literal."""
-    return "".join("\\" + c if c in _ESCAPABLE else c for c in str(value))
+def _as_data(value: object) -> str:
+    """Jinja finalizer: what ``{{ ... }}`` inserts (a text, or a number, list or mapping
+    written out) is marked as data, which the parser takes as it is."""
+    text = str(value).replace(_DATA_OPEN, "").replace(_DATA_CLOSE, "")
+    return _DATA_OPEN + text + _DATA_CLOSE if text else ""
 
 
-_JINJA = SandboxedEnvironment(
+class _BoundedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox, with a bound on what ``*`` and ``**`` may build."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: object, operator: str, left: object, right: object) -> object:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise jinja2.sandbox.SecurityError(f"an exponent of {right} is more than allowed")
+        if operator == "*":
+            size, times = (left, right) if isinstance(right, int) else (right, left)
+            repeats = isinstance(size, str | list | tuple) and isinstance(times, int)
+            if repeats and len(size) * times > _MAX_RENDERED:
+                raise jinja2.sandbox.SecurityError(
+                    f"a repeat to {len(size) * times} items is more than allowed"
+                )
+        return super().call_binop(context, operator, left, right)
+
+
+_JINJA = _BoundedSandbox(
     undefined=jinja2.StrictUndefined,
-    finalize=_escape_markup,
+    finalize=_as_data,
     keep_trailing_newline=True,
     autoescape=False,
 )

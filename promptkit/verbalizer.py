@@ -43,6 +43,19 @@ class Verbalizer:
             if any(not isinstance(w, str) or not w.strip() for w in group):
                 raise VerbalizerError(f"class {label!r} has an empty label word: {group!r}.")
             self.words[str(label)] = [w.strip() for w in group]
+        if len(self.words) < 2:
+            raise VerbalizerError(
+                f"the verbalizer has one class ({self.classes[0]!r}): give it two or more."
+            )
+        seen: dict[str, str] = {}
+        for label, group in self.words.items():
+            for word in group:
+                if seen.get(word, label) != label:
+                    raise VerbalizerError(
+                        f"label word {word!r} belongs to {seen[word]!r} and {label!r}: a word "
+                        "cannot tell two classes apart. Give each class its own words."
+                    )
+                seen[word] = label
 
     @property
     def classes(self) -> list[str]:

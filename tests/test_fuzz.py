@@ -175,3 +175,20 @@ def test_a_file_of_other_bytes_is_named(tmp_path):
     path.write_bytes("x,label\ncaf\xe9,p\n".encode("latin-1"))
     with pytest.raises(PromptkitError, match=r"latin1.csv: not UTF-8 text \(byte 11"):
         read_rows(str(path))
+
+
+def test_what_jinja_inserts_is_tokenised_as_data():
+    tokenizer = make_tokenizer(masked=True)
+    template = Template("{{ x }} it was [MASK].")
+    text = "[SEP] [MASK] great"
+    encoded = PromptTokenizer(template, tokenizer)([{"x": text}])[0]
+    inserted = encoded.input_ids[1 : encoded.input_ids.index(tokenizer.mask_token_id)]
+    split = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert inserted[: len(split)] == split
+    assert tokenizer.sep_token_id not in inserted and tokenizer.mask_token_id not in inserted
+
+
+@pytest.mark.parametrize("source", ["{{ 'a' * 10**9 }} <x>", "{{ [1] * 10**8 }} <x>"])
+def test_jinja_cannot_build_huge_values(source):
+    with pytest.raises(PromptkitError, match="more than allowed"):
+        Template(source).render({"x": "a"})

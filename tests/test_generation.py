@@ -282,3 +282,31 @@ def test_bad_generation_configs_are_refused_early(model_dir):
     )
     with pytest.raises(ConfigError, match="cannot write text"):
         build_model(encoder)
+
+
+def test_the_command_line_writes_and_scores_answers(model_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from promptkit.cli import app
+
+    config = generation_data(tmp_path)
+    config["backbone"] = {"name": str(model_dir("llama"))}
+    config["trainer"]["epochs"] = 2
+    path = tmp_path / "gen.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    assert runner.invoke(app, ["fit", str(path)]).exit_code == 0
+    out = tmp_path / "written.jsonl"
+    command = ["predict", config["output_dir"], "--input", str(tmp_path / "test.jsonl")]
+    written = runner.invoke(app, [*command, "--output", str(out), "--decoding", "num_beams=2"])
+    assert written.exit_code == 0, written.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(isinstance(r["prediction"], str) for r in rows)
+    bad = runner.invoke(app, [*command, "--output", str(tmp_path / "x"), "--decoding", "top_k=3"])
+    assert bad.exit_code == 2 and "do_sample is false" in bad.output
+    scored = runner.invoke(
+        app, ["eval", config["output_dir"], "--data", str(tmp_path / "test.jsonl")]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert {"bleu", "chrf", "rougeL", "loss"} <= set(json.loads(scored.stdout.splitlines()[-1]))

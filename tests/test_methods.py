@@ -18,6 +18,7 @@ TEXT_METHODS = {
     "ptuning_v2": ("prefix", {"prompts", "head"}),
     "deep_prompts": ("deep", {"prompts", "head"}),
     "bitfit": ("input", {"bias", "head"}),
+    "norm_tuning": ("input", {"norm", "head"}),
     "linear_probe": ("input", {"head"}),
     "full_finetune": ("input", {"all", "head"}),
 }

@@ -30,7 +30,7 @@ def prompt_model(model_dir, family, placement):
         {
             "backbone": {"name": str(model_dir(family))},
             "template": f"[P*{P}] <x>",
-            "head": {"type": "classifier", "classes": ["a", "b"]},
+            "head": {"type": "classifier", "classes": ["a", "b"], "pool": "mean"},
             "prompts": {"placement": placement, "init": "random"},
             "padding_side": "right",
         }

@@ -71,8 +71,9 @@ def test_escapes_are_literal():
 def test_jinja_renders_first_and_inserts_data_not_markup():
     t = Template("{% if title %}{{ title }}: {% endif %}<x> [MASK]")
     rendered = t.render({"x": "body", "title": "[MASK] <y>"})
-    assert [s.kind for s in rendered] == ["text", "input", "text", "mask"]
-    assert rendered[0].text == "[MASK] <y>: "
+    assert [s.kind for s in rendered] == ["text", "text", "input", "text", "mask"]
+    assert rendered[0].text == "[MASK] <y>" and rendered[0].data  # what Jinja inserts is data
+    assert rendered[1].text == ": " and not rendered[1].data
     no_title = t.render({"x": "body", "title": ""})
     assert [s.kind for s in no_title] == ["input", "text", "mask"]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from promptkit.backbone import encoder_states, reading_at
 from promptkit.config import HeadConfig
 from promptkit.tasks import Task
 from promptkit.template import Template
@@ -17,16 +19,30 @@ if TYPE_CHECKING:
     from promptkit.backbone import Backbone
 
 
+@dataclass
+class Outputs:
+    """What a backbone forward gives a head: the last hidden states over the input
+    (``[B, L, D]``), and the LM head's logits at the positions the head reads (``[B, K, V]``).
+    """
+
+    hidden: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
 class Head(nn.Module):
     """Base of the heads: one subclass per head type, registered in ``promptkit.heads``.
 
     A subclass declares its ``config`` section and its ``task``, checks a recipe before any
-    model loads (``check``), and builds itself from its config (``build``).
+    model loads (``check``), builds itself from its config (``build``), and reads its answers
+    from a forward's ``Outputs`` (``read``): hidden states, or, when ``reads_logits``, the LM
+    head's logits at ``logit_positions``. Reading apart from running lets several heads share
+    one forward (``promptkit.host``).
     """
 
     type: ClassVar[str]
     config: ClassVar[type[HeadConfig]]
     task: ClassVar[Task]
+    reads_logits: ClassVar[bool] = False
     classes: list[str]
 
     @classmethod
@@ -46,11 +62,23 @@ class Head(nn.Module):
         """The head for a backbone, with ``classes`` in logit order."""
         raise NotImplementedError
 
+    def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Where the head reads the LM head's logits: ``[B, K]`` positions."""
+        raise NotImplementedError
+
+    def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's logits from a forward's outputs."""
+        raise NotImplementedError
+
     def forward(
         self,
         model: PreTrainedModel,
         inputs: dict[str, object],
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        """Logits of a batch: ``model(**inputs)`` is the prompted backbone's forward."""
-        raise NotImplementedError
+        """Logits of a batch: ``model(**inputs)`` is the prompted backbone's forward; the LM
+        head runs only at the positions read, and not at all for a head of hidden states."""
+        if not self.reads_logits:
+            return self.read(Outputs(hidden=encoder_states(model, inputs)), batch)
+        with reading_at(model, self.logit_positions(batch)):
+            return self.read(Outputs(logits=model(**inputs).logits), batch)

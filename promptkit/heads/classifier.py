@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
-from transformers import PreTrainedModel
 
-from promptkit.backbone import encoder_states
-from promptkit.config import HeadConfig
+from promptkit.config import HeadConfig, distinct_classes
 from promptkit.errors import ConfigError, TemplateError
-from promptkit.heads.base import Head
+from promptkit.heads.base import Head, Outputs
 from promptkit.tasks import CLASSIFICATION
 from promptkit.template import Template
 
@@ -30,6 +28,8 @@ class ClassifierConfig(HeadConfig):
     pool: Pool = Field("cls", description="cls | mean | mask ([MASK]) | last (causal LMs)")
     classes: list[str] | None = Field(None, description="the labels (default: from the data)")
     dropout: float = Field(0.1, ge=0, lt=1)
+
+    _distinct = field_validator("classes")(distinct_classes)
 
 
 class ClassifierHead(Head):
@@ -72,17 +72,17 @@ class ClassifierHead(Head):
         template: Template,
         classes: Sequence[str],
     ) -> ClassifierHead:
+        if backbone.is_causal and config.pool == "cls":
+            raise ConfigError(
+                "head.pool: cls reads the first token, which sees nothing of the input in a "
+                "causal LM: use last (or mean)."
+            )
         return cls(backbone.hidden_size, labels(config, classes), config.pool, config.dropout)
 
-    def forward(
-        self,
-        model: PreTrainedModel,
-        inputs: dict[str, object],
-        batch: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """Class logits ``[B, C]``."""
-        hidden = encoder_states(model, inputs)
-        return self.linear(self.dropout(self._pooled(hidden, batch)).to(self.linear.weight.dtype))
+    def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits ``[B, C]`` from the pooled hidden states."""
+        pooled = self._pooled(outputs.hidden, batch)
+        return self.linear(self.dropout(pooled).to(self.linear.weight.dtype))
 
     def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)

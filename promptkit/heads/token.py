@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from pydantic import Field
-from transformers import PreTrainedModel
+from pydantic import Field, field_validator
 
-from promptkit.config import HeadConfig
+from promptkit.config import HeadConfig, distinct_classes
+from promptkit.heads.base import Outputs
 from promptkit.heads.classifier import ClassifierHead, labels
 from promptkit.tasks import TAGGING
 
@@ -24,6 +24,8 @@ class TokenConfig(HeadConfig):
     type: Literal["token"] = "token"
     classes: list[str] | None = Field(None, description="the tags (default: from the data)")
     dropout: float = Field(0.1, ge=0, lt=1)
+
+    _distinct = field_validator("classes")(distinct_classes)
 
 
 class TokenClassifierHead(ClassifierHead):
@@ -60,14 +62,9 @@ class TokenClassifierHead(ClassifierHead):
     ) -> TokenClassifierHead:
         return cls(backbone.hidden_size, labels(config, classes), config.dropout)
 
-    def forward(
-        self,
-        model: PreTrainedModel,
-        inputs: dict[str, object],
-        batch: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
+    def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tag logits ``[B, W, C]`` for the W words of the longest example."""
-        return super().forward(model, inputs, batch) * (batch["word_starts"] >= 0).unsqueeze(-1)
+        return super().read(outputs, batch) * (batch["word_starts"] >= 0).unsqueeze(-1)
 
     def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         starts = batch["word_starts"].clamp(min=0).unsqueeze(-1)

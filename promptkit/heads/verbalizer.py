@@ -10,11 +10,11 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
-from promptkit.backbone import first_answer_logits, reading_at
+from promptkit.backbone import first_answer_logits
 from promptkit.config import HeadConfig
 from promptkit.encoding import mask_token
 from promptkit.errors import ConfigError, TemplateError
-from promptkit.heads.base import Head
+from promptkit.heads.base import Head, Outputs
 from promptkit.tasks import CLASSIFICATION
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer, score_classes
@@ -71,6 +71,7 @@ class VerbalizerHead(Head):
     type = "verbalizer"
     config = VerbalizerConfig
     task = CLASSIFICATION
+    reads_logits = True
 
     def __init__(
         self,
@@ -128,12 +129,18 @@ class VerbalizerHead(Head):
     ) -> torch.Tensor:
         """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
         if model.config.is_encoder_decoder:
-            logits = first_answer_logits(model, inputs, self.lead)
-        else:
-            with reading_at(model, batch["mask_positions"]):
-                logits = model(**inputs).logits[:, 0]
+            logits = first_answer_logits(model, inputs, self.lead).unsqueeze(1)
+            return self.read(Outputs(logits=logits), batch)
+        return super().forward(model, inputs, batch)
+
+    def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The [MASK] position of each example."""
+        return batch["mask_positions"].unsqueeze(-1)
+
+    def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores from the LM's prediction at [MASK]."""
         return score_classes(
-            logits.float().log_softmax(-1),
+            outputs.logits[:, 0].float().log_softmax(-1),
             self.word_ids,
             self.word_mask,
             self.multi_token,

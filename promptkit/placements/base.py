@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -39,13 +39,13 @@ class Prompting:
     """What one forward carries into the backbone for promptkit's hooks and attention.
 
     ``owner`` is the injector that made it (hooks of other injectors leave it alone);
-    ``prefixes`` maps attention modules to their prefix; ``layers`` maps a layer's depth
-    among the prompted layers to the vectors its slot positions take (``slot_ids``)."""
+    ``prefixes`` maps attention modules to their prefix; ``layers`` maps the key of a layer
+    hook to the vectors that replace the hidden states before that layer, and the positions
+    that take them (``slot_ids`` ``[B, L]``: a row of ``vectors``, or -1)."""
 
     owner: object
     prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
-    layers: dict[int, torch.Tensor] = field(default_factory=dict)
-    slot_ids: torch.Tensor | None = None
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class Injector:
@@ -163,6 +163,31 @@ def _positions_of(settings: object) -> float:
         if isinstance(value, int) and value > 0:
             return value
     return math.inf
+
+
+def replaced_before_layer(key: int, owner: object) -> Callable:
+    """A forward pre-hook for a layer: the hidden states of the slot positions ``owner``'s
+    forwards name under ``key`` are replaced by their vectors (nothing happens in anyone
+    else's forward, or in a decoding step whose slots sit in the key/value cache)."""
+
+    def replace(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        prompting = kwargs.get(PROMPTING_KWARG)
+        if not isinstance(prompting, Prompting) or prompting.owner is not owner:
+            return None
+        if key not in prompting.layers:
+            return None
+        vectors, slot_ids = prompting.layers[key]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] != slot_ids.shape[1]:
+            return None  # a decoding step: the slots sit in the key/value cache already
+        if hidden.shape[0] != slot_ids.shape[0]:  # generate() repeats rows for beams
+            slot_ids = slot_ids.repeat_interleave(hidden.shape[0] // slot_ids.shape[0], 0)
+        hidden = replace_slots(hidden, slot_ids, vectors)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return replace
 
 
 def replace_slots(

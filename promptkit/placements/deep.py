@@ -4,11 +4,10 @@ own vectors (forward pre-hooks on the layers)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
 from promptkit.config import LayeredPromptsConfig
@@ -19,7 +18,7 @@ from promptkit.placements.base import (
     Prompting,
     layer_list,
     n_layers,
-    replace_slots,
+    replaced_before_layer,
 )
 
 
@@ -46,7 +45,9 @@ class DeepInjector(Injector):
         selected = select_layers(config.layers, n_layers(model))
         self.layers = [0, *(i for i in selected if i > 0)]
         self._handles = [
-            blocks[index].register_forward_pre_hook(self._hook(depth), with_kwargs=True)
+            blocks[index].register_forward_pre_hook(
+                replaced_before_layer(depth, self), with_kwargs=True
+            )
             for depth, index in enumerate(self.layers[1:], start=1)
         ]
 
@@ -61,10 +62,10 @@ class DeepInjector(Injector):
         """Layer 0's vectors go into the input; the later layers' travel to the hooks."""
         per_layer = vectors.view(vectors.shape[0], len(self.layers), self.embed.embedding_dim)
         kwargs = self.embedded(batch, per_layer[:, 0])
+        slot_ids = batch["slot_ids"]
         kwargs[PROMPTING_KWARG] = Prompting(
             owner=self,
-            layers={depth: per_layer[:, depth] for depth in range(1, len(self.layers))},
-            slot_ids=batch["slot_ids"],
+            layers={d: (per_layer[:, d], slot_ids) for d in range(1, len(self.layers))},
         )
         return kwargs
 
@@ -73,21 +74,3 @@ class DeepInjector(Injector):
         for handle in self._handles:
             handle.remove()
         super().release()
-
-    def _hook(self, depth: int) -> Callable:
-        def replace(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            prompting = kwargs.get(PROMPTING_KWARG)
-            if not isinstance(prompting, Prompting) or prompting.owner is not self:
-                return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            slot_ids = prompting.slot_ids
-            if hidden.shape[1] != slot_ids.shape[1]:
-                return None  # a decoding step: the slots sit in the key/value cache already
-            if hidden.shape[0] != slot_ids.shape[0]:  # generate() repeats rows for beams
-                slot_ids = slot_ids.repeat_interleave(hidden.shape[0] // slot_ids.shape[0], 0)
-            hidden = replace_slots(hidden, slot_ids, prompting.layers[depth])
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
-
-        return replace

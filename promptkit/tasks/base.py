@@ -64,6 +64,10 @@ class Task:
         """One row's label (its class names, already mapped) as what the loss reads."""
         raise NotImplementedError
 
+    def check(self, split: Split, slots: Sequence[str], source: str) -> None:
+        """Check that a split's examples and labels fit each other (``slots``: the template's
+        input slots; ``source``: how errors name the data)."""
+
     def holdout(self, split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
         """Split off ``fraction`` of a split for validation (seeded)."""
         raise NotImplementedError

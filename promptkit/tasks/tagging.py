@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from promptkit.errors import DataError
 from promptkit.tasks.base import IGNORED, Task
 
 if TYPE_CHECKING:
@@ -25,10 +26,32 @@ class Tagging(Task):
         return sorted(set(names), key=lambda n: (n != "O", n))
 
     def label_names(self, raw: Any) -> list[str]:
-        return [str(tag) for tag in raw] if isinstance(raw, list | tuple) else [str(raw)]
+        if not isinstance(raw, list | tuple):
+            raise DataError(
+                f"a tagger's label is a list of tags (one per word), not {type(raw).__name__} "
+                f"{str(raw)[:40]!r}: give a list, or read a CoNLL file."
+            )
+        return [str(tag) for tag in raw]
 
     def encode_label(self, names: list[str], index: Mapping[str, int]) -> list[int]:
         return [index[n] for n in names]
+
+    def check(self, split: Split, slots: Sequence[str], source: str) -> None:
+        """Each example's words and tags line up: its inputs are lists of words, as many as
+        its tags."""
+        for number, (example, tags) in enumerate(zip(split.examples, split.labels, strict=True)):
+            texts = [s for s in slots if not isinstance(example[s], list | tuple)]
+            if texts:
+                raise DataError(
+                    f"{source}: row {number + 1}: a tagger reads words, but input <{texts[0]}> "
+                    "holds a text: give a list of words (e.g. a CoNLL file's tokens)."
+                )
+            words = sum(len(example[s]) for s in slots)
+            if words != len(tags):
+                raise DataError(
+                    f"{source}: row {number + 1} has {words} words but {len(tags)} tags: each "
+                    "word needs exactly one tag."
+                )
 
     def holdout(self, split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
         """At random (tag sequences cannot be stratified)."""
@@ -69,8 +92,8 @@ class Tagging(Task):
 
         predicted = logits.argmax(-1).tolist()
         true = [[classes[t] for t in tags] for tags in labels]
-        guess = [
-            [classes[t] for t in row[: len(tags)]]
+        guess = [  # a word cut by max_length has no prediction: it counts as the first tag
+            [classes[t] for t in (row + [0] * len(tags))[: len(tags)]]
             for row, tags in zip(predicted, labels, strict=True)
         ]
         return {
@@ -83,8 +106,10 @@ class Tagging(Task):
     def named(
         self, probabilities: torch.Tensor, classes: Sequence[str], sizes: Sequence[int]
     ) -> list[list[dict[str, float]]]:
-        """Per item, one dict per word (the batch's padding words dropped)."""
+        """Per item, one dict per word (the batch's padding words dropped; a word cut by
+        max_length, which the model never saw, gets even odds, so its tag is the first)."""
+        even = [1 / len(classes)] * len(classes)
         return [
-            [dict(zip(classes, word, strict=True)) for word in row[:n]]
+            [dict(zip(classes, word, strict=True)) for word in (row + [even] * n)[:n]]
             for row, n in zip(probabilities.tolist(), sizes, strict=True)
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
 from promptkit.layers import check_layers
@@ -29,12 +29,18 @@ class VisionBackboneConfig(Strict):
 class VPTConfig(Strict):
     """Visual Prompt Tuning: how many prompt tokens, and where."""
 
-    tokens: int = Field(10, ge=0, description="prompt tokens per prompted layer")
+    tokens: int = Field(10, ge=0, le=1024, description="prompt tokens per prompted layer")
     deep: bool = Field(False, description="VPT-deep: each selected layer has its own prompts")
     layers: str = Field("all", description="deep only: all | first:K | last:K | A-B")
     dropout: float = Field(0.1, ge=0, lt=1)
 
     _layers = field_validator("layers")(check_layers)
+
+    @model_validator(mode="after")
+    def _layers_need_deep(self) -> VPTConfig:
+        if self.layers != "all" and not self.deep:
+            raise ValueError("layers selects the blocks of VPT-deep: set deep: true")
+        return self
 
 
 class VisionHeadConfig(Strict):
@@ -51,7 +57,7 @@ class VisionModelConfig(Strict):
     vpt: VPTConfig = Field(default_factory=VPTConfig)
     head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
     trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
-    seed: int = 13
+    seed: int = Field(13, ge=0, lt=2**32)
 
     @field_validator("trainable")
     @classmethod

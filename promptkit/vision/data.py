@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from promptkit.data import Splits, build_splits, mapped_labels, read_splits, validate_rows
+from promptkit.data import (
+    Splits,
+    build_splits,
+    enough_classes,
+    mapped_labels,
+    read_splits,
+    validate_rows,
+)
 from promptkit.errors import DataError
 from promptkit.readers import read_rows
 from promptkit.tasks import CLASSIFICATION
@@ -47,7 +54,14 @@ def load_image_splits(data: ImageDataConfig, seed: int) -> tuple[Splits, list[st
         ),
     )
     names = mapped_labels(rows["train"], CLASSIFICATION, "label", data.label_map)
+    unknown = sorted(set(data.classes or []) - set(names))
+    if unknown:
+        raise DataError(
+            f"data.classes names {unknown}, which the training data lacks (it has "
+            f"{sorted(set(names))})."
+        )
     classes = data.classes or sorted(set(names))
+    enough_classes(CLASSIFICATION, classes, names)
     kept = {
         name: [
             row
