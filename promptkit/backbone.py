@@ -192,9 +192,12 @@ def _cached(name: str) -> bool:
 
 
 @contextmanager
-def reading_at(model: PreTrainedModel, positions: torch.Tensor) -> Iterator[None]:
+def reading_at(
+    model: PreTrainedModel, positions: torch.Tensor, kept: list[torch.Tensor] | None = None
+) -> Iterator[None]:
     """Within this context, the model's head sees only the hidden states at ``positions``
-    (``[B]``, or ``[B, K]`` for several per sequence).
+    (``[B]``, or ``[B, K]`` for several per sequence); ``kept``, if given, receives the
+    hidden states of every position.
 
     The LM head is applied to whatever the base model returns, so gathering the positions
     that are read before it avoids computing logits over the whole vocabulary for every
@@ -203,6 +206,8 @@ def reading_at(model: PreTrainedModel, positions: torch.Tensor) -> Iterator[None
 
     def gather(_module, _args, output):
         hidden = output[0]
+        if kept is not None:
+            kept.append(hidden)
         rows = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         output["last_hidden_state"] = hidden.gather(1, rows)
         return output

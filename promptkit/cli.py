@@ -52,9 +52,10 @@ def main(
 
 
 @contextmanager
-def _reported(resume_hint: str = "") -> Iterator[None]:
+def _reported(resume_hint: str = "", run_dir: Path | None = None) -> Iterator[None]:
     """Errors as one message and an exit code: 2 for a mistake in the input, 1 for a
-    failure of promptkit itself, 128 + the signal for an interrupt."""
+    failure of promptkit itself, 128 + the signal for an interrupt (``run_dir``: the run a
+    fit writes, None if it is not known yet)."""
     try:
         yield
     except typer.Exit:
@@ -68,7 +69,7 @@ def _reported(resume_hint: str = "") -> Iterator[None]:
         _say("stopped:", f"at {stop.where}; the run can continue with {resume_hint} --resume")
         raise typer.Exit(128 + stop.signal) from None
     except KeyboardInterrupt:
-        _say("interrupted:", "nothing saved since the last checkpoint was lost")
+        _say("interrupted:", _what_is_kept(resume_hint, run_dir))
         raise typer.Exit(128 + signal.SIGINT) from None
     except Exception as err:
         if _options["debug"]:
@@ -79,6 +80,13 @@ def _reported(resume_hint: str = "") -> Iterator[None]:
             "`promptkit --debug ...` to see where it happened, and report it.",
         )
         raise typer.Exit(1) from None
+
+
+def _what_is_kept(resume_hint: str, run_dir: Path | None) -> str:
+    """What an interrupt outside training leaves (before it starts, or in the test)."""
+    if run_dir is None or not (run_dir / "resume" / "state.pt").is_file():
+        return "nothing was saved yet."
+    return f"the run keeps its last checkpoint; continue it with {resume_hint} --resume"
 
 
 def _say(label: str, message: str) -> None:
@@ -103,9 +111,12 @@ def fit(
     hint = " ".join(["promptkit fit", str(config), *(f"--set {o}" for o in overrides)])
     with _reported(hint):
         from promptkit.config import load_config
+
+        loaded = load_config(config, overrides)  # config errors come before heavy imports
+    with _reported(hint, Path(loaded.output_dir)):
         from promptkit.pipeline import fit as run_fit
 
-        result = run_fit(load_config(config, overrides), resume=resume, overwrite=overwrite)
+        result = run_fit(loaded, resume=resume, overwrite=overwrite)
     console.print(f"run saved in [bold]{escape(str(result.run_dir))}[/]")
     console.print(
         f"trainable parameters: {result.trainable_parameters:,} "
@@ -155,12 +166,18 @@ def evaluate(
 def _run_data(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The modality of a run, its data config (as saved in its config.yaml) and recipe."""
     from promptkit.config import validate
+    from promptkit.errors import ConfigError
     from promptkit.modalities import modality_of
     from promptkit.run_folder import RunFolder
 
     run = RunFolder(run_dir)
     recipe = run.read_recipe()["recipe"]
     modality = modality_of(recipe)
+    if not run.file(run.CONFIG).is_file():
+        raise ConfigError(
+            f"{run.file(run.CONFIG)} is missing: eval reads the run's data settings (label "
+            "column, label_map) from it. Put it back, or train the run again."
+        )
     saved = run.read_config().get("data", {})
     return modality, validate(modality.data_schema(), saved, f"{run_dir}/config.yaml"), recipe
 
@@ -184,17 +201,17 @@ def predict(
     """Label each example of INPUT, or write its answer (a generator); one JSON line per
     example: its fields, the prediction, and the class scores."""
     with _reported():
+        from promptkit.modalities import modality_of
         from promptkit.predictor import load
-        from promptkit.run_folder import atomic_text
+        from promptkit.run_folder import RunFolder
 
-        if output.exists() and not overwrite:
-            raise PromptkitError(f"{output} exists: choose another --output, or add --overwrite.")
-        if Path(input).resolve() == output.resolve():
-            raise PromptkitError("--output is the --input file: write the predictions elsewhere.")
+        _check_output(output, Path(input), run_dir, overwrite)
         predictor = load(run_dir)
-        modality, _, _ = _run_data(run_dir)
+        modality = modality_of(RunFolder(run_dir).read_recipe()["recipe"])
         rows = modality.read_inputs(input)
-        if predictor.model.task.has_classes:
+        has_classes = predictor.model.task.has_classes
+        _no_output_columns(rows, ("prediction", "scores") if has_classes else ("prediction",))
+        if has_classes:
             scored = predictor.predict_proba(rows)
             results = [{"prediction": _best(p), "scores": p} for p in scored]
         else:
@@ -204,8 +221,86 @@ def predict(
             json.dumps({**row, **result}, default=str) + "\n"
             for row, result in zip(rows, results, strict=True)
         ]
-        atomic_text(output, "".join(lines))
+        _write(output, "".join(lines))
     console.print(f"{len(lines)} predictions written to {escape(str(output))}")
+
+
+@app.command()
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a task")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    device: Annotated[str, typer.Option(help="where the backbone runs, e.g. cuda")] = "cpu",
+    max_batch: Annotated[int, typer.Option(help="most rows in one shared batch")] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="longest a batch waits for more requests")
+    ] = 5.0,
+    max_inputs: Annotated[int, typer.Option(help="most inputs in one request")] = 64,
+    max_chars: Annotated[int, typer.Option(help="longest text of one input")] = 10_000,
+) -> None:
+    """Serve trained runs over HTTP, all on one backbone (docs at /docs once started)."""
+    with _reported():
+        from promptkit.host import load
+        from promptkit.serve import Limits
+        from promptkit.serve import serve as run_server
+
+        limits = Limits(max_batch, max_wait_ms, max_inputs, max_chars)
+        hosted = load(_named_runs(runs), device=device)  # a mapping: always a Host
+        err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
+    run_server(hosted, host, port, limits)
+
+
+def _named_runs(runs: list[str]) -> dict[str, str]:
+    """Task name -> run folder, from FOLDER (named after it) or NAME=FOLDER arguments."""
+    named: dict[str, str] = {}
+    for run in runs:
+        name, _, folder = run.partition("=") if "=" in run else ("", "", run)
+        name = name or Path(folder).resolve().name
+        if name in named:
+            raise PromptkitError(
+                f"two runs are named {name!r}: name them apart, e.g. {name}2={folder}."
+            )
+        named[name] = folder
+    return named
+
+
+def _check_output(output: Path, source: Path, run_dir: Path, overwrite: bool) -> None:
+    """Predictions go to a new file (or one that --overwrite replaces) that can be written:
+    never the input, nor a file of the run."""
+    from promptkit.run_folder import RunFolder, check_writable
+
+    if output.exists() and not overwrite:
+        raise PromptkitError(f"{output} exists: choose another --output, or add --overwrite.")
+    if source.resolve() == output.resolve():
+        raise PromptkitError("--output is the --input file: write the predictions elsewhere.")
+    if RunFolder(run_dir).owns(output):
+        raise PromptkitError(
+            f"--output {output} is a file of the run {run_dir}: write the predictions elsewhere."
+        )
+    check_writable(output, "--output", folder=False)
+
+
+def _no_output_columns(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """The input must not have the columns predict adds (they would be replaced)."""
+    clash = sorted({c for row in rows for c in columns if c in row})
+    if clash:
+        from promptkit.errors import DataError
+
+        raise DataError(
+            f"the input has column(s) {clash}, which predict writes into each line: rename "
+            "them, or leave them out of --input."
+        )
+
+
+def _write(output: Path, text: str) -> None:
+    from promptkit.run_folder import atomic_text
+
+    try:
+        atomic_text(output, text)
+    except OSError as err:
+        raise PromptkitError(
+            f"--output {output} cannot be written ({err.strerror or err}): choose another."
+        ) from None
 
 
 def _key_values(items: list[str]) -> dict[str, Any]:
@@ -265,6 +360,7 @@ def template_check(
     """Compile TEMPLATE and show its pieces: anchors, inputs, soft slots, mask."""
     with _reported():
         compiled = catalog.template(template)
+        catalog.check_input_slot(compiled, template)
     table = Table("piece", "kind", "detail")
     for seg in compiled.segments():
         if seg.kind is not SegmentKind.TEXT or seg.text.strip():

@@ -141,9 +141,17 @@ def recipe_of(config: BaseModel, schema: type[BaseModel]) -> Any:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Read, override (``a.b=value``, value parsed as YAML) and validate a run config."""
+    if not isinstance(path, str | Path):
+        fix = ": validate a mapping with validate_config." if isinstance(path, dict) else "."
+        raise ConfigError(f"load_config takes a YAML file's path, not a {type(path).__name__}{fix}")
+    if not isinstance(overrides, list | tuple) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(
+            f"overrides is a list of 'KEY=VALUE' strings, e.g. ['trainer.epochs=5'], not "
+            f"{overrides!r}."
+        )
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     except FileNotFoundError:
@@ -170,11 +178,26 @@ def validate_config(data: dict[str, Any], source: str = "config") -> Any:
     from promptkit.modalities import modality_of
 
     modality = modality_of(data)
+    rates = _rates_given(data)
     if "preset" in data:
         data = dict(data)
         preset = catalog.entry(modality.presets, str(data.pop("preset")))["config"]
         data = merged(preset, data)
-    return validate(modality.run_schema(), data, source)
+    config = validate(modality.run_schema(), data, source)
+    idle = sorted(set(rates) - set(config.trainable))
+    if idle:
+        raise ConfigError(
+            f"{source}: trainer.lr sets a rate for {idle}, but trainable {config.trainable} "
+            "does not train them: add them to trainable, or drop their rates."
+        )
+    return config
+
+
+def _rates_given(data: dict[str, Any]) -> list[str]:
+    """The groups a config's own ``trainer.lr`` names (a preset's are not checked)."""
+    trainer = data.get("trainer")
+    rates = trainer.get("lr") if isinstance(trainer, dict) else None
+    return list(rates) if isinstance(rates, dict) else []
 
 
 def validate(schema: type[BaseModel], data: Any, source: str) -> Any:
@@ -182,8 +205,32 @@ def validate(schema: type[BaseModel], data: Any, source: str) -> Any:
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        details = "\n".join(f"  - {_describe(e, schema)}" for e in err.errors())
+        details = "\n".join(f"  - {_describe(e, schema)}" for e in _one_per_key(err.errors()))
         raise ConfigError(f"{source}: invalid config\n{details}") from None
+
+
+def _one_per_key(errors: list[Any]) -> list[dict[str, Any]]:
+    """The errors by key as the user wrote it: the members of a plain union (``str`` or
+    ``dict[...]``) are not named, and what each expected is said in one line."""
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for error in errors:
+        loc = error["loc"]
+        if error["type"] not in ("extra_forbidden", "missing"):  # the key is the user's
+            loc = loc[:1] + tuple(p for p in loc[1:] if not _member_label(p))
+        if loc in by_key:
+            expected = error["msg"].removeprefix("Input should be ")
+            by_key[loc]["msg"] += f", or {expected}"
+        else:
+            by_key[loc] = {**error, "loc": loc}
+    return list(by_key.values())
+
+
+def _member_label(part: Any) -> bool:
+    """Whether a location part names a member of a plain union (a type, not a key)."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_LABELS)
+
+
+_TYPE_LABELS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +250,31 @@ def _other_member(base: dict[str, Any], override: dict[str, Any]) -> bool:
     return any(k in base and k in override and base[k] != override[k] for k in _TAG_KEYS)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, where a key given twice in one mapping is an error (not the last
+    one silently winning)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first[key].line + 1}): keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text, read safely; a key given twice in one mapping is an error."""
+    return yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader
+
+
 def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
@@ -214,7 +286,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
     try:
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = read_yaml(raw)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or err
         raise ConfigError(
@@ -234,10 +306,25 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
         return f"{where}: unknown key{hint}; known keys here: {', '.join(known)}"
     if error["type"] == "missing":
         return f"{where}: required, but missing"
+    if error["type"] == "union_tag_not_found":
+        return _untagged(where, error, schema)
     if error["type"] == "union_tag_invalid":
         expected = error.get("ctx", {}).get("expected_tags", "")
         return f"{where}: unknown {error['ctx']['tag']!r}; choose one of {expected}"
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _untagged(where: str, error: dict[str, Any], schema: type[BaseModel]) -> str:
+    """A tagged section given as something else than a mapping with its tag."""
+    parent = _model_at(schema, error["loc"][:-1])
+    field = parent.model_fields.get(str(error["loc"][-1])) if parent else None
+    members = _members(field.annotation) if field else {}
+    key = next((k for k in _TAG_KEYS if all(k in m.model_fields for m in members.values())), "")
+    tags = ", ".join(repr(t) for t in members)
+    return (
+        f"{where}: write a section (a mapping of keys, its {key} one of {tags}), not "
+        f"{error.get('input')!r}"
+    )
 
 
 def _without_tags(loc: tuple, schema: type[BaseModel]) -> tuple:

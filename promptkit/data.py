@@ -174,9 +174,11 @@ def label_indices(
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(mapped_labels(rows, task, label_column, label_map)) - set(index))
     if unknown and task.has_classes:
+        shown = unknown[:10] + ([f"... {len(unknown) - 10} more"] if len(unknown) > 10 else [])
         raise DataError(
-            f"labels {unknown} in the data are not among the classes {list(classes)}: add them "
-            f"to the verbalizer, or map them with `data.label_map: {{{unknown[0]!r}: CLASS}}`."
+            f"labels {shown} in the data are not among the classes {list(classes)}: map them "
+            f"with `data.label_map: {{{unknown[0]!r}: CLASS}}`, or add them to the classes the "
+            "run names (the keys of head.verbalizer, head.classes, or data.classes)."
         )
     return [task.encode_label(_names(row[label_column], task, label_map), index) for row in rows]
 
@@ -217,12 +219,24 @@ def build_splits(
         task.check(split, slots, f"the {name} data")
     train, validation = splits["train"], splits.get("validation")
     if validation is None:
-        train, validation = task.holdout(train, data.validation_size, seed)
+        train, validation = _held_out(task, train, data.validation_size, seed)
     if data.few_shot:
         train = task.few_shot(train, data.few_shot, seed)
     if data.validation_few_shot:
         validation = task.few_shot(validation, data.validation_few_shot, seed + 1)
     return Splits(train, validation, splits.get("test"))
+
+
+def _held_out(task: Task, train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """``task.holdout``, with data too small to split an error that says so."""
+    try:
+        return task.holdout(train, fraction, seed)
+    except ValueError as err:  # scikit-learn's: a part would be empty, or a class alone
+        raise DataError(
+            f"the training data ({len(train)} examples) is too small to hold out "
+            f"data.validation_size={fraction} of it for validation ({err}): give a "
+            "data.validation file, a larger validation_size, or more training data."
+        ) from None
 
 
 def enough_classes(task: Task, classes: Sequence[str], names: Sequence[str]) -> None:

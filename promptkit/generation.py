@@ -17,7 +17,6 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from promptkit.config import validate
 from promptkit.placements.base import PROMPTING_KWARG
 from promptkit.seeding import seeded
 
@@ -42,10 +41,7 @@ def generate(
         progress: show a progress bar.
         overrides: decoding options that replace the head's (``num_beams=4``, ...).
     """
-    head = model.head
-    config = validate(type(head).config, {**head.decoding_config, **(overrides or {})}, "decoding")
-    options = config.decoding()
-    tokenizer = model.backbone.tokenizer
+    config = model.head.decoding(overrides)
     encoded = model.encode(examples)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     texts = [""] * len(encoded)
@@ -57,20 +53,30 @@ def generate(
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in model.collate([encoded[i] for i in chunk]).items()}
         kwargs = model.injector(batch, model.prompts())
-        kwargs.pop("position_ids", None)  # generate() numbers real tokens from the mask alike
-        prompting = kwargs.pop(PROMPTING_KWARG, None)
-        with carried(model.lm, prompting), seeded(model.seed):
-            written = model.lm.generate(
-                **kwargs,
-                **options,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=_pad_id(tokenizer),
-                tokenizer=tokenizer,
-            )
-        for index, text in zip(chunk, _decoded(tokenizer, written, config.stop), strict=True):
+        written = write(model.lm, model.backbone.tokenizer, kwargs, config, model.seed)
+        for index, text in zip(chunk, written, strict=True):
             texts[index] = text
     model.train(was_training)
     return texts
+
+
+def write(
+    lm: nn.Module, tokenizer: Any, kwargs: dict[str, object], config: Any, seed: int
+) -> list[str]:
+    """The texts one batch's prompted inputs (an injector's ``kwargs``) lead ``lm`` to write,
+    decoded as ``config`` (a generation head's config) says."""
+    kwargs = dict(kwargs)
+    kwargs.pop("position_ids", None)  # generate() numbers real tokens from the mask alike
+    prompting = kwargs.pop(PROMPTING_KWARG, None)
+    with carried(lm, prompting), seeded(seed):
+        written = lm.generate(
+            **kwargs,
+            **config.decoding(),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=_pad_id(tokenizer),
+            tokenizer=tokenizer,
+        )
+    return _decoded(tokenizer, written, config.stop)
 
 
 @contextmanager

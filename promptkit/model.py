@@ -12,7 +12,7 @@ from promptkit import catalog
 from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
-from promptkit.errors import ConfigError, DataError, TemplateError
+from promptkit.errors import ConfigError, DataError
 from promptkit.heads import HEADS, Head
 from promptkit.placements import PLACEMENTS, Injector
 from promptkit.policy import PolicyModule, parameter_groups
@@ -190,19 +190,7 @@ class CheckedRecipe:
 def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     """Compile the template, and check that the placement and the head can take it."""
     template = catalog.template(recipe.template)
-    if not template.inputs and not template.uses_jinja:
-        plain = not (template.slots or template.has_mask)
-        hint = (
-            f" No catalog template is named {recipe.template!r} either; known: "
-            f"{', '.join(catalog.entries('templates'))}."
-            if plain
-            else ""
-        )
-        raise TemplateError(
-            f"{template.name} has no input slot, so the model would never see the data: put "
-            f"<x> where the input goes (and map it to a column with `inputs: {{x: COLUMN}}`)."
-            f"{hint}"
-        )
+    catalog.check_input_slot(template, recipe.template)
     missing_inputs = [s for s in recipe.inputs if s not in template.inputs]
     if missing_inputs:
         raise ConfigError(

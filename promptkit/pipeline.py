@@ -64,13 +64,16 @@ def fit(
     Args:
         config: the run config (text or vision): validated, a mapping, or a YAML file.
         resume: continue the run in ``config.output_dir`` from its resume state.
-        backbone: for text, ``config.backbone`` already loaded (it is loaded otherwise).
+        backbone: for text, ``config.backbone`` already loaded, or its folder (it is loaded
+            from ``config.backbone.name`` otherwise); another backbone is an error.
         overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
     config = _as_config(config)
     state = processes()  # under `accelerate launch`, only the main process writes
     run = RunFolder(config.output_dir, writer=state.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
+    if resume:
+        run.check_resumed_config(config.model_dump(mode="json"))
     prepared = modality_of(config.model_dump()).prepare(config, backbone)
     with run.lock() if run.writer else contextlib.nullcontext():
         run.prepare(resume, overwrite)

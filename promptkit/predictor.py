@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from promptkit.errors import BackboneMismatchError, PromptkitError
+from promptkit.errors import BackboneMismatchError, ConfigError, PromptkitError
 from promptkit.inference import predict_logits
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
@@ -33,7 +34,7 @@ class Predictor:
     def logits(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
         """Logits ``[N, C]`` (``[N, W, C]`` per word for a tagger)."""
         self._classes_only()
-        items = _checked(items, batch_size)
+        items = checked_items(items, batch_size)
         if not items:
             return torch.empty(0, len(self.classes))
         encoded = self.model.encode(self.model.examples(items))
@@ -44,7 +45,7 @@ class Predictor:
         item is split into words at whitespace); for a generator, the text it writes."""
         if not self.model.task.has_classes:
             return self.generate(items, min(batch_size, 16))
-        return _per_answer(self.predict_proba(items, batch_size), lambda p: max(p, key=p.get))
+        return per_answer(self.predict_proba(items, batch_size), lambda p: max(p, key=p.get))
 
     def generate(self, items: Sequence[Any], batch_size: int = 16, **decoding: Any) -> list[str]:
         """The text a generator writes for each item; ``decoding`` replaces the run's decoding
@@ -53,13 +54,13 @@ class Predictor:
             raise PromptkitError(
                 "this run's model labels classes, it does not write text: use predict."
             )
-        items = _checked(items, batch_size)
+        items = checked_items(items, batch_size)
         return self.model.generate(self.model.examples(items), batch_size, **decoding)
 
     def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
         """Class probabilities of each item (of each word, for a tagger)."""
         self._classes_only()
-        items = _checked(items, batch_size)
+        items = checked_items(items, batch_size)
         if not items:
             return []
         examples = self.model.examples(items)
@@ -73,7 +74,7 @@ class Predictor:
             )
 
 
-def _checked(items: Any, batch_size: Any) -> list[Any]:
+def checked_items(items: Any, batch_size: Any) -> list[Any]:
     """The items as a list (a data frame's rows as mappings); a single item or a bad batch
     size is an error that says so."""
     if hasattr(items, "to_dict") and hasattr(items, "columns"):  # a pandas data frame
@@ -88,7 +89,8 @@ def _checked(items: Any, batch_size: Any) -> list[Any]:
     return list(items)
 
 
-def _per_answer(named: list[Any], pick: Any) -> list[Any]:
+def per_answer(named: list[Any], pick: Any) -> list[Any]:
+    """``pick`` applied to each item's class probabilities (to each word's, for a tagger)."""
     return [[pick(a) for a in item] if isinstance(item, list) else pick(item) for item in named]
 
 
@@ -105,10 +107,19 @@ def load(
     """
     if not isinstance(run_dir, str | Path):
         raise PromptkitError(f"load takes a run folder's path, not a {type(run_dir).__name__}.")
+    device = _device(device)
     run = RunFolder(run_dir)
     document = run.read_recipe()
     modality = modality_of(document["recipe"])
-    recipe = modality.saved_recipe(document)
+    try:
+        recipe = modality.saved_recipe(document)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"{run.file(run.RECIPE)} is damaged (recipe {where}: {first['msg']}): train the "
+            "run again."
+        ) from None
     model = modality.build(recipe, document["classes"], backbone)
     saved = document["backbone"]
     expected = saved["fingerprint"]
@@ -121,3 +132,16 @@ def load(
         )
     model.load_trained_state(run.read_prompt())
     return Predictor(model.to(device).eval())
+
+
+def _device(device: Any) -> torch.device:
+    """``device`` as a torch device this machine has; anything else is an error."""
+    try:
+        found = torch.device(device)
+        torch.empty(0, device=found)
+    except (RuntimeError, TypeError, AssertionError) as err:
+        raise ConfigError(
+            f"device {device!r} cannot be used here ({str(err).splitlines()[0]}): give one "
+            "this machine has, e.g. 'cpu' or 'cuda'."
+        ) from None
+    return found

@@ -22,7 +22,6 @@ import fcntl
 import functools
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +37,14 @@ from promptkit.backbone import FINGERPRINT_SCHEME
 from promptkit.errors import ConfigError, TrainingError
 
 FORMAT_VERSION = 2
+# What a resumed run may change: how fast it learns from here, and what it shows.
+RESUMABLE = (
+    "trainer.lr",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.eval_batch_size",
+    "output_dir",
+)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -65,6 +72,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, option: str, folder: bool) -> None:
+    """That ``path`` can be written as a folder (``folder``) or a file; else a ConfigError
+    that names ``option``."""
+    want, other = ("a folder", "a file") if folder else ("a file", "a folder")
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(f"{option} {path} is {other}: give the path of {want}.")
+    start = path if folder else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{option} {path}: {existing} is a file, so nothing can be written under it; "
+            f"choose another {option}."
+        )
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{option} {path}: {existing} is not writable; choose another {option}.")
 
 
 def atomic_text(path: Path, text: str) -> None:
@@ -104,9 +128,24 @@ class RunFolder:
     # -- what the folder is ---------------------------------------------------------------
 
     def is_run(self) -> bool:
-        """Whether the folder holds a promptkit run (its marker, or a run of an older
-        promptkit that wrote none)."""
-        return any(self.file(n).exists() for n in (self.MARKER, self.RECIPE, self.RESUME))
+        """Whether the folder holds a promptkit run: its marker, or (a run of an older
+        promptkit that wrote none) a promptkit.json that promptkit wrote."""
+        return self.file(self.MARKER).is_file() or self._has_own_recipe()
+
+    def _has_own_recipe(self) -> bool:
+        """Whether promptkit.json is a recipe document of promptkit (not a user's file)."""
+        try:
+            self.read_recipe()
+        except ConfigError:
+            return False
+        return True
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether ``path`` is one of the run's own files (or inside its resume folder)."""
+        target = Path(path).resolve()
+        names = (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER)
+        own = {self.file(n).resolve() for n in (*names, self.LOCK)}
+        return target in own or self.file(self.RESUME).parent.resolve() in target.parents
 
     def is_empty(self) -> bool:
         """Whether the folder does not exist or holds nothing (but promptkit's lock)."""
@@ -116,6 +155,11 @@ class RunFolder:
         """Whether a fit may write here: to continue its run (``resume``), to replace its run
         (``overwrite``), or to start in a new or empty folder. Anything else is an error, so a
         fit never writes into a folder of other files."""
+        check_writable(self.path, "output_dir", folder=True)
+        if resume and overwrite:
+            raise ConfigError(
+                "--resume continues the run and --overwrite replaces it: give one of them."
+            )
         if resume:
             if self.read_resume() is None:
                 raise TrainingError(
@@ -152,7 +196,15 @@ class RunFolder:
         marker = self.file(self.MARKER)
         if not marker.is_file():
             return None
-        return json.loads(marker.read_text()).get("status")
+        try:
+            status = json.loads(marker.read_text(encoding="utf-8")).get("status")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            status = None
+        if status not in ("training", "finished"):
+            raise ConfigError(
+                f"{marker} is damaged (it says no status): train the run again with --overwrite."
+            )
+        return status
 
     @_writes
     def mark(self, status: str) -> None:
@@ -165,10 +217,13 @@ class RunFolder:
 
     @_writes
     def clear(self) -> None:
-        """Remove the run's own files (nothing else the folder holds)."""
-        for name in (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER):
+        """Remove the run's own files (nothing else the folder holds): the resume folder
+        goes only if nothing else is left in it."""
+        names = (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER)
+        for name in (*names, self.RESUME):
             self.file(name).unlink(missing_ok=True)
-        shutil.rmtree(self.file(self.RESUME).parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # absent, or holds the user's files
+            self.file(self.RESUME).parent.rmdir()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -197,7 +252,39 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         """The saved config of the run ({} if it has none)."""
         path = self.file(self.CONFIG)
-        return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path} is damaged ({err}): train the run again.") from None
+        if not isinstance(config, dict):
+            raise ConfigError(
+                f"{path} is damaged (a {type(config).__name__}, not a mapping of keys to "
+                "values): train the run again."
+            )
+        return config
+
+    def check_resumed_config(self, config: Mapping[str, Any]) -> None:
+        """A resumed run continues the config it started with: only the keys of
+        ``RESUMABLE`` may change (a run of an older promptkit without config.yaml is not
+        compared)."""
+        saved = self.read_config()
+        if not saved:
+            return
+        before = _flat(saved)
+        after = _flat(yaml.safe_load(yaml.safe_dump(dict(config))))
+        changed = [
+            key
+            for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key) and not _resumable(key)
+        ]
+        if changed:
+            raise ConfigError(
+                f"--resume continues the run with its own config, but these keys differ from "
+                f"its {self.CONFIG}: {', '.join(changed)}. Resume with the config it started "
+                f"with (only {', '.join(RESUMABLE)} may change), or train a new run."
+            )
 
     @_writes
     def save_prompt(self, state: Mapping[str, torch.Tensor], document: Mapping[str, Any]) -> None:
@@ -252,9 +339,11 @@ class RunFolder:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(f"{path} is damaged ({err}): train the run again.") from None
-        needed = ("recipe", "classes", "backbone")
-        if not isinstance(document, dict) or any(k not in document for k in needed):
-            raise ConfigError(f"{path} is damaged (it lacks {needed}): train the run again.")
+        if not _recipe_shaped(document):
+            raise ConfigError(
+                f"{path} is damaged (it lacks a recipe, classes, or a backbone with its name "
+                "and fingerprint): train the run again."
+            )
         return document
 
     @_writes
@@ -281,7 +370,13 @@ class RunFolder:
         path = self.file(self.METRICS)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(
+                f"{path} is damaged ({err}): train the run again with --overwrite."
+            ) from None
+        return lines
 
     @_writes
     def save_resume(self, state: Mapping[str, Any]) -> None:
@@ -300,3 +395,31 @@ class RunFolder:
                 f"{path} cannot be read ({type(err).__name__}): the resume state is damaged; "
                 "train again with --overwrite."
             ) from None
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b": value}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return any(key == r or key.startswith(f"{r}.") for r in RESUMABLE)
+
+
+def _recipe_shaped(document: Any) -> bool:
+    """Whether a parsed promptkit.json has the parts promptkit writes."""
+    if not isinstance(document, dict):
+        return False
+    backbone = document.get("backbone")
+    return (
+        isinstance(document.get("recipe"), dict)
+        and isinstance(document.get("classes"), list)
+        and isinstance(backbone, dict)
+        and all(isinstance(backbone.get(k), str) for k in ("name", "fingerprint"))
+    )

@@ -27,6 +27,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from promptkit.errors import TemplateError
@@ -312,6 +313,13 @@ class Template:
     def uses_jinja(self) -> bool:
         """Whether the template has Jinja tags (which may bring the data in)."""
         return self._jinja is not None
+
+    @property
+    def jinja_fields(self) -> frozenset[str]:
+        """The fields of an example that the template's Jinja tags read."""
+        if self._jinja is None:
+            return frozenset()
+        return frozenset(jinja2.meta.find_undeclared_variables(_JINJA.parse(self.source)))
 
     @property
     def n_slots(self) -> int:

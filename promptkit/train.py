@@ -216,15 +216,17 @@ class Trainer:
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         if self.accelerator.scaler is not None or bool(torch.isfinite(value).all()):
             return  # with fp16 loss scaling, overflowing steps are skipped by the scaler
-        lower = ", ".join(
-            f"trainer.lr.{g['name']}={g['initial_lr'] / 10:.2g}"
+        lower = " ".join(
+            f"--set trainer.lr.{g['name']}={g['initial_lr'] / 10:.2g}"
             for g in self.optimizer.param_groups
         )
         message = (
             f"the {what} is {value.item()} at {self._where()}: training diverged and stopped "
             f"before applying it. The run can continue from its last good state "
             f"({self._last_commit()}): lower the learning rates and resume, e.g. "
-            f"--resume --set {lower}"
+            f"--resume {lower}. If it diverges from the first steps, look first at the data "
+            "(NaN or infinite values in it) and at backbone.dtype (float16 overflows: use "
+            "float32 or bfloat16)."
         )
         self.run.log(message)
         raise TrainingError(message)

@@ -42,8 +42,8 @@ def test_bad_value_and_missing_key():
 def test_overrides_parse_yaml_values(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(BASE))
-    cfg = load_config(path, ["trainer.epochs=7", "trainer.lr.prompts=0.5", "trainable=[bias]"])
-    assert cfg.trainer.epochs == 7 and cfg.trainer.learning_rate("prompts") == 0.5
+    cfg = load_config(path, ["trainer.epochs=7", "trainer.lr.bias=0.5", "trainable=[bias]"])
+    assert cfg.trainer.epochs == 7 and cfg.trainer.learning_rate("bias") == 0.5
     assert cfg.trainer.learning_rate("head") == 1e-3
     assert cfg.trainable == ["bias"]
     with pytest.raises(ConfigError, match="write KEY=VALUE"):

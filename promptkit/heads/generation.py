@@ -3,7 +3,7 @@ by the decoder (encoder-decoder), through transformers' ``generate()``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
 from promptkit.backbone import answer_logits
-from promptkit.config import HeadConfig
+from promptkit.config import HeadConfig, validate
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head
 from promptkit.tasks import GENERATION
@@ -74,6 +74,11 @@ class GenerationHead(Head):
         super().__init__()
         self.classes: list[str] = []
         self.decoding_config = config.model_dump()
+
+    def decoding(self, overrides: Mapping[str, Any] | None = None) -> GenerationConfig:
+        """The head's decoding options, with ``overrides`` (``num_beams=4``, ...) checked and
+        put in their place."""
+        return validate(GenerationConfig, {**self.decoding_config, **(overrides or {})}, "decoding")
 
     @classmethod
     def check(cls, config: GenerationConfig, template: Template) -> list[str]:

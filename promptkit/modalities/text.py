@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.modalities.base import Modality, Prepared
 
 if TYPE_CHECKING:
@@ -44,12 +46,12 @@ class TextModality(Modality):
         return self.recipe_schema().model_validate(recipe)
 
     def prepare(self, config: Any, backbone: Any = None) -> Prepared:
-        from promptkit.backbone import load_backbone
         from promptkit.data import load_splits
         from promptkit.model import build_model, check_recipe
         from promptkit.template import Template
 
         checked = check_recipe(config.recipe())  # before any model is loaded
+        _label_hidden(checked.template, config.inputs, config.data.label_column)
         target = getattr(config.head, "target", None)
         splits, classes = load_splits(
             config.data,
@@ -63,21 +65,15 @@ class TextModality(Modality):
         for split in (splits.train, splits.validation, splits.test):
             for example in split.examples if split else ():  # render errors before loading
                 checked.template.render(example)
-        backbone = backbone or load_backbone(
-            config.backbone.name, config.backbone.kind, config.backbone.dtype
-        )
+        _no_float16_on_cpu(config.backbone.dtype)
+        backbone = _the_configs(config.backbone, _backbone(config.backbone, backbone))
         fingerprint = backbone.fingerprint()
         return Prepared(build_model(checked, classes, backbone), splits, fingerprint)
 
     def build(self, recipe: Any, classes: Sequence[str], backbone: Any = None) -> Any:
-        from promptkit.backbone import Backbone, load_backbone
         from promptkit.model import build_model
 
-        if not isinstance(backbone, Backbone):
-            backbone = load_backbone(
-                backbone or recipe.backbone.name, recipe.backbone.kind, recipe.backbone.dtype
-            )
-        return build_model(recipe, classes, backbone, collapsed=True)
+        return build_model(recipe, classes, _backbone(recipe.backbone, backbone), collapsed=True)
 
     def read_inputs(self, spec: str) -> list[dict[str, Any]]:
         from promptkit.readers import read_rows
@@ -88,3 +84,57 @@ class TextModality(Modality):
         from promptkit.readers import read_rows
 
         return read_rows(spec), data.label_column
+
+
+def _no_float16_on_cpu(dtype: str) -> None:
+    """float16 trains on a GPU only: on the CPU its sums overflow or are not supported."""
+    import torch
+
+    if dtype == "float16" and not torch.cuda.is_available():
+        raise ConfigError(
+            "backbone.dtype float16 trains on a GPU only, and there is none here: use float32, "
+            "or bfloat16 to halve the memory."
+        )
+
+
+def _label_hidden(template: Any, inputs: Any, label_column: str) -> None:
+    """The template must not read the label column: the answer would be in the input."""
+    read = {inputs.get(slot, slot) for slot in template.inputs} | template.jinja_fields
+    if label_column in read:
+        raise ConfigError(
+            f"{template.name} reads the label column {label_column!r} (through an input slot "
+            "or Jinja), so the answer would be in the input: read other columns only."
+        )
+
+
+def _backbone(section: Any, given: Any) -> Any:
+    """The backbone given (loaded, or a folder or hub id to load as ``section`` says), else
+    the one ``section`` names."""
+    from promptkit.backbone import Backbone, load_backbone
+
+    if isinstance(given, Backbone):
+        return given
+    if given is not None and not isinstance(given, str | Path):
+        raise ConfigError(
+            "backbone= takes a loaded backbone (promptkit.backbone.load_backbone) or a model's "
+            f"folder or hub id, not a {type(given).__name__}."
+        )
+    return load_backbone(str(given or section.name), section.kind, section.dtype)
+
+
+def _the_configs(section: Any, backbone: Any) -> Any:
+    """``backbone``, checked to be the one ``section`` names (the run records that name):
+    by its name, else by fingerprint."""
+    from promptkit.backbone import load_backbone
+    from promptkit.schema import absolute_if_local
+
+    if absolute_if_local(backbone.name) == section.name:
+        return backbone
+    named = load_backbone(section.name, section.kind, section.dtype)
+    if named.fingerprint() != backbone.fingerprint():
+        raise BackboneMismatchError(
+            f"the backbone given ({backbone.name}) is not the one backbone.name names "
+            f"({section.name}), and the run would record that name: pass the backbone the "
+            f"config names, or set backbone.name to {backbone.name}."
+        )
+    return backbone

@@ -177,8 +177,8 @@ class Prefix:
         """Keys, values and mask with the prefix in front of the real positions (T5's
         relative position bias: see ``bias``)."""
         batch, n_prefix = key.shape[0], self.key.shape[-2]
-        prefix_key = self.key.to(key.dtype).expand(batch, -1, -1, -1)
-        prefix_value = self.value.to(value.dtype).expand(batch, -1, -1, -1)
+        prefix_key = _per_row(self.key.to(key.dtype), batch)
+        prefix_value = _per_row(self.value.to(value.dtype), batch)
         q_len, kv_len = query.shape[2], key.shape[2]
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         if mask is None and causal and q_len > 1:
@@ -189,8 +189,7 @@ class Prefix:
             visible = self.visible
             if visible is None:
                 visible = torch.ones(batch, n_prefix, dtype=torch.bool, device=key.device)
-            elif visible.shape[0] != batch:  # generate() repeats rows for beams
-                visible = visible.repeat_interleave(batch // visible.shape[0], 0)
+            visible = _per_row(visible, batch)
             mask = _prefix_mask_columns(mask, visible, q_len, kv_len)
         return (
             torch.cat([prefix_key, key], dim=2),
@@ -203,6 +202,15 @@ class Prefix:
         positions have no place in the sequence to be near or far from."""
         columns = position_bias.new_zeros((*position_bias.shape[:-1], self.key.shape[-2]))
         return torch.cat([columns, position_bias], dim=-1)
+
+
+def _per_row(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """A prefix tensor with a leading row per batch row: one shared by the batch
+    (``[H_kv, P, Dh]``) expanded, one per row repeated as generate() repeats rows for beams
+    (each row's copies next to each other)."""
+    if tensor.dim() == 3:
+        return tensor.expand(batch, -1, -1, -1)
+    return tensor.repeat_interleave(batch // tensor.shape[0], 0)
 
 
 def _prefix_mask_columns(

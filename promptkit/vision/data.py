@@ -153,7 +153,7 @@ def to_rgb(image: Any) -> Image.Image:
     if isinstance(image, dict):  # a datasets Image feature read as plain data
         image = (image.get("bytes") and io.BytesIO(image["bytes"])) or image["path"]
     if isinstance(image, (str, Path, io.BytesIO)):
-        image = Image.open(image)
+        image = _opened(image)
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
@@ -162,6 +162,17 @@ def to_rgb(image: Any) -> Image.Image:
             "image or an array."
         )
     return image.convert("RGB")
+
+
+def _opened(source: str | Path | io.BytesIO) -> Image.Image:
+    """An image file, read whole (so a damaged one fails here, not later)."""
+    try:
+        image = Image.open(source)
+        image.load()
+    except (OSError, Image.DecompressionBombError) as err:  # missing, not an image, cut short
+        shown = "an image in the data" if isinstance(source, io.BytesIO) else str(source)
+        raise DataError(f"{shown} cannot be read as an image ({err}): fix or remove it.") from None
+    return image
 
 
 def image_transform(data_config: dict[str, Any]) -> Callable[[Any], torch.Tensor]:

@@ -9,11 +9,13 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import ViTForImageClassification
 
+from promptkit import hub
 from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint
-from promptkit.errors import ConfigError
+from promptkit.errors import ConfigError, DataError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
@@ -66,7 +68,14 @@ class VisionPromptModel(PolicyModule):
 
     def examples(self, items: Sequence[Any]) -> list[dict[str, Any]]:
         """Images (paths, PIL images, arrays) or rows with an ``image`` field, as examples."""
-        return [dict(item) if isinstance(item, dict) else {"image": item} for item in items]
+        examples = [dict(item) if isinstance(item, dict) else {"image": item} for item in items]
+        for number, example in enumerate(examples):
+            if "image" not in example:
+                raise DataError(
+                    f"item {number + 1} has no 'image' field (it has {sorted(example)}): give "
+                    "image paths, or rows with an image column named 'image'."
+                )
+        return examples
 
     def encode(
         self, examples: Sequence[dict[str, Any]], labels: Sequence[Any] | None = None
@@ -105,18 +114,86 @@ def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:
     if source == "auto":
         source = "transformers" if (Path(config.name) / "config.json").is_file() else "timm"
     if source == "transformers":
+        _no_timm_settings(config)
         return ViTForImageClassification.from_pretrained(config.name)
-    if config.checkpoint and not Path(config.checkpoint).is_file():
-        raise ConfigError(f"backbone.checkpoint {config.checkpoint}: no such file")
+    checkpoint = _checkpoint_keys(config.checkpoint) if config.checkpoint else None
+    if config.pretrained and not _cached_weights(config.name) and not hub.reachable():
+        raise ConfigError(
+            f"backbone.pretrained: {config.name}'s published weights come from the Hugging Face "
+            "hub, which cannot be reached from here: give a local backbone.checkpoint file."
+        )
     overlay = {"file": config.checkpoint} if config.checkpoint else None
     # No head: promptkit adds a new one, and timm then skips the checkpoint's classifier.
     kwargs = {**config.kwargs, "num_classes": 0}
-    return timm.create_model(
-        config.name,
-        pretrained=config.pretrained or bool(overlay),
-        pretrained_cfg_overlay=overlay,
-        **kwargs,
-    )
+    try:
+        model = timm.create_model(
+            config.name,
+            pretrained=config.pretrained or bool(overlay),
+            pretrained_cfg_overlay=overlay,
+            **kwargs,
+        )
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise ConfigError(
+            f"timm cannot build {config.name!r} with kwargs {config.kwargs} ({err}): check the "
+            "name (timm.list_models('vit_*')) and the kwargs."
+        ) from None
+    if checkpoint is not None:
+        _fits(model, checkpoint, config.checkpoint)
+    return model
+
+
+def _cached_weights(name: str) -> bool:
+    """Whether timm's published weights of ``name`` are in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    files = ("model.safetensors", "pytorch_model.bin")
+    return bool(hub_id) and any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in files)
+
+
+def _no_timm_settings(config: VisionBackboneConfig) -> None:
+    """A transformers ViT takes none of timm's settings: given, they would be ignored."""
+    given = [k for k in ("kwargs", "checkpoint", "pretrained") if getattr(config, k)]
+    if given:
+        raise ConfigError(
+            f"backbone {config.name} is a transformers ViT, which takes no backbone."
+            f"{', backbone.'.join(given)} (timm settings): drop them, or save the model you "
+            "want as a transformers folder."
+        )
+
+
+def _checkpoint_keys(path: str) -> set[str]:
+    """The names of the weights a checkpoint file holds (safetensors or torch)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"backbone.checkpoint {path}: no such file")
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, "pt") as weights:
+                return set(weights.keys())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors and torch.load raise many kinds on a bad file
+        raise ConfigError(
+            f"backbone.checkpoint {path} cannot be read ({type(err).__name__}): give a "
+            "safetensors or torch weights file."
+        ) from None
+    if not isinstance(state, dict):
+        return set()
+    wrapped = (state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict))
+    return {key.removeprefix("module.") for key in next(wrapped, state)}
+
+
+def _fits(model: nn.Module, keys: set[str], path: str) -> None:
+    """Most of the backbone's weights must come from the checkpoint (else it trains a random
+    ViT)."""
+    expected = set(model.state_dict())
+    found = expected & keys
+    if len(found) * 2 < len(expected):
+        lacking = sorted(expected - keys)
+        raise ConfigError(
+            f"backbone.checkpoint {path} does not fit {type(model).__name__}: it holds "
+            f"{len(found)} of its {len(expected)} weights (it lacks {lacking[0]}, ...). Give a "
+            "checkpoint of this model, with the same backbone.kwargs."
+        )
 
 
 def build_vision_model(recipe: VisionModelConfig, classes: Sequence[str]) -> VisionPromptModel:

@@ -1,0 +1,379 @@
+"""Many trained runs on one backbone held once in memory.
+
+Each run keeps its template, placement, soft prompts, head and classes; a batch whose rows
+belong to different runs is one backbone forward (``promptkit.placements.mixed`` puts each
+row's prompts in), after which each head reads its own rows. Text answers are written the
+same way: the rows of several generators share one ``generate()`` call when they decode alike.
+
+>>> import promptkit
+>>> host = promptkit.load({"sentiment": "runs/mr", "ner": "runs/wnut"})    # doctest: +SKIP
+>>> host.predict([("sentiment", "a gripping film"), ("ner", "Ada lives in Paris")])
+... # doctest: +SKIP
+['positive', ['O', 'O', 'O', 'B-location']]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptkit.backbone import encoder_states, first_answer_logits, reading_at
+from promptkit.data import collate
+from promptkit.encoding import EncodedPrompt
+from promptkit.errors import PromptkitError
+from promptkit.generation import write
+from promptkit.heads.base import Outputs
+from promptkit.model import PromptModel
+from promptkit.placements.mixed import MixedInjector
+from promptkit.predictor import Predictor, checked_items, per_answer
+from promptkit.predictor import load as load_run
+from promptkit.run_folder import RunFolder
+
+# Trainable groups that change the backbone's own weights: such a run cannot share it.
+_BACKBONE_GROUPS = ("bias", "norm", "all")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One item bound to a hosted run: the run's index, the item's encoding, and how many
+    words it has (what a tagger labels)."""
+
+    task: int
+    encoded: EncodedPrompt
+    words: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one row: a label, tags or a text, and the class probabilities behind
+    a label or tags (None for a text)."""
+
+    value: Any
+    probabilities: Any = None
+
+
+class Host:
+    """Several prompt models on one shared backbone, answering mixed batches.
+
+    Args:
+        models: task name -> prompt model; all on the same backbone object, none training
+            the backbone's own weights.
+    """
+
+    def __init__(self, models: Mapping[str, PromptModel]) -> None:
+        if not models:
+            raise PromptkitError("a host needs at least one run.")
+        self.models = dict(models)
+        self._list = list(self.models.values())
+        first = self._list[0]
+        self.backbone = first.backbone
+        for name, model in self.models.items():
+            if model.backbone is not self.backbone:
+                raise PromptkitError(
+                    f"task {name!r} is on another backbone object: load the runs together "
+                    "with promptkit.load([...]) so that they share one."
+                )
+        self.injector = MixedInjector([m.injector for m in self._list], self.backbone.model)
+        self.padding_side = "left" if self.backbone.is_causal else "right"
+
+    @property
+    def tasks(self) -> list[str]:
+        """The hosted tasks' names."""
+        return list(self.models)
+
+    def describe(self, task: str) -> dict[str, Any]:
+        """What a task is: its template, its classes (None for a generator) and its head."""
+        model = self.models[self._known(task)]
+        return {
+            "task": task,
+            "template": model.template.source,
+            "head": type(model.head).type,
+            "classes": model.classes if model.task.has_classes else None,
+        }
+
+    def predict(
+        self, items: Sequence[Any], task: str | None = None, batch_size: int = 64
+    ) -> list[Any]:
+        """The answer to each item: a label, a tag per word (tagger), or a text (generator).
+
+        Args:
+            items: with ``task``, that task's items (as ``Predictor.predict`` takes them);
+                without, ``(task, item)`` pairs (plain items when one task is hosted).
+            task: the task of every item.
+            batch_size: rows per backbone forward.
+        """
+        rows = self.bind(checked_items(items, batch_size), task)
+        return [answer.value for answer in self.answer(rows, batch_size)]
+
+    def predict_proba(
+        self, items: Sequence[Any], task: str | None = None, batch_size: int = 64
+    ) -> list[Any]:
+        """Class probabilities of each item (of each word, for a tagger); items as in
+        ``predict``, all of tasks that have classes."""
+        rows = self.bind(checked_items(items, batch_size), task)
+        self._all_of(rows, classes=True)
+        return [answer.probabilities for answer in self.answer(rows, batch_size)]
+
+    def generate(
+        self, items: Sequence[Any], task: str | None = None, batch_size: int = 16, **decoding: Any
+    ) -> list[str]:
+        """The text each item's generator writes; ``decoding`` replaces every run's decoding
+        options (``num_beams=4``, ...). Items as in ``predict``, all of generators."""
+        rows = self.bind(checked_items(items, batch_size), task)
+        self._all_of(rows, classes=False)
+        return [answer.value for answer in self.answer(rows, batch_size, decoding)]
+
+    def bind(self, items: Sequence[Any], task: str | None = None) -> list[Row]:
+        """Each item bound to its task and encoded by that task's model (errors in an item
+        show here, before anything runs); items as in ``predict``."""
+        if task is None and len(self.models) == 1:
+            task = self.tasks[0]
+        if task is not None:
+            pairs = [(self._known(task), item) for item in items]
+        else:
+            pairs = [self._pair(number, item) for number, item in enumerate(items, 1)]
+        by_task: dict[str, list[int]] = {}
+        for index, (name, _) in enumerate(pairs):
+            by_task.setdefault(name, []).append(index)
+        rows: list[Row | None] = [None] * len(pairs)
+        for name, indices in by_task.items():
+            model = self.models[name]
+            examples = model.examples([pairs[i][1] for i in indices])
+            words = model.answer_counts(examples)
+            number = self.tasks.index(name)
+            for i, encoded, count in zip(indices, model.encode(examples), words, strict=True):
+                rows[i] = Row(number, encoded, count)
+        return rows
+
+    def answer(
+        self,
+        rows: Sequence[Row],
+        batch_size: int = 64,
+        decoding: Mapping[str, Any] | None = None,
+    ) -> list[Answer]:
+        """Answers to bound rows of any tasks: the rows of classifying tasks share backbone
+        forwards, and those of generators share ``generate()`` calls (``decoding`` replaces
+        their decoding options)."""
+        answers: list[Answer | None] = [None] * len(rows)
+        scored = [i for i, r in enumerate(rows) if self._list[r.task].task.has_classes]
+        probabilities = self._probabilities([rows[i] for i in scored], batch_size)
+        best = per_answer(probabilities, lambda p: max(p, key=p.get))
+        for i, value, probs in zip(scored, best, probabilities, strict=True):
+            answers[i] = Answer(value, probs)
+        written = sorted(set(range(len(rows))) - set(scored))
+        texts = self._written([rows[i] for i in written], min(batch_size, 16), decoding or {})
+        for i, text in zip(written, texts, strict=True):
+            answers[i] = Answer(text)
+        return answers
+
+    def _all_of(self, rows: Sequence[Row], classes: bool) -> None:
+        for row in rows:
+            if self._list[row.task].task.has_classes != classes:
+                name = self.tasks[row.task]
+                raise PromptkitError(
+                    f"task {name!r} writes text, it has no class scores: use predict or generate."
+                    if classes
+                    else f"task {name!r} labels classes, it does not write text: use predict."
+                )
+
+    def _known(self, task: Any) -> str:
+        if task not in self.models:
+            raise PromptkitError(f"no task is named {task!r}; the tasks are {self.tasks}.")
+        return task
+
+    def _pair(self, number: int, item: Any) -> tuple[str, Any]:
+        if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
+            raise PromptkitError(
+                f"item {number} is not a (task, item) pair: with several tasks hosted "
+                f"({self.tasks}), give pairs, or name the task with task=..."
+            )
+        return self._known(item[0]), item[1]
+
+    @torch.inference_mode()
+    def _probabilities(self, rows: Sequence[Row], batch_size: int) -> list[Any]:
+        answers: list[Any] = [None] * len(rows)
+        for chunk, batch, owners in self._batches(rows, batch_size):
+            for task, members, logits in self._read(batch, owners):
+                model = self._list[task]
+                probs = logits.float().softmax(-1).cpu()
+                sizes = [rows[chunk[m]].words for m in members]
+                named = model.task.named(probs, model.classes, sizes)
+                for m, answer in zip(members, named, strict=True):
+                    answers[chunk[m]] = answer
+        return answers
+
+    @torch.inference_mode()
+    def _written(
+        self, rows: Sequence[Row], batch_size: int, decoding: Mapping[str, Any]
+    ) -> list[str]:
+        """Texts, one ``generate()`` per batch of rows whose runs decode alike."""
+        texts = [""] * len(rows)
+        groups: dict[str, list[int]] = {}
+        configs = {}
+        for index, row in enumerate(rows):
+            config = self._list[row.task].head.decoding(decoding)
+            key = json.dumps(config.model_dump(), sort_keys=True)
+            configs[key] = config
+            groups.setdefault(key, []).append(index)
+        for key, indices in groups.items():
+            group = [rows[i] for i in indices]
+            for chunk, batch, owners in self._batches(group, batch_size):
+                kwargs = self.injector(batch, self._vectors(), owners)
+                seed = self._list[group[chunk[0]].task].seed
+                written = write(
+                    self.backbone.model, self.backbone.tokenizer, kwargs, configs[key], seed
+                )
+                for m, text in zip(chunk, written, strict=True):
+                    texts[indices[m]] = text
+        return texts
+
+    def _vectors(self) -> list[torch.Tensor]:
+        return [model.prompts() for model in self._list]
+
+    def _batches(
+        self, rows: Sequence[Row], batch_size: int
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]:
+        """Batches of rows of similar length: their indices, the collated batch on the
+        backbone's device, and each row's task."""
+        device = self.backbone.model.device
+        pad_id = self.backbone.tokenizer.pad_token_id
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].encoded))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = collate(
+                [rows[i].encoded for i in chunk],
+                0 if pad_id is None else pad_id,
+                self.padding_side,
+            )
+            owners = torch.tensor([rows[i].task for i in chunk], device=device)
+            yield chunk, {k: v.to(device) for k, v in batch.items()}, owners
+
+    def _read(
+        self, batch: dict[str, torch.Tensor], owners: torch.Tensor
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """One backbone forward for the batch; then, per task in it, its rows and the
+        logits its head reads from them."""
+        kwargs = self.injector(batch, self._vectors(), owners)
+        outputs = self._forward(kwargs, batch, owners)
+        for task in owners.unique().tolist():
+            members = (owners == task).nonzero().squeeze(-1)
+            head = self._list[task].head
+            rows = {k: v[members] for k, v in batch.items()}
+            own = Outputs(
+                hidden=None if outputs.hidden is None else outputs.hidden[members],
+                logits=None if outputs.logits is None else outputs.logits[members],
+            )
+            yield task, members.tolist(), head.read(own, rows)
+
+    def _forward(
+        self, kwargs: dict[str, object], batch: dict[str, torch.Tensor], owners: torch.Tensor
+    ) -> Outputs:
+        """Hidden states over the input, and LM logits where the rows' heads read them (the
+        LM head runs at those positions only, and not at all when no head reads logits)."""
+        lm = self.backbone.model
+        reads = torch.tensor([m.head.reads_logits for m in self._list], device=owners.device)
+        logit_rows = reads[owners]
+        if not bool(logit_rows.any()):
+            return Outputs(hidden=encoder_states(lm, kwargs))
+        if lm.config.is_encoder_decoder:
+            hidden = encoder_states(lm, kwargs)
+            lead = next(m.head.lead for m in self._list if m.head.reads_logits)
+            logits = first_answer_logits(lm, {**kwargs, "encoder_outputs": (hidden,)}, lead)
+            return Outputs(hidden=hidden, logits=logits.unsqueeze(1))
+        positions = self._logit_positions(batch, owners, logit_rows)
+        kept: list[torch.Tensor] = []
+        with reading_at(lm, positions, kept):
+            logits = lm(**kwargs).logits
+        return Outputs(hidden=kept[0], logits=logits)
+
+    def _logit_positions(
+        self, batch: dict[str, torch.Tensor], owners: torch.Tensor, logit_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, K]``: each row's positions read by its head (0 where none is)."""
+        per_task = {
+            t: self._list[t].head.logit_positions(batch)
+            for t in owners.unique().tolist()
+            if self._list[t].head.reads_logits
+        }
+        width = max(p.shape[1] for p in per_task.values())
+        positions = torch.zeros(len(owners), width, dtype=torch.long, device=owners.device)
+        for task, own in per_task.items():
+            rows = (owners == task) & logit_rows
+            positions[rows, : own.shape[1]] = own[rows]
+        return positions
+
+
+def load(
+    runs: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
+    backbone: Any = None,
+    device: str | torch.device = "cpu",
+) -> Predictor | Host:
+    """Load a trained run (a ``Predictor``), or several onto one backbone (a ``Host``).
+
+    Args:
+        runs: a run folder; or a list of them (each task named after its folder); or a
+            mapping of task names to run folders.
+        backbone: another location of the backbone (a path or a loaded one); by default the
+            one the (first) run names. A different backbone is an error.
+        device: where to run.
+    """
+    if isinstance(runs, str | Path):
+        return load_run(runs, backbone, device)
+    named = _named(runs)
+    models: dict[str, PromptModel] = {}
+    for name, run in named.items():
+        _shareable(run)
+        model = load_run(run, backbone, device).model
+        if not isinstance(model, PromptModel):
+            raise PromptkitError(
+                f"{run} is a vision run: hosting several runs on one backbone takes text runs."
+            )
+        backbone = model.backbone
+        models[name] = model
+    return Host(models)
+
+
+def _shareable(run: str | Path) -> None:
+    """A run that trained the backbone's own weights cannot share it (checked before its
+    weights are loaded into the shared backbone)."""
+    trained = RunFolder(run).read_recipe()["recipe"].get("trainable", [])
+    own = [group for group in _BACKBONE_GROUPS if group in trained]
+    if own:
+        raise PromptkitError(
+            f"{run} trained the backbone's own weights ({', '.join(own)}), so it cannot share "
+            f"the backbone with other runs: load it alone, promptkit.load({str(run)!r})."
+        )
+
+
+def _named(runs: Any) -> dict[str, str | Path]:
+    """Task name -> run folder."""
+    if isinstance(runs, Mapping):
+        bad = [k for k in runs if not isinstance(k, str) or not k]
+        if bad:
+            raise PromptkitError(f"task names are non-empty texts, not {bad[0]!r}.")
+        named = dict(runs)
+    elif isinstance(runs, Sequence):
+        named = {}
+        for run in runs:
+            if not isinstance(run, str | Path):
+                raise PromptkitError(f"load takes run folders' paths, not a {type(run).__name__}.")
+            name = Path(run).resolve().name
+            if name in named:
+                raise PromptkitError(
+                    f"two runs are named {name!r} after their folders: name the tasks with a "
+                    "mapping, promptkit.load({'a': path_a, 'b': path_b})."
+                )
+            named[name] = run
+    else:
+        raise PromptkitError(
+            f"load takes a run folder, a list of them or a mapping of names to them, not a "
+            f"{type(runs).__name__}."
+        )
+    if not named:
+        raise PromptkitError("load was given no run.")
+    return named

@@ -1,0 +1,176 @@
+"""``promptkit serve``: a real server process on localhost, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import run_config, sentiment_rows
+
+import promptkit
+from promptkit.config import validate_config
+from promptkit.pipeline import fit
+
+TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
+
+
+@pytest.fixture(scope="module")
+def runs(model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three small runs on the tiny GPT-2: two classifiers and a generator."""
+    root = tmp_path_factory.mktemp("serve")
+    for name, n, seed in (("train", 32, 0), ("validation", 8, 1), ("test", 8, 2)):
+        rows = sentiment_rows(n, seed)
+        for row in rows:
+            row["target"] = "it was " + row["text"].split()[-1]
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipes = {
+        "mood": {},
+        "mood-prefix": {
+            "template": "[P*3] <x> it was [MASK].",
+            "prompts": {"placement": "prefix", "encoder": "none"},
+        },
+        "writer": {
+            "template": "[P*2] <x> so",
+            "head": {"type": "generation", "max_new_tokens": 4},
+        },
+    }
+    made = {}
+    for name, extra in recipes.items():
+        config = run_config(model_dir("gpt2"), root, output_dir=str(root / name), **extra)
+        config["trainer"]["epochs"] = 1
+        if name == "writer":
+            config["data"] = {**config["data"], "label_column": "target", "label_map": None}
+        made[name] = fit(validate_config(config)).run_dir
+    return made
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``promptkit serve`` in its own process, and a client for it."""
+
+    def __init__(self, runs: dict[str, Path], *options: str) -> None:
+        self.port = _port()
+        args = [f"{name}={path}" for name, path in runs.items()]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "promptkit", "serve", *args, "--port", str(self.port), *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stdout.read().decode())
+            try:
+                if httpx.get(self.url + "/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start")
+
+    def post(self, **body) -> httpx.Response:
+        return httpx.post(self.url + "/predict", json=body, timeout=60)
+
+    def stop(self) -> bool:
+        """SIGTERM; whether the server then ended cleanly (uvicorn ends by raising the
+        signal it caught again, once it has shut down)."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    server = Server(runs, "--max-wait-ms", "200", "--max-inputs", "8", "--max-chars", "200")
+    yield server
+    assert server.stop()
+
+
+def test_it_answers_as_each_run_does_alone(server, runs):
+    assert httpx.get(server.url + "/health").json()["tasks"] == 3
+    tasks = {t["task"]: t for t in httpx.get(server.url + "/tasks").json()}
+    assert tasks["mood"]["classes"] == ["positive", "negative"]
+    assert tasks["writer"]["classes"] is None and tasks["writer"]["head"] == "generation"
+    assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
+    for name, run in runs.items():
+        alone = promptkit.load(run)
+        response = server.post(task=name, inputs=TEXTS, probabilities=name != "writer")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["predictions"] == alone.predict(TEXTS)
+        if name != "writer":
+            for got, want in zip(body["probabilities"], alone.predict_proba(TEXTS), strict=True):
+                assert all(abs(got[c] - want[c]) < 1e-5 for c in want)
+
+
+def test_concurrent_requests_share_batches(server, runs):
+    expected = {name: promptkit.load(run).predict(TEXTS) for name, run in runs.items()}
+    before = httpx.get(server.url + "/health").json()
+    jobs = [(name, text) for text in TEXTS for name in runs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: server.post(task=job[0], inputs=[job[1]]), jobs))
+    for (name, text), response in zip(jobs, responses, strict=True):
+        assert response.status_code == 200
+        assert response.json()["predictions"] == [expected[name][TEXTS.index(text)]]
+    after = httpx.get(server.url + "/health").json()
+    assert after["requests"] - before["requests"] == len(jobs)
+    assert after["batches"] - before["batches"] < len(jobs)  # requests were batched together
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"task": "nope", "inputs": ["a"]}, 404, "no task is named 'nope'"),
+        ({"task": "mood", "inputs": "the movie"}, 422, "list"),
+        ({"task": "mood", "inputs": [5]}, 422, ""),
+        ({"task": "mood", "inputs": []}, 422, ""),
+        ({"task": "mood", "inputs": ["a"], "extra": 1}, 422, "extra"),
+        ({"task": "mood"}, 422, "inputs"),
+        ({"task": "mood", "inputs": ["a"] * 9}, 413, "9 inputs are more than the 8"),
+        ({"task": "mood", "inputs": ["a" * 201]}, 413, "over the 200 characters"),
+        ({"task": "writer", "inputs": ["a"], "probabilities": True}, 400, "no probabilities"),
+        ({"task": "mood", "inputs": [{"y": "a"}]}, 400, ""),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(server, body, status, message):
+    response = server.post(**body)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_oversize_bodies_and_bad_requests_harm_no_one(server, runs):
+    huge = httpx.post(
+        server.url + "/predict", content=b"x" * (2 << 20), headers={"content-type": "text/plain"}
+    )
+    assert huge.status_code == 413
+    expected = promptkit.load(runs["mood"]).predict(TEXTS)
+    bodies = [{"task": "mood", "inputs": TEXTS}, {"task": "mood", "inputs": [{"y": 1}]}] * 4
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: server.post(**body), bodies))
+    assert [r.status_code for r in responses] == [200, 422] * 4
+    assert all(r.json()["predictions"] == expected for r in responses[::2])
+
+
+def test_shutdown_answers_requests_in_flight(runs):
+    server = Server({"mood": runs["mood"]}, "--max-wait-ms", "1500")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(server.post, task="mood", inputs=TEXTS)
+        time.sleep(0.5)  # the request now waits in a batch that closes after 1.5 s
+        clean = server.stop()
+        response = pending.result()
+    assert response.status_code == 200 and len(response.json()["predictions"]) == len(TEXTS)
+    assert clean
