@@ -268,7 +268,7 @@ class Host:
                 hidden=None if outputs.hidden is None else outputs.hidden[members],
                 logits=None if outputs.logits is None else outputs.logits[members],
             )
-            yield task, members.tolist(), head.read(own, rows)
+            yield task, members.tolist(), self._list[task].finished(head.read(own, rows))
 
     def _forward(
         self, kwargs: dict[str, object], batch: dict[str, torch.Tensor], owners: torch.Tensor

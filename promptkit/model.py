@@ -10,6 +10,7 @@ import torch
 
 from promptkit import catalog
 from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
+from promptkit.calibration import calibrated, content_free_examples, estimate
 from promptkit.data import as_examples, collate
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, DataError
@@ -81,6 +82,7 @@ class PromptModel(PolicyModule):
             answers,
         )
         self.groups = parameter_groups(prompts, head, backbone.model, trainable)
+        self.calibration: torch.Tensor | None = None  # log mean class probabilities
 
     @property
     def classes(self) -> list[str]:
@@ -168,7 +170,34 @@ class PromptModel(PolicyModule):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, C]`` (``[B, W, C]`` per word for a tagger) for a batch."""
-        return self.head(self.lm, self.injector(batch, self.prompts()), batch)
+        return self.finished(self.head(self.lm, self.injector(batch, self.prompts()), batch))
+
+    def finished(self, logits: torch.Tensor) -> torch.Tensor:
+        """The head's logits as the model answers them: calibrated, once calibrated, outside
+        training."""
+        if self.calibration is None or self.training:
+            return logits
+        return calibrated(logits, self.calibration)
+
+    def calibrate(
+        self,
+        content_free: Sequence[str] | None = None,
+        examples: Sequence[Mapping[str, Any]] | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """Estimate the prompt's label bias and divide it out of every later prediction
+        (contextual calibration); returns the mean class probabilities it found.
+
+        Args:
+            content_free: inputs without content, put in every input slot (default "N/A",
+                "" and "[MASK]", as plain text).
+            examples: unlabelled examples (``model.examples(items)``) to estimate from
+                instead.
+        """
+        if examples is None:
+            examples = content_free_examples(self, content_free)
+        self.calibration = estimate(self, examples, batch_size)
+        return self.calibration.exp()
 
 
 @dataclass(frozen=True)

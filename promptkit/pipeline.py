@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel
 
 from promptkit.config import load_config, validate_config
@@ -91,6 +92,8 @@ def fit(
             config.seed,
         )
         best = trainer.fit(resume=resume)
+        if getattr(config, "calibration", None) is not None:
+            _calibrate(model, config, splits.train, run, trainer)
         test = None
         if splits.test is not None:
             progress = config.trainer.progress and run.writer
@@ -105,3 +108,22 @@ def fit(
         sum(v.numel() for v in model.trained_state().values()),
         Predictor(model.eval()),
     )
+
+
+def _calibrate(model: Any, config: Any, train: Any, run: RunFolder, trainer: Trainer) -> None:
+    """Estimate the trained prompt's label bias and save it with the prompt."""
+    settings = config.calibration
+    unlabelled = None
+    if settings.unlabelled is not None:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        unlabelled = [train.examples[i] for i in order[: settings.unlabelled].tolist()]
+    probabilities = model.calibrate(
+        settings.content_free, unlabelled, config.trainer.eval_batch_size
+    )
+    shown = ", ".join(
+        f"{c} {p:.3f}" for c, p in zip(model.classes, probabilities.tolist(), strict=True)
+    )
+    run.log(f"calibrated: the prompt's mean class probabilities were {shown}")
+    saved = trainer.state.best_document or {}
+    info = {k: saved[k] for k in ("validation", "epoch") if k in saved}
+    run.save_model(model, config.recipe(), trainer.fingerprint, info)

@@ -63,6 +63,9 @@ def parameter_groups(
     return chosen
 
 
+CALIBRATION = "calibration"  # the saved label bias (promptkit.calibration), not a parameter
+
+
 class PolicyModule(nn.Module):
     """Base of prompt models (text and vision): ``self.prompts`` plus parameter
     ``self.groups`` from a policy.
@@ -102,10 +105,15 @@ class PolicyModule(nn.Module):
         }
         if "prompts" in self.groups:
             state["prompts.table"] = self.prompts.collapse()
+        if getattr(self, "calibration", None) is not None:
+            state[CALIBRATION] = self.calibration.detach().cpu()
         return state
 
     def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load what ``trained_state`` saved (onto a model built with a plain prompt table)."""
+        state = dict(state)
+        if CALIBRATION in state:
+            self.calibration = state.pop(CALIBRATION)
         own = dict(self.named_parameters())
         unknown = [k for k in state if k not in own]
         if unknown:

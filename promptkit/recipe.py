@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from promptkit.calibration import CalibrationConfig
 from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
 from promptkit.heads import HeadConfigs
 from promptkit.heads.verbalizer import VerbalizerConfig
@@ -45,6 +46,9 @@ class ModelConfig(Strict):
     )
     padding_side: Literal["auto", "left", "right"] = "auto"
     seed: int = Field(13, ge=0, lt=2**32)
+    calibration: CalibrationConfig | None = Field(
+        None, description="contextual calibration of the class probabilities, after training"
+    )
 
     @field_validator("trainable")
     @classmethod

@@ -39,6 +39,10 @@ def _tasks(family: str) -> dict[str, dict]:
             "prompts": {"placement": "prefix", "encoder": "none"},
             "head": {"verbalizer": SENTIMENT},
         },
+        "input-soft-verbalizer": {
+            "template": "[P*2] <x> it was [MASK].",
+            "head": {"type": "soft_verbalizer", "verbalizer": SENTIMENT},
+        },
         "deep-classifier": {
             "template": "[P*4] <x> [MASK].",
             "prompts": {"placement": "deep"},

@@ -2,6 +2,7 @@
 module, with its config section and its task; registering it is one line here.
 
 - ``verbalizer``: label words scored from the LM's prediction at [MASK] (cloze);
+- ``soft_verbalizer``: a trainable vector per class against the state at [MASK] (WARP);
 - ``classifier``: a linear layer on a pooled hidden state ([CLS], mean, [MASK], last);
 - ``token``: a linear layer on the first sub-token of every input word (tagging);
 - ``generation``: a text answer, learned by teacher forcing and written by ``generate()``.
@@ -12,12 +13,20 @@ from __future__ import annotations
 from promptkit.heads.base import Head
 from promptkit.heads.classifier import ClassifierHead
 from promptkit.heads.generation import GenerationHead
+from promptkit.heads.soft_verbalizer import SoftVerbalizerHead
 from promptkit.heads.token import TokenClassifierHead
 from promptkit.heads.verbalizer import VerbalizerHead
 from promptkit.schema import tagged_union
 
 HEADS: dict[str, type[Head]] = {
-    cls.type: cls for cls in (VerbalizerHead, ClassifierHead, TokenClassifierHead, GenerationHead)
+    cls.type: cls
+    for cls in (
+        VerbalizerHead,
+        SoftVerbalizerHead,
+        ClassifierHead,
+        TokenClassifierHead,
+        GenerationHead,
+    )
 }
 # The `head` section of a text recipe: one member per head, told apart by `type`.
 HeadConfigs = tagged_union([cls.config for cls in HEADS.values()], "type", "verbalizer")

@@ -26,15 +26,12 @@ MultiToken = Literal["mean", "first"]
 Aggregate = Literal["mean", "max"]
 
 
-class VerbalizerConfig(HeadConfig):
-    """``head`` of the verbalizer."""
+class LabelWordsConfig(HeadConfig):
+    """A head section that names label words per class."""
 
-    type: Literal["verbalizer"] = "verbalizer"
     verbalizer: str | dict[str, list[str] | str] | None = Field(
         None, description="catalog name, YAML path or {class: [words]}"
     )
-    multi_token: MultiToken = "mean"
-    aggregate: Aggregate = "mean"
 
     def words(self) -> Verbalizer:
         """The label words the config names."""
@@ -53,6 +50,23 @@ class VerbalizerConfig(HeadConfig):
         raise ConfigError(
             f"head.verbalizer {spec!r} is neither a catalog name "
             f"({', '.join(catalog.entries('verbalizers'))}) nor a YAML file."
+        )
+
+
+class VerbalizerConfig(LabelWordsConfig):
+    """``head`` of the verbalizer."""
+
+    type: Literal["verbalizer"] = "verbalizer"
+    multi_token: MultiToken = "mean"
+    aggregate: Aggregate = "mean"
+
+
+def check_mask(template: Template, head: str) -> None:
+    """A head that reads its answer at [MASK] needs one in the template."""
+    if not template.has_mask:
+        raise TemplateError(
+            f"{template.name} has no [MASK], but a {head} head reads its answer there: add "
+            "[MASK] (e.g. '<x> It was [MASK].')."
         )
 
 
@@ -93,11 +107,7 @@ class VerbalizerHead(Head):
     @classmethod
     def check(cls, config: VerbalizerConfig, template: Template) -> list[str]:
         """The template must have [MASK]; the label words bring the classes."""
-        if not template.has_mask:
-            raise TemplateError(
-                f"{template.name} has no [MASK], but a verbalizer head reads its "
-                "answer there: add [MASK] (e.g. '<x> It was [MASK].')."
-            )
+        check_mask(template, "verbalizer")
         return config.words().classes
 
     @classmethod
