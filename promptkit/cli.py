@@ -450,3 +450,39 @@ def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) 
         token = "" if slot >= 0 else tokenizer.convert_ids_to_tokens(tid)
         table.add_row(str(pos), Text(token), "" if slot >= 0 else str(tid), Text(kind_of))
     console.print(table)
+
+
+verbalizer_app = typer.Typer(help="Label words for verbalizers.", no_args_is_help=True)
+app.add_typer(verbalizer_app, name="verbalizer")
+
+
+@verbalizer_app.command("search")
+def verbalizer_search(
+    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    output: Annotated[Path, typer.Option("--output", help="verbalizer YAML to write")],
+    per_class: Annotated[int, typer.Option("--per-class", min=1, help="words per class")] = 3,
+    candidates: Annotated[
+        int, typer.Option(min=1, help="best words by likelihood ratio a class chooses from")
+    ] = 50,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
+) -> None:
+    """Search label words for CONFIG's classes on its training split (LM-BFF's automatic
+    label words, PETAL's likelihood ratio) and write them for `head.verbalizer: OUTPUT`."""
+    with _reported():
+        from promptkit.config import load_config
+        from promptkit.label_search import check_output, search_config, write_verbalizer
+
+        loaded = load_config(config, set_ or [])
+        check_output(output, overwrite)
+        words = search_config(loaded, per_class, candidates)
+        description = (
+            f"label words searched on the training split of {config} "
+            f"({per_class} per class, from {candidates} candidates)"
+        )
+        write_verbalizer(output, words, description, overwrite)
+    table = Table("class", "label words")
+    for label, group in words.items():
+        table.add_row(Text(label), Text(", ".join(group)))
+    console.print(table)
+    console.print(Text(f"written to {output}"))

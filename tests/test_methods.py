@@ -25,7 +25,7 @@ TEXT_METHODS = {
 
 
 def test_every_text_method_is_tested():
-    assert set(catalog.entries("methods")) == {*TEXT_METHODS, "null_prompt_bitfit"}
+    assert set(catalog.entries("methods")) == {*TEXT_METHODS, "null_prompt_bitfit", "warp"}
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_METHODS))
@@ -48,6 +48,17 @@ def test_null_prompt_with_bitfit(model_dir, sentiment_data):
     config["preset"] = "null_prompt_bitfit"
     model = build_model(validate_config(config).recipe())
     assert model.template.source == "<x> [MASK]" and set(model.groups) == {"bias"}
+
+
+def test_warp(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, preset="warp")
+    del config["template"]
+    config["head"] = {"verbalizer": "sentiment"}
+    model = build_model(validate_config(config).recipe())
+    assert type(model.head).type == "soft_verbalizer"
+    assert set(model.groups) == {"prompts", "head"}
+    batch = model.collate(model.encode(model.examples(["the movie was great"])))
+    assert model(batch).shape == (1, 2)
 
 
 def test_the_config_wins_over_the_preset(model_dir, sentiment_data):

@@ -174,3 +174,19 @@ def test_shutdown_answers_requests_in_flight(runs):
         response = pending.result()
     assert response.status_code == 200 and len(response.json()["predictions"]) == len(TEXTS)
     assert clean
+
+
+def test_serve_reports_mistakes_without_a_traceback(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from promptkit.cli import app
+
+    def serve(*args: str):
+        return CliRunner().invoke(app, ["serve", *args], catch_exceptions=False)
+
+    missing = serve(str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+    twice = serve(f"a={runs['mood']}", f"a={runs['writer']}")
+    assert twice.exit_code == 2 and "two runs are named 'a'" in twice.output
+    limits = serve(str(runs["mood"]), "--max-batch", "0")
+    assert limits.exit_code == 2 and "max_batch is at least 1" in limits.output

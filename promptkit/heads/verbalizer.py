@@ -10,7 +10,7 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
-from promptkit.backbone import first_answer_logits
+from promptkit.backbone import first_answer_logits, reading_at
 from promptkit.config import HeadConfig
 from promptkit.encoding import mask_token
 from promptkit.errors import ConfigError, TemplateError
@@ -70,6 +70,29 @@ def check_mask(template: Template, head: str) -> None:
         )
 
 
+def answer_lead(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """What an encoder-decoder's decoder reads after its start token before the answer's
+    first token: T5's sentinel when [MASK] stands for it (no mask token), else nothing."""
+    sentinel = mask_token(tokenizer)
+    return [sentinel] if tokenizer.mask_token_id is None and sentinel is not None else []
+
+
+def mask_logits(
+    model: PreTrainedModel,
+    inputs: dict[str, object],
+    batch: dict[str, torch.Tensor],
+    lead: Sequence[int] = (),
+) -> torch.Tensor:
+    """The LM's logits ``[B, V]`` over the whole vocabulary where [MASK] is read: at the mask
+    (a masked LM), at the token before it (a causal LM: ``batch["mask_positions"]`` is
+    already that one), or the decoder's first answer token after ``lead`` (an
+    encoder-decoder). ``inputs`` is the prompted backbone's forward (an injector's)."""
+    if model.config.is_encoder_decoder:
+        return first_answer_logits(model, inputs, lead)
+    with reading_at(model, batch["mask_positions"].unsqueeze(-1)):
+        return model(**inputs).logits[:, 0]
+
+
 class VerbalizerHead(Head):
     """Scores the verbalizer's classes from the LM logits at the mask position (no parameters);
     on an encoder-decoder, from the decoder's prediction of the answer's first token (after
@@ -99,8 +122,7 @@ class VerbalizerHead(Head):
         self.classes = verbalizer.classes
         self.multi_token, self.aggregate = multi_token, aggregate
         ids, mask = verbalizer.token_ids(tokenizer, space_before)
-        sentinel = mask_token(tokenizer)
-        self.lead = [sentinel] if tokenizer.mask_token_id is None and sentinel is not None else []
+        self.lead = answer_lead(tokenizer)
         self.register_buffer("word_ids", ids, persistent=False)
         self.register_buffer("word_mask", mask, persistent=False)
 
@@ -138,10 +160,8 @@ class VerbalizerHead(Head):
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
-        if model.config.is_encoder_decoder:
-            logits = first_answer_logits(model, inputs, self.lead).unsqueeze(1)
-            return self.read(Outputs(logits=logits), batch)
-        return super().forward(model, inputs, batch)
+        logits = mask_logits(model, inputs, batch, self.lead).unsqueeze(1)
+        return self.read(Outputs(logits=logits), batch)
 
     def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The [MASK] position of each example."""
