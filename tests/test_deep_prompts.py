@@ -267,3 +267,36 @@ def test_a_full_length_input_still_fits_with_a_prefix(model_dir, family):
     batch = model.collate(model.encode(model.examples([" ".join(["good"] * 200)])))
     assert batch["input_ids"].shape[1] == longest
     assert torch.isfinite(model(batch)).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "t5", "bart"])
+def test_prefixes_can_start_as_the_keys_and_values_of_words(model_dir, family):
+    """``start: activations``: each prefixed attention starts with the keys and values the
+    backbone itself computes for the slots' words (for a decoder-only model: its key/value
+    cache of those words); a slot that names none starts from a sampled token."""
+    end = " so [MASK]" if family in ("t5", "bart") else ""
+    model = model_for(
+        model_dir, family, template="[P1:great][P2:movie] <x>" + end, start="activations"
+    )
+    tokenizer = model.backbone.tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in ("great", "movie")]
+    words = model.lm.get_input_embeddings().weight[ids].detach()
+    assert torch.allclose(model.prompts(), model.injector.activations(model.lm, words))
+    sampled = model_for(model_dir, family, template="[P*3] <x>" + end, start="activations")
+    assert sampled.prompts().shape == (3, sampled.injector.width)
+    if family in ("t5", "bart"):
+        return  # three stacks of attention: the cache below is a decoder-only model's
+    cache = DynamicCache(config=model.lm.config)
+    with torch.no_grad():
+        model.lm(inputs_embeds=words.unsqueeze(0), past_key_values=cache)
+    prefixes = model.injector.prefixes(model.prompts(), {})
+    for index, module in enumerate(model.injector.targets):
+        assert torch.allclose(prefixes[module].key, cache.layers[index].keys[0], atol=1e-5)
+        assert torch.allclose(prefixes[module].value, cache.layers[index].values[0], atol=1e-5)
+
+
+def test_starting_prefixes_from_words_is_checked(model_dir):
+    with pytest.raises(ConfigError, match="prompts.start: activations"):
+        build_model(recipe(model_dir("gpt2"), template="[P1:great] <x>"))
+    with pytest.raises(ConfigError, match="which an encoder produces"):
+        build_model(recipe(model_dir("gpt2"), encoder="mlp", start="activations"))

@@ -41,11 +41,13 @@ class Prompting:
     ``owner`` is the injector that made it (hooks of other injectors leave it alone);
     ``prefixes`` maps attention modules to their prefix; ``layers`` maps the key of a layer
     hook to the vectors that replace the hidden states before that layer, and the positions
-    that take them (``slot_ids`` ``[B, L]``: a row of ``vectors``, or -1)."""
+    that take them (``slot_ids`` ``[B, L]``: a row of ``vectors``, or -1); ``captured``, when
+    given, receives each prefixable attention's own keys and values."""
 
     owner: object
     prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class Injector:

@@ -42,6 +42,12 @@ class PrefixConfig(LayeredPromptsConfig):
         description="encoder-decoders: which attentions get prefixes, any of encoder (self), "
         "decoder (self) and cross (default: all three)",
     )
+    start: Literal["normal", "activations"] = Field(
+        "normal",
+        description="without an encoder, where the keys and values start: normal(0, 1) "
+        "(P-tuning v2), or the backbone's own keys and values of the slots' words (tokens "
+        "sampled from the vocabulary for slots that name none)",
+    )
 
     @field_validator("encoder")
     @classmethod
@@ -73,11 +79,16 @@ class PrefixInjector(Injector):
     @classmethod
     def check(cls, config: PrefixConfig, template: Template) -> None:
         named = [s.name for s in template.slots if s.init and not s.init.startswith("@")]
-        if named and config.encoder == "none":
+        if named and config.encoder == "none" and config.start == "normal":
             raise ConfigError(
                 f"soft slot [{named[0]}] starts from words, but a prefix without an encoder "
-                "holds keys and values, not embeddings: use `prompts.encoder: mlp`, or drop "
-                "the words."
+                "holds keys and values, not embeddings: start from the words' keys and values "
+                "(`prompts.start: activations`), use `prompts.encoder: mlp`, or drop the words."
+            )
+        if config.start == "activations" and config.encoder != "none":
+            raise ConfigError(
+                "prompts.start: activations starts the keys and values themselves, which an "
+                "encoder produces: drop prompts.encoder (none) or prompts.start."
             )
 
     def __init__(self, config: PrefixConfig, model: PreTrainedModel) -> None:
@@ -128,8 +139,36 @@ class PrefixInjector(Injector):
             )
             return prompts
         prompts = SoftPrompts(template.n_slots, self.width, "none", None, config.dropout)
-        prompts.table.data.normal_(generator=generator)
+        if config.start == "activations":
+            words = SoftPrompts(template.n_slots, backbone.hidden_size, "none", None, 0.0)
+            embeddings = backbone.model.get_input_embeddings().weight
+            words.initialise(template.slots, embeddings, backbone.tokenizer, config.init, generator)
+            prompts.table.data.copy_(self.activations(backbone.model, words.table.detach()))
+        else:
+            prompts.table.data.normal_(generator=generator)
         return prompts
+
+    @torch.no_grad()
+    def activations(self, model: PreTrainedModel, embeddings: torch.Tensor) -> torch.Tensor:
+        """Table rows holding the keys and values each prefixed attention computes for a
+        sequence of ``embeddings`` ``[P, D]`` (an encoder-decoder's decoder reads them too):
+        the prefix then starts as those words would be, in front of the input."""
+        inputs = embeddings.to(model.dtype).unsqueeze(0)
+        captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        kwargs = {"inputs_embeds": inputs, PROMPTING_KWARG: Prompting(self, captured=captured)}
+        if model.config.is_encoder_decoder:
+            kwargs["decoder_inputs_embeds"] = inputs
+        was_training = model.training
+        model.eval()
+        try:
+            model(**kwargs)
+        finally:
+            model.train(was_training)
+        rows = [
+            torch.stack([captured[m][0][0], captured[m][1][0]], 0).permute(2, 0, 1, 3)
+            for m in self.targets
+        ]  # each [P, 2, H_kv, Dh]
+        return torch.cat([r.flatten(1) for r in rows], 1).float()
 
     def forward_kwargs(
         self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
@@ -248,6 +287,8 @@ def _registered(implementation: str) -> str:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         prompting = kwargs.pop(PROMPTING_KWARG, None)
         prefix = prompting.prefixes.get(module) if isinstance(prompting, Prompting) else None
+        if isinstance(prompting, Prompting) and prompting.captured is not None:
+            prompting.captured[module] = (key, value)
         if prefix is not None:
             key, value, attention_mask = prefix.extend(
                 module, query, key, value, attention_mask, kwargs.get("is_causal")
