@@ -66,7 +66,7 @@ def estimate(
         )
     saved, model.calibration = model.calibration, None
     try:
-        logits = predict_logits(model, model.tokenizer(examples, None), batch_size)
+        logits = predict_logits(model, model.encode(examples), batch_size)
     finally:
         model.calibration = saved
     return logits.softmax(-1).mean(0).log()

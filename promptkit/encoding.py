@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
@@ -153,6 +153,44 @@ class PromptTokenizer:
             )
         return encoded
 
+    def answered(
+        self, examples: Sequence[Mapping[str, object]], answers: Sequence[str]
+    ) -> list[list[int]]:
+        """Token ids of each example rendered as plain text with its answer in place of
+        [MASK] (a demonstration): its inputs and the answer as data, its soft slots left out,
+        nothing cut, no special tokens."""
+        rendered = [
+            self._trim(_answered(self.template.render(example), answer))[0]
+            for example, answer in zip(examples, answers, strict=True)
+        ]
+        self._cache_anchors(rendered)
+        return [[t for s in segs for t in self._anchor_cache[s.text, s.data]] for segs in rendered]
+
+    def data_tokens(self, text: str) -> list[int]:
+        """The token ids of a text taken as data (no special tokens, none recognised)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]
+
+    def prepended(self, encoded: EncodedPrompt, context: Sequence[int]) -> EncodedPrompt:
+        """An encoded example with ``context`` tokens (plain tokens) put before its template,
+        after the special tokens that open it."""
+        if not context:
+            return encoded
+        at, n = len(self.prefix), len(context)
+
+        def shifted(position: int) -> int:
+            return position + n if position >= 0 else position
+
+        return replace(
+            encoded,
+            input_ids=[*encoded.input_ids[:at], *context, *encoded.input_ids[at:]],
+            slot_ids=[*encoded.slot_ids[:at], *[-1] * n, *encoded.slot_ids[at:]],
+            word_ids=[*encoded.word_ids[:at], *[-1] * n, *encoded.word_ids[at:]],
+            mask_position=shifted(encoded.mask_position),
+            answer_start=shifted(encoded.answer_start),
+        )
+
     def _encode_answers(self, targets: Sequence[str] | None, spaces: list[bool]) -> list[list[int]]:
         """Each target's tokens and the end token (nothing without targets or answers)."""
         if targets is None or self.answers is None:
@@ -298,6 +336,19 @@ class PromptTokenizer:
             answer_start,
             tuple(answer[: self.max_length]) if self.answers == "decoder" else (),
         )
+
+
+def _answered(segments: Sequence[Segment], answer: str) -> list[Segment]:
+    """Rendered segments as text: inputs and ``answer`` (in place of [MASK]) as data, soft
+    slots left out."""
+    out = []
+    for seg in segments:
+        if seg.kind is SegmentKind.TEXT:
+            out.append(seg)
+        elif seg.kind is not SegmentKind.SOFT:
+            text = answer if seg.kind is SegmentKind.MASK else seg.text
+            out.append(Segment(SegmentKind.TEXT, text, data=True))
+    return out
 
 
 def _reads_data(segments: Sequence[Segment]) -> bool:

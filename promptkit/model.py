@@ -12,6 +12,7 @@ from promptkit import catalog
 from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
 from promptkit.calibration import calibrated, content_free_examples, estimate
 from promptkit.data import as_examples, collate
+from promptkit.demonstrations import Demonstrations, check_head
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, DataError
 from promptkit.heads import HEADS, Head
@@ -83,6 +84,7 @@ class PromptModel(PolicyModule):
         )
         self.groups = parameter_groups(prompts, head, backbone.model, trainable)
         self.calibration: torch.Tensor | None = None  # log mean class probabilities
+        self.demonstrations: Demonstrations | None = None  # put before each query
 
     @property
     def classes(self) -> list[str]:
@@ -142,8 +144,12 @@ class PromptModel(PolicyModule):
         self, examples: Sequence[Mapping[str, object]], labels: Sequence[Any] | None = None
     ) -> list[EncodedPrompt]:
         """Encode examples (mappings from input-slot names and Jinja fields to values); for a
-        generator, with ``labels``, their text answers too."""
-        return self.tokenizer(examples, None if self.task.has_classes else labels)
+        generator, with ``labels``, their text answers too; with ``demonstrations``, each
+        example's before it."""
+        encoded = self.tokenizer(examples, None if self.task.has_classes else labels)
+        if self.demonstrations is None:
+            return encoded
+        return self.demonstrations.prepend(self, examples, encoded)
 
     def generate(
         self,
@@ -230,6 +236,8 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     placement.check(recipe.prompts, template)
     head = HEADS[recipe.head.type]
     classes = head.check(recipe.head, template)
+    if recipe.demonstrations is not None:
+        check_head(recipe.head.type)
     if "prompts" in recipe.trainable and not template.n_slots:
         raise ConfigError(
             "trainable includes 'prompts' but the template has no soft slot ([P1], [P*n]): "

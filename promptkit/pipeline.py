@@ -81,6 +81,8 @@ def fit(
         state.wait_for_everyone()
         run.write_config(config.model_dump(mode="json"))
         model, splits = prepared.model, prepared.splits
+        if getattr(model, "demonstrations", None) is not None:
+            run.save_demonstrations(model.demonstrations.records(model.classes))
         trainer = Trainer(
             model,
             config.recipe(),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from promptkit.demonstrations import Demonstrations
 from promptkit.errors import BackboneMismatchError, ConfigError, PromptkitError
 from promptkit.inference import predict_logits
 from promptkit.modalities import modality_of
@@ -131,6 +132,11 @@ def load(
             "trained on."
         )
     model.load_trained_state(run.read_prompt())
+    if getattr(recipe, "demonstrations", None) is not None:
+        records = run.read_demonstrations()
+        model.demonstrations = Demonstrations.of_records(
+            recipe, model.template, records, model.classes
+        )
     return Predictor(model.to(device).eval())
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from promptkit.calibration import CalibrationConfig
 from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
+from promptkit.demonstrations import DemonstrationsConfig
 from promptkit.heads import HeadConfigs
 from promptkit.heads.verbalizer import VerbalizerConfig
 from promptkit.placements import PlacementConfigs
@@ -48,6 +49,9 @@ class ModelConfig(Strict):
     seed: int = Field(13, ge=0, lt=2**32)
     calibration: CalibrationConfig | None = Field(
         None, description="contextual calibration of the class probabilities, after training"
+    )
+    demonstrations: DemonstrationsConfig | None = Field(
+        None, description="labelled training examples put before each query (LM-BFF)"
     )
 
     @field_validator("trainable")

@@ -6,6 +6,8 @@
     config.yaml          the full config of the run
     metrics.jsonl        one line per evaluation
     train.log            progress, evaluations, stops and resumes, as plain lines
+    demonstrations.jsonl the training examples shown before each query (runs with
+                         demonstrations only): an example and its class per line
     resume/state.pt      optimizer, scheduler, uncollapsed encoders, progress: to resume
     .promptkit-run       the marker that says the folder is a promptkit run, and its status
     .promptkit-lock      held while a process writes the run
@@ -24,7 +26,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,9 +112,12 @@ class RunFolder:
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
     LOG = "train.log"
+    DEMONSTRATIONS = "demonstrations.jsonl"
     RESUME = "resume/state.pt"
     MARKER = ".promptkit-run"
     LOCK = ".promptkit-lock"
+    # the run's own files (besides its lock and resume folder)
+    FILES = (PROMPT, RECIPE, CONFIG, METRICS, LOG, DEMONSTRATIONS, MARKER)
 
     def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
@@ -143,8 +148,7 @@ class RunFolder:
     def owns(self, path: str | Path) -> bool:
         """Whether ``path`` is one of the run's own files (or inside its resume folder)."""
         target = Path(path).resolve()
-        names = (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER)
-        own = {self.file(n).resolve() for n in (*names, self.LOCK)}
+        own = {self.file(n).resolve() for n in (*self.FILES, self.LOCK)}
         return target in own or self.file(self.RESUME).parent.resolve() in target.parents
 
     def is_empty(self) -> bool:
@@ -219,8 +223,7 @@ class RunFolder:
     def clear(self) -> None:
         """Remove the run's own files (nothing else the folder holds): the resume folder
         goes only if nothing else is left in it."""
-        names = (self.PROMPT, self.RECIPE, self.CONFIG, self.METRICS, self.LOG, self.MARKER)
-        for name in (*names, self.RESUME):
+        for name in (*self.FILES, self.RESUME):
             self.file(name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # absent, or holds the user's files
             self.file(self.RESUME).parent.rmdir()
@@ -345,6 +348,29 @@ class RunFolder:
                 "and fingerprint): train the run again."
             )
         return document
+
+    @_writes
+    def save_demonstrations(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Save the demonstrations' pool, one JSON record a line."""
+        text = "".join(json.dumps(dict(r)) + "\n" for r in records)
+        atomic_text(self.file(self.DEMONSTRATIONS), text)
+
+    def read_demonstrations(self) -> list[dict[str, Any]]:
+        """The saved demonstrations' pool (a run whose recipe has demonstrations has it)."""
+        path = self.file(self.DEMONSTRATIONS)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(
+                f"{path} cannot be read ({err}), and the run shows its queries demonstrations "
+                "from it: the run folder is incomplete or damaged; train it again."
+            ) from None
+        if not all(isinstance(r, dict) and {"example", "label"} <= r.keys() for r in records):
+            raise ConfigError(
+                f"{path} is damaged (a line lacks its example or label): train the run again."
+            )
+        return records
 
     @_writes
     def append_metrics(self, record: Mapping[str, Any]) -> None:

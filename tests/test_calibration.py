@@ -112,3 +112,16 @@ def test_only_a_classifier_is_calibrated(model_dir):
     )
     with pytest.raises(ConfigError, match="task is tagging"):
         build_model(recipe).calibrate()
+
+
+def test_calibration_sees_the_demonstrations(model_dir, sentiment_data):
+    config = run_config(
+        model_dir("gpt2"),
+        sentiment_data,
+        calibration={"content_free": ["N/A"]},
+        demonstrations={"per_class": 1},
+    )
+    config["trainer"]["epochs"] = 1
+    loaded = promptkit.load(fit(validate_config(config)).run_dir)
+    (probabilities,) = loaded.predict_proba(["N/A"])
+    assert all(abs(p - 1 / 2) < 1e-5 for p in probabilities.values())

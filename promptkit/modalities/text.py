@@ -65,10 +65,13 @@ class TextModality(Modality):
         for split in (splits.train, splits.validation, splits.test):
             for example in split.examples if split else ():  # render errors before loading
                 checked.template.render(example)
+        demonstrations = _demonstrations(config, checked.template, splits.train, classes)
         _no_float16_on_cpu(config.backbone.dtype)
         backbone = _the_configs(config.backbone, _backbone(config.backbone, backbone))
         fingerprint = backbone.fingerprint()
-        return Prepared(build_model(checked, classes, backbone), splits, fingerprint)
+        model = build_model(checked, classes, backbone)
+        model.demonstrations = demonstrations
+        return Prepared(model, splits, fingerprint)
 
     def build(self, recipe: Any, classes: Sequence[str], backbone: Any = None) -> Any:
         from promptkit.model import build_model
@@ -84,6 +87,15 @@ class TextModality(Modality):
         from promptkit.readers import read_rows
 
         return read_rows(spec), data.label_column
+
+
+def _demonstrations(config: Any, template: Any, train: Any, classes: Sequence[str]) -> Any:
+    """The training pool of the config's demonstrations (None without any)."""
+    from promptkit.demonstrations import Demonstrations
+
+    if config.demonstrations is None:
+        return None
+    return Demonstrations.of_split(config.recipe(), template, train, classes)
 
 
 def _no_float16_on_cpu(dtype: str) -> None:
