@@ -223,7 +223,7 @@ class Host:
         for key, indices in groups.items():
             group = [rows[i] for i in indices]
             for chunk, batch, owners in self._batches(group, batch_size):
-                kwargs = self.injector(batch, self._vectors(), owners)
+                kwargs = self._injected(batch, owners)
                 seed = self._list[group[chunk[0]].task].seed
                 written = write(
                     self.backbone.model, self.backbone.tokenizer, kwargs, configs[key], seed
@@ -232,8 +232,14 @@ class Host:
                     texts[indices[m]] = text
         return texts
 
-    def _vectors(self) -> list[torch.Tensor]:
-        return [model.prompts() for model in self._list]
+    def _injected(self, batch: dict[str, torch.Tensor], owners: torch.Tensor) -> dict[str, object]:
+        """The forward kwargs of a batch: a batch of one task's rows goes through that run's
+        own injector (no per-row prompts, masks or stacking to pay for)."""
+        first = int(owners[0])
+        if bool((owners == first).all()):
+            model = self._list[first]
+            return model.injector(batch, model.prompts())
+        return self.injector(batch, [model.prompts() for model in self._list], owners)
 
     def _batches(
         self, rows: Sequence[Row], batch_size: int
@@ -258,7 +264,7 @@ class Host:
     ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         """One backbone forward for the batch; then, per task in it, its rows and the
         logits its head reads from them."""
-        kwargs = self.injector(batch, self._vectors(), owners)
+        kwargs = self._injected(batch, owners)
         outputs = self._forward(kwargs, batch, owners)
         for task in owners.unique().tolist():
             members = (owners == task).nonzero().squeeze(-1)

@@ -171,7 +171,15 @@ def _row(
 
 
 def _written(model: Any, test: Split) -> list[str]:
-    return model.generate(test.examples[:SAMPLES])
+    return model.generate(_sampled(test))
+
+
+def _sampled(test: Split) -> list[dict[str, Any]]:
+    """The first SAMPLES test examples with distinct inputs."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for example in test.examples:
+        distinct.setdefault(json.dumps(example, sort_keys=True), example)
+    return list(distinct.values())[:SAMPLES]
 
 
 def _print(console: Console, rows: list[dict], samples: dict, test: Split) -> None:
@@ -194,10 +202,11 @@ def _print(console: Console, rows: list[dict], samples: dict, test: Split) -> No
             f"{row['minutes']:.1f}",
         )
     console.print(table)
-    for i in range(SAMPLES):
+    for i, example in enumerate(_sampled(test)):
         console.rule(f"sample {i + 1}")
-        console.print(Text(f"input:     {test.examples[i]['input']}"))
-        console.print(Text(f"reference: {test.labels[i]}"))
+        console.print(Text(f"input:     {example['input']}"))
+        references = [t for e, t in zip(test.examples, test.labels, strict=True) if e == example]
+        console.print(Text(f"reference: {references[0]}"))
         for name, written in samples.items():
             console.print(Text(f"{name}: {written[i]}"))
 
