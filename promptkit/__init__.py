@@ -37,6 +37,7 @@ _EXPORTS = {
     "Predictor": "promptkit.predictor",
     "load": "promptkit.host",
     "Host": "promptkit.host",
+    "Ensemble": "promptkit.ensemble",
     "RunFolder": "promptkit.run_folder",
     "Template": "promptkit.template",
     "Verbalizer": "promptkit.verbalizer",

@@ -373,6 +373,36 @@ def template_check(
     )
 
 
+@template_app.command("search")
+def template_search(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a verbalizer head")],
+    candidate: Annotated[
+        list[str] | None, typer.Option("--candidate", help="a template text or catalog name")
+    ] = None,
+    from_catalog: Annotated[
+        bool,
+        typer.Option("--catalog", help="also every catalog hard template with the same inputs"),
+    ] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+) -> None:
+    """Score candidate hard templates zero-shot on CONFIG's validation data, best first."""
+    with _reported():
+        from promptkit.config import load_config
+        from promptkit.template_search import catalog_candidates, score_templates
+
+        loaded = load_config(config, set_ or [])
+        candidates = list(candidate or [])
+        if from_catalog:
+            candidates += [c for c in catalog_candidates(loaded) if c not in candidates]
+        scores = score_templates(loaded, candidates, progress=True)
+    table = Table("rank", "template", scores[0].metric, "metrics")
+    for rank, score in enumerate(scores, 1):
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in score.metrics.items())
+        table.add_row(str(rank), Text(score.template), f"{score.score:.3f}", shown)
+    console.print(table)
+    console.print(Text(f"best: {scores[0].template}"))
+
+
 @template_app.command("render")
 def template_render(
     template: Annotated[str, typer.Argument(help="template text or catalog name")],

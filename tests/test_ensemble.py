@@ -1,0 +1,105 @@
+"""Ensembles of prompts: members on one backbone, combined by mean, learned weights or vote."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_config
+
+import promptkit
+from promptkit import Ensemble
+from promptkit.config import validate_config
+from promptkit.errors import ConfigError, PromptkitError
+from promptkit.pipeline import fit
+
+TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film", "it was fine"]
+LABELS = ["positive", "negative", "negative", "positive", "positive"]
+TEMPLATES = ["<x> it was [P1] [MASK].", "[P*2] <x> so [MASK]", "<x> [P1] really [MASK]!"]
+
+
+@pytest.fixture(scope="module")
+def members(model_dir, tmp_path_factory) -> list[str]:
+    import json
+
+    from conftest import sentiment_rows
+
+    root = tmp_path_factory.mktemp("ensemble")
+    for name, n, seed in (("train", 32, 0), ("validation", 8, 1), ("test", 8, 2)):
+        rows = "".join(json.dumps(r) + "\n" for r in sentiment_rows(n, seed))
+        (root / f"{name}.jsonl").write_text(rows)
+    runs = []
+    for number, template in enumerate(TEMPLATES):
+        config = run_config(
+            model_dir("gpt2"), root, template=template, output_dir=str(root / f"m{number}")
+        )
+        config["trainer"]["epochs"] = 1
+        runs.append(str(fit(validate_config(config)).run_dir))
+    return runs
+
+
+def member_probs(runs: list[str]) -> torch.Tensor:
+    """``[M, N, C]`` from each run's own Predictor."""
+    out = []
+    for run in runs:
+        predictor = promptkit.load(run)
+        rows = predictor.predict_proba(TEXTS)
+        out.append([[row[c] for c in predictor.classes] for row in rows])
+    return torch.tensor(out)
+
+
+def test_mean_log_probability(members):
+    together = Ensemble.of(members)
+    got = torch.tensor([list(p.values()) for p in together.predict_proba(TEXTS)])
+    want = member_probs(members).log().mean(0).softmax(-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert together.predict(TEXTS) == [together.classes[i] for i in want.argmax(-1).tolist()]
+
+
+def test_majority_vote(members):
+    voted = Ensemble.of(members, combine="vote").predict(TEXTS)
+    choices = member_probs(members).argmax(-1)  # [M, N]
+    for n, label in enumerate(voted):
+        counts = torch.bincount(choices[:, n], minlength=2)
+        assert counts[["positive", "negative"].index(label)] == counts.max()
+
+
+def test_weights_learned_on_labelled_data_fit_it_better(members):
+    together = Ensemble.of(members)
+    log_probs = together.member_log_probs(TEXTS)
+    target = torch.tensor([together.classes.index(label) for label in LABELS])
+
+    def loss(weights: dict[str, float]) -> float:
+        w = torch.tensor([weights[name] for name in together.host.tasks])
+        mixed = (w[:, None, None] * log_probs).sum(0)
+        return float(torch.nn.functional.cross_entropy(mixed, target))
+
+    equal = loss(together.weights)
+    learned = together.fit_weights(TEXTS, LABELS)
+    assert together.combine == "weighted" and abs(sum(learned.values()) - 1) < 1e-5
+    assert loss(learned) <= equal + 1e-6
+
+
+def test_saved_and_loaded_as_one(members, tmp_path):
+    together = Ensemble.of(members, combine="vote")
+    folder = together.save(tmp_path / "ensemble")
+    again = Ensemble.load(folder)
+    assert again.combine == "vote" and again.predict_proba(TEXTS) == together.predict_proba(TEXTS)
+    with pytest.raises(PromptkitError, match="is not empty"):
+        together.save(folder)
+
+
+def test_members_must_be_one_task(members, model_dir, sentiment_data):
+    config = run_config(
+        model_dir("gpt2"),
+        sentiment_data,
+        head={"verbalizer": {"negative": ["bad"], "positive": ["great"]}},
+        output_dir=str(sentiment_data / "swapped"),
+    )
+    config["trainer"]["epochs"] = 1
+    swapped = str(fit(validate_config(config)).run_dir)
+    with pytest.raises(ConfigError, match="members disagree on the classes"):
+        Ensemble.of([members[0], swapped])
+    with pytest.raises(PromptkitError, match="two or more runs"):
+        Ensemble.of({"only": members[0]})
+    with pytest.raises(ConfigError, match="combine is one of"):
+        Ensemble.of(members, combine="median")
