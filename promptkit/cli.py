@@ -403,6 +403,37 @@ def template_search(
     console.print(Text(f"best: {scores[0].template}"))
 
 
+@template_app.command("autoprompt")
+def template_autoprompt(
+    config: Annotated[Path, typer.Argument(help="YAML run config whose soft slots are triggers")],
+    iterations: Annotated[int, typer.Option(min=1, help="search steps, one slot each")] = 20,
+    candidates: Annotated[int, typer.Option(min=1, help="words tried per step")] = 10,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+) -> None:
+    """Find a word for each soft slot of CONFIG's template on its training split (AutoPrompt)
+    and print the hard template, and the template with soft slots started from the words."""
+    with _reported():
+        from promptkit.autoprompt import autoprompt
+        from promptkit.config import load_config
+        from promptkit.modalities import modality_of
+
+        loaded = load_config(config, set_ or [])
+        prepared = modality_of(loaded.model_dump()).prepare(loaded)
+        train = prepared.splits.train
+        found = autoprompt(
+            prepared.model,
+            train.examples,
+            train.labels,
+            iterations,
+            candidates,
+            loaded.trainer.batch_size,
+            loaded.seed,
+        )
+    console.print(Text(f"loss {found.losses[0]:.4f} -> {found.losses[-1]:.4f}"))
+    console.print(Text(f"hard template:   {found.template}"))
+    console.print(Text(f"seeded template: {found.seeded}"))
+
+
 @template_app.command("render")
 def template_render(
     template: Annotated[str, typer.Argument(help="template text or catalog name")],
