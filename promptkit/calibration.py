@@ -44,12 +44,35 @@ class CalibrationConfig(Strict):
         return self
 
 
+def calibration_examples(
+    model: PromptModel,
+    content_free: Sequence[str] | None = None,
+    examples: Sequence[Mapping[str, Any]] | None = None,
+) -> Sequence[Mapping[str, Any]]:
+    """The examples the bias is estimated from: ``examples``, or the content-free inputs
+    (by default "N/A", "" and "[MASK]"); giving both, or none of either, is an error."""
+    if examples is None:
+        return content_free_examples(model, content_free)
+    if content_free is not None:
+        raise ConfigError("calibrate takes content-free inputs or examples, not both.")
+    if not examples:
+        raise ConfigError("calibrate was given no examples: give at least one.")
+    return examples
+
+
 def content_free_examples(
     model: PromptModel, inputs: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """One example per content-free input, in every input slot of the template."""
+    inputs = CONTENT_FREE if inputs is None else inputs
+    if isinstance(inputs, str) or not all(isinstance(text, str) for text in inputs):
+        raise ConfigError(
+            f"content-free inputs are a list of texts, such as ['N/A'], not {inputs!r}."
+        )
+    if not inputs:
+        raise ConfigError("the content-free inputs are empty: give at least one, e.g. ['N/A'].")
     slots = model.template.inputs
-    return [{slot: text for slot in slots} for text in (inputs or CONTENT_FREE)]
+    return [{slot: text for slot in slots} for text in inputs]
 
 
 def estimate(

@@ -57,7 +57,20 @@ def not_text(value: Any) -> str | None:
         not isinstance(w, str) or not w.strip() for w in value
     ):
         return "a list of words with an empty or non-text item"
+    if not all(map(_valid_unicode, value if isinstance(value, list | tuple) else [value])):
+        return "a text with a character that is not valid Unicode (a lone surrogate)"
     return None
+
+
+def _valid_unicode(text: Any) -> bool:
+    """Whether a text can be encoded (no lone surrogate such as JSON's "\\ud800")."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_rows(

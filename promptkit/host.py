@@ -182,7 +182,7 @@ class Host:
                 )
 
     def _known(self, task: Any) -> str:
-        if task not in self.models:
+        if not isinstance(task, str) or task not in self.models:
             raise PromptkitError(f"no task is named {task!r}; the tasks are {self.tasks}.")
         return task
 

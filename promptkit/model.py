@@ -10,7 +10,7 @@ import torch
 
 from promptkit import catalog
 from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
-from promptkit.calibration import calibrated, content_free_examples, estimate
+from promptkit.calibration import calibrated, calibration_examples, estimate
 from promptkit.data import as_examples, collate
 from promptkit.demonstrations import Demonstrations, check_head
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
@@ -200,8 +200,7 @@ class PromptModel(PolicyModule):
             examples: unlabelled examples (``model.examples(items)``) to estimate from
                 instead.
         """
-        if examples is None:
-            examples = content_free_examples(self, content_free)
+        examples = calibration_examples(self, content_free, examples)
         self.calibration = estimate(self, examples, batch_size)
         return self.calibration.exp()
 
