@@ -229,7 +229,7 @@ def predict(
 def serve(
     runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a task")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(help="port to listen on", min=0, max=65535)] = 8000,
     device: Annotated[str, typer.Option(help="where the backbone runs, e.g. cuda")] = "cpu",
     max_batch: Annotated[int, typer.Option(help="most rows in one shared batch")] = 32,
     max_wait_ms: Annotated[

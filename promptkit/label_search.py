@@ -326,5 +326,8 @@ def write_verbalizer(
 
     path = check_output(path, overwrite)
     document = {"description": description, "words": {c: list(w) for c, w in words.items()}}
-    atomic_text(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    try:
+        atomic_text(path, yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be written ({err}): choose another --output.") from None
     return path

@@ -125,7 +125,8 @@ def _calibrate(model: Any, config: Any, train: Any, run: RunFolder, trainer: Tra
     shown = ", ".join(
         f"{c} {p:.3f}" for c, p in zip(model.classes, probabilities.tolist(), strict=True)
     )
-    run.log(f"calibrated: the prompt's mean class probabilities were {shown}")
+    source = f"{len(unlabelled)} training inputs" if unlabelled else "content-free inputs"
+    run.log(f"calibrated on {source}: the prompt's mean class probabilities were {shown}")
     saved = trainer.state.best_document or {}
     info = {k: saved[k] for k in ("validation", "epoch") if k in saved}
     run.save_model(model, config.recipe(), trainer.fingerprint, info)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,8 +55,8 @@ class Limits:
         for name in ("max_batch", "max_inputs", "max_chars", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise PromptkitError(f"{name} is at least 1, not {getattr(self, name)}.")
-        if self.max_wait_ms < 0:
-            raise PromptkitError(f"max_wait_ms is 0 or more, not {self.max_wait_ms}.")
+        if not 0 <= self.max_wait_ms < math.inf:  # also refuses NaN
+            raise PromptkitError(f"max_wait_ms is a finite 0 or more, not {self.max_wait_ms}.")
 
 
 class PredictRequest(BaseModel):
@@ -171,6 +172,47 @@ def _settle(done: asyncio.Future, result: Any = None, error: Exception | None = 
         done.set_result(result)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413, whether it declares
+    its length or comes in chunks (it is read, up to the limit, before the app sees it)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = await self._read(scope, receive)
+        if message is None:
+            detail = {"detail": f"the request body is over {self.max_bytes} bytes."}
+            await JSONResponse(detail, status_code=413)(scope, receive, send)
+            return
+        replay = [message]
+
+        async def replayed() -> Any:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _read(self, scope: Any, receive: Any) -> dict[str, Any] | None:
+        """The whole body as one message (or the disconnect that cut it short); None when
+        it is over the limit."""
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return None
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+
 def create_app(host: Host, limits: Limits | None = None) -> FastAPI:
     """The FastAPI application serving ``host``."""
     limits = limits or Limits()
@@ -193,15 +235,7 @@ def create_app(host: Host, limits: Limits | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            return JSONResponse(
-                {"detail": f"the request body is over {limits.max_body_bytes} bytes."},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/health")
     async def health() -> Health:

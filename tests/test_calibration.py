@@ -71,7 +71,7 @@ def test_a_run_saves_and_loads_its_calibration(model_dir, sentiment_data):
     (probabilities,) = loaded.predict_proba(["N/A"])
     assert all(abs(p - 1 / 2) < 1e-5 for p in probabilities.values())
     assert (
-        "calibrated: the prompt's mean class probabilities were"
+        "calibrated on content-free inputs: the prompt's mean class probabilities were"
         in (result.run_dir / "train.log").read_text()
     )
     host = promptkit.load({"a": result.run_dir})
@@ -84,6 +84,7 @@ def test_calibration_from_unlabelled_training_inputs(model_dir, sentiment_data):
     config["trainer"]["epochs"] = 1
     result = fit(validate_config(config))
     bias = promptkit.load(result.run_dir).model.calibration.exp()
+    assert "calibrated on 16 training inputs" in (result.run_dir / "train.log").read_text()
     assert bias.shape == (2,) and abs(float(bias.sum()) - 1) < 1e-5
 
 
@@ -99,6 +100,23 @@ def test_calibration_settings_are_checked(model_dir, sentiment_data, calibration
     config = run_config(model_dir("gpt2"), sentiment_data, calibration=calibration)
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"content_free": []}, "content-free inputs are empty"),
+        ({"content_free": "N/A"}, "a list of texts"),
+        ({"content_free": [None]}, "a list of texts"),
+        ({"examples": []}, "no examples"),
+        ({"content_free": ["N/A"], "examples": [{"x": "great"}]}, "not both"),
+    ],
+)
+def test_calibrate_arguments_are_checked(model_dir, arguments, message):
+    model = zero_shot(model_dir)
+    with pytest.raises(ConfigError, match=message):
+        model.calibrate(**arguments)
+    assert model.calibration is None
 
 
 def test_only_a_classifier_is_calibrated(model_dir):

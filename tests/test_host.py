@@ -155,6 +155,17 @@ def test_items_must_name_their_task(model_dir):
     assert one == Predictor(host.models["input-verbalizer"]).predict(TEXTS)
 
 
+def test_a_task_name_that_is_not_a_text_is_an_error(model_dir):
+    host = hosted(model_dir, "gpt2")
+    for task in (["input-verbalizer"], {"a": 1}):
+        with pytest.raises(PromptkitError, match="no task is named"):
+            host.predict([(task, "great")])
+        with pytest.raises(PromptkitError, match="no task is named"):
+            host.describe(task)
+    with pytest.raises(PromptkitError, match="not valid Unicode"):
+        host.predict(["\ud800 great"], task="input-verbalizer")
+
+
 def _fitted(model_dir, data, name: str, **extra) -> str:
     config = run_config(model_dir("gpt2"), data, output_dir=str(data / name), **extra)
     config["trainer"]["epochs"] = 1

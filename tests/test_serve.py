@@ -157,6 +157,18 @@ def test_oversize_bodies_and_bad_requests_harm_no_one(server, runs):
         server.url + "/predict", content=b"x" * (2 << 20), headers={"content-type": "text/plain"}
     )
     assert huge.status_code == 413
+    chunked = httpx.post(  # no content-length: the limit holds as the body comes in
+        server.url + "/predict",
+        content=(b"x" * 65536 for _ in range(40)),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 413 and "over" in chunked.text
+    surrogate = httpx.post(
+        server.url + "/predict",
+        content=b'{"task": "mood", "inputs": ["\\ud800 great"]}',
+        headers={"content-type": "application/json"},
+    )
+    assert surrogate.status_code == 400 and "not valid Unicode" in surrogate.text
     expected = promptkit.load(runs["mood"]).predict(TEXTS)
     bodies = [{"task": "mood", "inputs": TEXTS}, {"task": "mood", "inputs": [{"y": 1}]}] * 4
     with ThreadPoolExecutor(len(bodies)) as pool:
@@ -190,3 +202,8 @@ def test_serve_reports_mistakes_without_a_traceback(runs, tmp_path):
     assert twice.exit_code == 2 and "two runs are named 'a'" in twice.output
     limits = serve(str(runs["mood"]), "--max-batch", "0")
     assert limits.exit_code == 2 and "max_batch is at least 1" in limits.output
+    for wait in ("nan", "inf"):
+        waits = serve(str(runs["mood"]), "--max-wait-ms", wait)
+        assert waits.exit_code == 2 and f"finite 0 or more, not {wait}" in waits.output
+    port = serve(str(runs["mood"]), "--port", "99999")
+    assert port.exit_code == 2 and "Traceback" not in port.output
