@@ -6,7 +6,7 @@ same batches; their class probabilities are combined by mean log-probability (``
 weights learned on labelled data (``weighted``: a softmax over members, fitted to the
 log-likelihood of the combination), or by majority vote (``vote``, ties broken by the mean).
 An ensemble is saved as a folder holding ``ensemble.json`` (members, rule, weights) and loaded
-back with ``Ensemble.load``.
+back with ``promptkit.load`` (or ``Ensemble.load``).
 
 >>> from promptkit import Ensemble
 >>> members = Ensemble.of(["runs/cloze", "runs/review", "runs/question"])  # doctest: +SKIP

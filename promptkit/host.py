@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +33,9 @@ from promptkit.placements.mixed import MixedInjector
 from promptkit.predictor import Predictor, checked_items, per_answer
 from promptkit.predictor import load as load_run
 from promptkit.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from promptkit.ensemble import Ensemble
 
 # Trainable groups that change the backbone's own weights: such a run cannot share it.
 _BACKBONE_GROUPS = ("bias", "norm", "all")
@@ -318,17 +321,22 @@ def load(
     runs: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
     backbone: Any = None,
     device: str | torch.device = "cpu",
-) -> Predictor | Host:
-    """Load a trained run (a ``Predictor``), or several onto one backbone (a ``Host``).
+) -> Predictor | Host | Ensemble:
+    """Load a trained run (a ``Predictor``), or several onto one backbone (a ``Host``), or a
+    saved ensemble (an ``Ensemble``).
 
     Args:
-        runs: a run folder; or a list of them (each task named after its folder); or a
-            mapping of task names to run folders.
+        runs: a run folder or a saved ensemble's folder; or a list of run folders (each
+            task named after its folder); or a mapping of task names to run folders.
         backbone: another location of the backbone (a path or a loaded one); by default the
             one the (first) run names. A different backbone is an error.
         device: where to run.
     """
     if isinstance(runs, str | Path):
+        from promptkit.ensemble import Ensemble, is_ensemble
+
+        if is_ensemble(runs):
+            return Ensemble.load(runs, device)
         return load_run(runs, backbone, device)
     named = _named(runs)
     models: dict[str, PromptModel] = {}

@@ -285,6 +285,11 @@ def search_config(
     if getattr(config, "modality", "text") != "text":
         raise ConfigError("label words are searched for text runs: this config is not one.")
     recipe = config.recipe()
+    if recipe.head.type not in ("verbalizer", "soft_verbalizer"):
+        raise ConfigError(
+            f"label words are searched for a verbalizer head; this config's head is a "
+            f"{recipe.head.type}: set `head: {{type: verbalizer}}`."
+        )
     template = compile_template(recipe.template)
     check_mask(template, "verbalizer")
     splits, classes = load_splits(

@@ -117,6 +117,8 @@ class PromptModel(PolicyModule):
                         f"the template has inputs {list(slots)}: pass mappings, not strings."
                     )
                 item = {self.inputs.get(slots[0], slots[0]): item}
+            if isinstance(item, list | tuple) and not item:
+                raise DataError(f"item {number} is an empty list of words: give at least one.")
             if not isinstance(item, Mapping):
                 raise DataError(
                     f"item {number} is a {type(item).__name__}: give a text, a list of words, "

@@ -84,6 +84,8 @@ def test_saved_and_loaded_as_one(members, tmp_path):
     folder = together.save(tmp_path / "ensemble")
     again = Ensemble.load(folder)
     assert again.combine == "vote" and again.predict_proba(TEXTS) == together.predict_proba(TEXTS)
+    loaded = promptkit.load(folder)
+    assert isinstance(loaded, Ensemble) and loaded.predict(TEXTS) == together.predict(TEXTS)
     with pytest.raises(PromptkitError, match="is not empty"):
         together.save(folder)
 

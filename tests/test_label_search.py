@@ -265,3 +265,19 @@ def test_labels_may_be_a_tensor(copying_lm):
     labels = torch.tensor(_labels(rows))
     words = search_label_words(model, model.examples(rows), labels, per_class=1)
     assert words == search_label_words(model, model.examples(rows), _labels(rows), per_class=1)
+
+
+def test_a_config_without_a_verbalizer_head_is_named(model_dir, sentiment_data):
+    from promptkit.label_search import search_config
+
+    config = validate_config(
+        run_config(
+            model_dir("bert"),
+            sentiment_data,
+            template="<x> [MASK]",
+            head={"type": "classifier", "classes": ["negative", "positive"]},
+            trainable=["head"],
+        )
+    )
+    with pytest.raises(ConfigError, match="this config's head is a classifier"):
+        search_config(config)

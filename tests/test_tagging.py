@@ -147,3 +147,19 @@ def test_a_tagger_trains_saves_and_loads(model_dir, tmp_path, placement, templat
     loaded = load(result.run_dir)
     assert loaded.predict(sentences) == tags
     torch.testing.assert_close(loaded.logits(sentences), result.predictor.logits(sentences))
+
+
+def test_an_empty_list_of_words_is_named(model_dir):
+    from promptkit.model import build_model
+    from promptkit.recipe import ModelConfig
+
+    recipe = ModelConfig.model_validate(
+        {
+            "backbone": {"name": str(model_dir("bert"))},
+            "template": "<x>",
+            "head": {"type": "token", "classes": ["O", "B-x"]},
+            "trainable": [],
+        }
+    )
+    with pytest.raises(DataError, match="item 2 is an empty list of words"):
+        build_model(recipe).examples([["a", "film"], []])
