@@ -259,3 +259,19 @@ def run_config(model_folder: Path, data_folder: Path, **overrides) -> dict:
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+def zero_shot_tagger(folder: Path):
+    """A tagger (token head, classes O and B-x) on a model folder, trained on nothing."""
+    from promptkit.model import build_model
+    from promptkit.recipe import ModelConfig
+
+    recipe = ModelConfig.model_validate(
+        {
+            "backbone": {"name": str(folder)},
+            "template": "<x>",
+            "head": {"type": "token", "classes": ["O", "B-x"]},
+            "trainable": [],
+        }
+    )
+    return build_model(recipe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_config
+from conftest import run_config, zero_shot_tagger
 
 import promptkit
 from promptkit.config import validate_config
@@ -120,16 +120,8 @@ def test_calibrate_arguments_are_checked(model_dir, arguments, message):
 
 
 def test_only_a_classifier_is_calibrated(model_dir):
-    recipe = ModelConfig.model_validate(
-        {
-            "backbone": {"name": str(model_dir("bert"))},
-            "template": "<x>",
-            "head": {"type": "token", "classes": ["O", "B-x"]},
-            "trainable": [],
-        }
-    )
     with pytest.raises(ConfigError, match="task is tagging"):
-        build_model(recipe).calibrate()
+        zero_shot_tagger(model_dir("bert")).calibrate()
 
 
 def test_calibration_sees_the_demonstrations(model_dir, sentiment_data):

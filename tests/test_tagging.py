@@ -19,7 +19,7 @@ from promptkit.predictor import load
 from promptkit.readers import read_conll, read_rows, tag_names
 from promptkit.tasks import IGNORED, TAGGING
 from promptkit.template import Template
-from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config
+from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config, zero_shot_tagger
 
 SUBWORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "##ed", "the", "film"]
 
@@ -150,16 +150,5 @@ def test_a_tagger_trains_saves_and_loads(model_dir, tmp_path, placement, templat
 
 
 def test_an_empty_list_of_words_is_named(model_dir):
-    from promptkit.model import build_model
-    from promptkit.recipe import ModelConfig
-
-    recipe = ModelConfig.model_validate(
-        {
-            "backbone": {"name": str(model_dir("bert"))},
-            "template": "<x>",
-            "head": {"type": "token", "classes": ["O", "B-x"]},
-            "trainable": [],
-        }
-    )
     with pytest.raises(DataError, match="item 2 is an empty list of words"):
-        build_model(recipe).examples([["a", "film"], []])
+        zero_shot_tagger(model_dir("bert")).examples([["a", "film"], []])
