@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from promptkit.errors import ConfigError, DataWarning
+from promptkit.heads import LABEL_WORD_HEADS
 from promptkit.schema import Strict
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from promptkit.model import PromptModel
     from promptkit.recipe import ModelConfig
     from promptkit.template import Template
-
-LABEL_WORD_HEADS = ("verbalizer", "soft_verbalizer")
 
 
 class DemonstrationsConfig(Strict):

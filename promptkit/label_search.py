@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from promptkit.encoding import word_tokens
 from promptkit.errors import ConfigError, DataError, VerbalizerError
+from promptkit.heads import LABEL_WORD_HEADS
 from promptkit.heads.verbalizer import VerbalizerConfig, answer_lead, check_mask, mask_logits
 from promptkit.verbalizer import score_classes
 
@@ -285,7 +286,7 @@ def search_config(
     if getattr(config, "modality", "text") != "text":
         raise ConfigError("label words are searched for text runs: this config is not one.")
     recipe = config.recipe()
-    if recipe.head.type not in ("verbalizer", "soft_verbalizer"):
+    if recipe.head.type not in LABEL_WORD_HEADS:
         raise ConfigError(
             f"label words are searched for a verbalizer head; this config's head is a "
             f"{recipe.head.type}: set `head: {{type: verbalizer}}`."

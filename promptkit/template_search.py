@@ -17,7 +17,7 @@ from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.template import SegmentKind, Template
 
-LABEL_WORD_HEADS = ("verbalizer",)
+ZERO_SHOT_HEADS = ("verbalizer",)  # a soft verbalizer's class vectors are trained
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _candidate_configs(config: Any, candidates: Sequence[str]) -> list[Any]:
     candidate is checked before any model loads."""
     if not candidates:
         raise PromptkitError("no candidate templates: give at least one (a text or a name).")
-    if getattr(config.head, "type", None) not in LABEL_WORD_HEADS:
+    if getattr(config.head, "type", None) not in ZERO_SHOT_HEADS:
         raise ConfigError(
             "template search scores hard templates zero-shot, which needs a verbalizer head "
             "(label words read at [MASK]): set head.verbalizer."

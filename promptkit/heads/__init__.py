@@ -15,7 +15,7 @@ from promptkit.heads.classifier import ClassifierHead
 from promptkit.heads.generation import GenerationHead
 from promptkit.heads.soft_verbalizer import SoftVerbalizerHead
 from promptkit.heads.token import TokenClassifierHead
-from promptkit.heads.verbalizer import VerbalizerHead
+from promptkit.heads.verbalizer import LabelWordsConfig, VerbalizerHead
 from promptkit.schema import tagged_union
 
 HEADS: dict[str, type[Head]] = {
@@ -28,7 +28,9 @@ HEADS: dict[str, type[Head]] = {
         GenerationHead,
     )
 }
+# The heads that read label words at [MASK] (their section names a verbalizer).
+LABEL_WORD_HEADS = tuple(t for t, cls in HEADS.items() if issubclass(cls.config, LabelWordsConfig))
 # The `head` section of a text recipe: one member per head, told apart by `type`.
 HeadConfigs = tagged_union([cls.config for cls in HEADS.values()], "type", "verbalizer")
 
-__all__ = ["HEADS", "Head", "HeadConfigs"]
+__all__ = ["HEADS", "LABEL_WORD_HEADS", "Head", "HeadConfigs"]
