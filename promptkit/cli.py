@@ -139,28 +139,55 @@ def evaluate(
     ],
     label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
 ) -> None:
-    """Score a trained prompt on labelled data: accuracy and macro-F1, entity-level
-    precision, recall and F1 for a tagger, or BLEU, chrF, ROUGE-L and the loss for a
-    generator (examples with the same input are one input with several references)."""
+    """Score a trained prompt (or a saved ensemble) on labelled data: accuracy and macro-F1,
+    entity-level precision, recall and F1 for a tagger, or BLEU, chrF, ROUGE-L and the loss
+    for a generator (examples with the same input are one input with several references)."""
     with _reported():
-        from promptkit.data import Split, label_indices, validate_rows, with_targets
+        from promptkit.data import Split, label_indices, mapped_labels
+        from promptkit.ensemble import Ensemble, is_ensemble
         from promptkit.pipeline import evaluate_split
         from promptkit.predictor import load
-        from promptkit.template import Template
+        from promptkit.tasks import CLASSIFICATION
 
-        predictor = load(run_dir)
-        modality, data_config, recipe = _run_data(run_dir)
-        if label_column:
-            data_config = data_config.model_copy(update={"label_column": label_column})
-        rows, column = modality.read_labelled(data_config, data)
-        target = recipe.get("head", {}).get("target")
-        if target:
-            rows = with_targets(rows, data, Template(target, "head.target"), column)
-        model = predictor.model
-        rows = validate_rows(rows, data, model.data_columns(), column, data_config.invalid)
-        labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
-        metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
+        if is_ensemble(run_dir):
+            members = Ensemble.load(run_dir)
+            first = next(iter(members.members.values()))
+            columns = members.data_columns()
+            rows, column, data_config = _labelled(Path(first), data, label_column, columns)
+            names = mapped_labels(rows, CLASSIFICATION, column, data_config.label_map)
+            metrics = members.evaluate(rows, names)
+        else:
+            predictor = load(run_dir)
+            model = predictor.model
+            columns, empty = model.data_columns(), model.task.empty_label
+            rows, column, data_config = _labelled(run_dir, data, label_column, columns, empty)
+            labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
+            metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
     console.print(json.dumps(metrics), markup=False, soft_wrap=True)
+
+
+def _labelled(
+    run_dir: Path,
+    data: str,
+    label_column: str | None,
+    columns: list[str],
+    empty_label: bool = False,
+) -> tuple[list[dict[str, Any]], str, Any]:
+    """Labelled rows read as the run reads data (its label column, label_map, invalid rows,
+    a generator's target template), with the input ``columns``; the label column and the
+    run's data settings."""
+    from promptkit.data import validate_rows, with_targets
+    from promptkit.template import Template
+
+    modality, data_config, recipe = _run_data(run_dir)
+    if label_column:
+        data_config = data_config.model_copy(update={"label_column": label_column})
+    rows, column = modality.read_labelled(data_config, data)
+    target = recipe.get("head", {}).get("target")
+    if target:
+        rows = with_targets(rows, data, Template(target, "head.target"), column)
+    rows = validate_rows(rows, data, columns, column, data_config.invalid, empty_label)
+    return rows, column, data_config
 
 
 def _run_data(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -199,21 +226,28 @@ def predict(
     ] = None,
 ) -> None:
     """Label each example of INPUT, or write its answer (a generator); one JSON line per
-    example: its fields, the prediction, and the class scores."""
+    example: its fields, the prediction, and the class scores. RUN_DIR may be a saved
+    ensemble."""
     with _reported():
+        from promptkit.ensemble import Ensemble, is_ensemble
         from promptkit.modalities import modality_of
         from promptkit.predictor import load
         from promptkit.run_folder import RunFolder
+        from promptkit.tasks import CLASSIFICATION
 
         _check_output(output, Path(input), run_dir, overwrite)
-        predictor = load(run_dir)
-        modality = modality_of(RunFolder(run_dir).read_recipe()["recipe"])
+        if is_ensemble(run_dir):
+            predictor = Ensemble.load(run_dir)
+            task, modality = CLASSIFICATION, modality_of({})
+        else:
+            predictor = load(run_dir)
+            task = predictor.model.task
+            modality = modality_of(RunFolder(run_dir).read_recipe()["recipe"])
         rows = modality.read_inputs(input)
-        has_classes = predictor.model.task.has_classes
-        _no_output_columns(rows, ("prediction", "scores") if has_classes else ("prediction",))
-        if has_classes:
+        _no_output_columns(rows, ("prediction", "scores") if task.has_classes else ("prediction",))
+        if task.has_classes:
             scored = predictor.predict_proba(rows)
-            results = [{"prediction": _best(p), "scores": p} for p in scored]
+            results = [{"prediction": task.chosen(p), "scores": p} for p in scored]
         else:
             texts = predictor.generate(rows, **_key_values(decoding or []))
             results = [{"prediction": text} for text in texts]
@@ -223,6 +257,51 @@ def predict(
         ]
         _write(output, "".join(lines))
     console.print(f"{len(lines)} predictions written to {escape(str(output))}")
+
+
+@app.command("ensemble")
+def ensemble(
+    runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name one")],
+    output: Annotated[Path, typer.Option("--output", help="a new folder for the ensemble")],
+    combine: Annotated[
+        str, typer.Option(help="mean (log-probability), weighted (learned on --data) or vote")
+    ] = "mean",
+    data: Annotated[
+        str | None, typer.Option(help="labelled data: learns the weights, reports accuracy")
+    ] = None,
+) -> None:
+    """Combine trained runs of one task into an ensemble saved in OUTPUT, which `eval`,
+    `predict` and `promptkit.load` take like a run."""
+    with _reported():
+        from promptkit.data import mapped_labels
+        from promptkit.ensemble import COMBINES, Ensemble, check_folder
+        from promptkit.tasks import CLASSIFICATION
+
+        if combine not in COMBINES:
+            raise PromptkitError(f"--combine is one of {', '.join(COMBINES)}, not {combine!r}.")
+        if combine == "weighted" and data is None:
+            raise PromptkitError(
+                "--combine weighted learns the members' weights on labelled data: give --data."
+            )
+        check_folder(output)
+        named = _named_runs(runs)
+        members = Ensemble.of(named, "mean" if combine == "weighted" else combine)
+        scores = None
+        if data is not None:
+            first = Path(next(iter(named.values())))
+            rows, column, data_config = _labelled(first, data, None, members.data_columns())
+            names = mapped_labels(rows, CLASSIFICATION, column, data_config.label_map)
+            if combine == "weighted":
+                members.fit_weights(rows, names)
+            scores = members.evaluate(rows, names)
+        members.save(output)
+    table = Table("member", "weight", *(["accuracy on --data"] if scores else []))
+    for name in [*members.host.tasks, "ensemble"]:
+        weight = "" if name == "ensemble" else f"{members.weights[name]:.3f}"
+        accuracy = [f"{scores[name]['accuracy']:.3f}"] if scores else []
+        table.add_row(Text(name), weight, *accuracy)
+    console.print(table)
+    console.print(Text(f"ensemble ({members.combine}) saved to {output}"))
 
 
 @app.command()
@@ -317,13 +396,6 @@ def _key_values(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise PromptkitError(f"--decoding {item!r}: the value is not valid YAML") from err
     return options
-
-
-def _best(scores: dict[str, float] | list[dict[str, float]]) -> str | list[str]:
-    """The top label (of each word, for a tagger)."""
-    if isinstance(scores, list):
-        return [max(word, key=word.get) for word in scores]
-    return max(scores, key=scores.get)
 
 
 @app.command("catalog")

@@ -80,10 +80,20 @@ class HeadConfig(Strict):
     type: str
 
 
+class ClassesConfig(HeadConfig):
+    """A head that scores classes."""
+
+    multi_label: bool = Field(
+        False,
+        description="any number of classes per example (labels are lists): one sigmoid per "
+        "class, thresholds tuned on the validation split",
+    )
+
+
 class TrainerConfig(Strict):
     """How training runs."""
 
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, ge=0, description="0: a zero-shot run (nothing trains)")
     batch_size: int = Field(16, gt=0)
     eval_batch_size: int = Field(64, gt=0)
     grad_accum: int = Field(1, gt=0)

@@ -74,11 +74,17 @@ def _valid_unicode(text: Any) -> bool:
 
 
 def validate_rows(
-    rows: Rows, source: str, columns: Sequence[str], label_column: str | None, invalid: str
+    rows: Rows,
+    source: str,
+    columns: Sequence[str],
+    label_column: str | None,
+    invalid: str,
+    empty_label: bool = False,
 ) -> Rows:
     """The rows whose ``columns`` (and label) all hold a value. A row that lacks one is an
     error naming the source, the row and the column, or, with ``invalid="drop"``, left out
-    with a warning that counts them."""
+    with a warning that counts them. ``empty_label``: an empty list is a label (no class, in
+    multi-label data)."""
     needed = [*columns, *([label_column] if label_column else [])]
     absent = [c for c in needed if rows and all(c not in row for row in rows)]
     if absent:
@@ -87,7 +93,8 @@ def validate_rows(
             "Map input slots to columns with `inputs: {x: COLUMN}` and name the label column "
             "with `data.label_column`."
         )
-    bad = [i for i, row in enumerate(rows) if _first_missing(row, columns, label_column)]
+    label = (label_column, empty_label)
+    bad = [i for i, row in enumerate(rows) if _first_missing(row, columns, *label)]
     if not bad:
         return rows
     if invalid == "drop":
@@ -101,7 +108,7 @@ def validate_rows(
         )
         return kept
     index = bad[0]
-    column, problem = _first_missing(rows[index], columns, label_column)
+    column, problem = _first_missing(rows[index], columns, *label)
     raise DataError(
         f"{source}: row {index + 1}, column {column!r}: {problem}. Fix the data, or set "
         f"`data.invalid: drop` to leave such rows out ({len(bad)} rows in all)."
@@ -109,16 +116,20 @@ def validate_rows(
 
 
 def _first_missing(
-    row: Mapping[str, Any], columns: Sequence[str], label_column: str | None
+    row: Mapping[str, Any], columns: Sequence[str], label_column: str | None, empty_label: bool
 ) -> tuple[str, str] | None:
     """The first bad cell of a row: an input that is not text, or an empty label."""
     for column in columns:
         problem = "absent" if column not in row else not_text(row[column])
         if problem:
             return column, problem
-    if label_column and (label_column not in row or missing(row[label_column])):
+    if label_column and (label_column not in row or _no_label(row[label_column], empty_label)):
         return label_column, f"no label ({_shown(row.get(label_column))})"
     return None
+
+
+def _no_label(value: Any, empty_label: bool) -> bool:
+    return missing(value) and not (empty_label and isinstance(value, list | tuple))
 
 
 def _shown(value: Any) -> str:
@@ -169,7 +180,7 @@ def mapped_labels(
 
 
 def _names(raw: Any, task: Task, label_map: Mapping[str, str] | None) -> list[str]:
-    if missing(raw):
+    if _no_label(raw, task.empty_label):
         raise DataError(f"a label is empty ({_shown(raw)}): every example needs one.")
     mapping = label_map or {}
     return [mapping.get(n, n) for n in task.label_names(raw)]
@@ -280,7 +291,7 @@ def load_splits(
         rows = read_rows(spec, data.dataset, data.subset)
         if target is not None:
             rows = with_targets(rows, spec, target, data.label_column)
-        return validate_rows(rows, spec, columns, data.label_column, data.invalid)
+        return validate_rows(rows, spec, columns, data.label_column, data.invalid, task.empty_label)
 
     rows = read_splits(data, read)
     names = mapped_labels(rows["train"], task, data.label_column, data.label_map)

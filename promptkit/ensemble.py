@@ -26,6 +26,7 @@ import torch
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.host import Host
 from promptkit.predictor import checked_items
+from promptkit.tasks import CLASSIFICATION
 
 Combine = Literal["mean", "weighted", "vote"]
 COMBINES = ("mean", "weighted", "vote")
@@ -56,6 +57,11 @@ class Ensemble:
         equal = 1 / len(host.tasks)
         self.weights = {name: float((weights or {}).get(name, equal)) for name in host.tasks}
 
+    def data_columns(self) -> list[str]:
+        """The data columns the members' templates read."""
+        columns = (c for model in self.host.models.values() for c in model.data_columns())
+        return list(dict.fromkeys(columns))
+
     def member_log_probs(self, items: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
         """``[M, N, C]``: each member's class log-probabilities of each item."""
         items = checked_items(items, batch_size)
@@ -73,19 +79,28 @@ class Ensemble:
         """The combined label of each item."""
         return [max(p, key=p.get) for p in self.predict_proba(items, batch_size)]
 
+    def evaluate(
+        self, items: Sequence[Any], labels: Sequence[str], batch_size: int = 64
+    ) -> dict[str, dict[str, float]]:
+        """Accuracy and macro-F1 on labelled items, of the ensemble ("ensemble") and of each
+        member alone (by name)."""
+        target = self._indices(items, labels)
+        log_probs = self.member_log_probs(items, batch_size)
+        scored = {name: log_probs[m] for m, name in enumerate(self.host.tasks)}
+        scored["ensemble"] = self._combined(log_probs).clamp(min=1e-12).log()
+        return {
+            name: CLASSIFICATION.metrics(scores, target.tolist(), self.classes)
+            for name, scores in scored.items()
+        }
+
     def fit_weights(
         self, items: Sequence[Any], labels: Sequence[str], steps: int = 200
     ) -> dict[str, float]:
         """Learn the members' weights on labelled items (e.g. the validation split): the
         weights maximise the log-likelihood of the weighted mean log-probability. Sets
         ``combine`` to "weighted" and returns the weights."""
-        unknown = sorted(set(labels) - set(self.classes))
-        if unknown:
-            raise PromptkitError(f"labels {unknown} are not among the classes {self.classes}.")
-        if len(labels) != len(items):
-            raise PromptkitError(f"{len(items)} items but {len(labels)} labels.")
+        target = self._indices(items, labels)
         log_probs = self.member_log_probs(items)
-        target = torch.tensor([self.classes.index(label) for label in labels])
         logits = torch.zeros(len(self.host.tasks), requires_grad=True)
         optimizer = torch.optim.Adam([logits], lr=0.1)
         for _ in range(steps):
@@ -101,9 +116,7 @@ class Ensemble:
         """Write ``ensemble.json`` (members' run folders, rule, weights) into ``folder``."""
         from promptkit.run_folder import atomic_text
 
-        folder = Path(folder)
-        if folder.exists() and any(folder.iterdir()):
-            raise PromptkitError(f"{folder} is not empty: save the ensemble to a new folder.")
+        folder = check_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
         document = {
             "format": 1,
@@ -146,6 +159,15 @@ class Ensemble:
             raise ConfigError(f"{path} cannot be read as an ensemble ({err}).") from None
         return cls.of(members, combine, weights, device)
 
+    def _indices(self, items: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
+        """The class index of each label (labels are class names, one per item)."""
+        unknown = sorted(set(labels) - set(self.classes))
+        if unknown:
+            raise PromptkitError(f"labels {unknown} are not among the classes {self.classes}.")
+        if len(labels) != len(items):
+            raise PromptkitError(f"{len(items)} items but {len(labels)} labels.")
+        return torch.tensor([self.classes.index(label) for label in labels])
+
     def _combined(self, log_probs: torch.Tensor) -> torch.Tensor:
         if self.combine == "vote":
             votes = torch.nn.functional.one_hot(log_probs.argmax(-1), len(self.classes)).sum(0)
@@ -153,6 +175,14 @@ class Ensemble:
             return (votes + tie_break).div(votes.sum(-1, keepdim=True) + 1e-3)
         weights = torch.tensor([self.weights[name] for name in self.host.tasks])
         return (weights[:, None, None] * log_probs).sum(0).softmax(-1)
+
+
+def check_folder(folder: str | Path) -> Path:
+    """An ensemble is saved to a new or empty folder (nothing is overwritten)."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise PromptkitError(f"{folder} is not an empty folder: save the ensemble to a new one.")
+    return folder
 
 
 def is_ensemble(folder: str | Path) -> bool:
@@ -163,8 +193,11 @@ def is_ensemble(folder: str | Path) -> bool:
 def _shared_classes(host: Host) -> list[str]:
     """The members' classes, which must be one list (in one order)."""
     described = [host.describe(name) for name in host.tasks]
-    if any(d["classes"] is None or d["head"] == "token" for d in described):
-        raise ConfigError("an ensemble combines classifiers: every member must label classes.")
+    if any(model.task.name != "classification" for model in host.models.values()):
+        raise ConfigError(
+            "an ensemble combines classifiers that give one class per example: every member "
+            "must be one (not a tagger, a generator or a multi-label run)."
+        )
     first = described[0]["classes"]
     for d in described[1:]:
         if d["classes"] != first:

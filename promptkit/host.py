@@ -30,7 +30,7 @@ from promptkit.generation import write
 from promptkit.heads.base import Outputs
 from promptkit.model import PromptModel
 from promptkit.placements.mixed import MixedInjector
-from promptkit.predictor import Predictor, checked_items, per_answer
+from promptkit.predictor import Predictor, checked_items
 from promptkit.predictor import load as load_run
 from promptkit.run_folder import RunFolder
 
@@ -80,6 +80,12 @@ class Host:
                 raise PromptkitError(
                     f"task {name!r} is on another backbone object: load the runs together "
                     "with promptkit.load([...]) so that they share one."
+                )
+            if model.head.expands:
+                raise PromptkitError(
+                    f"task {name!r} decodes its label words token by token (multi_token: "
+                    "decode), in rows of its own that cannot share batches: load it alone with "
+                    "promptkit.load(run), or retrain it with multi_token: mean or first."
                 )
         self.injector = MixedInjector([m.injector for m in self._list], self.backbone.model)
         self.padding_side = "left" if self.backbone.is_causal else "right"
@@ -165,9 +171,8 @@ class Host:
         answers: list[Answer | None] = [None] * len(rows)
         scored = [i for i, r in enumerate(rows) if self._list[r.task].task.has_classes]
         probabilities = self._probabilities([rows[i] for i in scored], batch_size)
-        best = per_answer(probabilities, lambda p: max(p, key=p.get))
-        for i, value, probs in zip(scored, best, probabilities, strict=True):
-            answers[i] = Answer(value, probs)
+        for i, probs in zip(scored, probabilities, strict=True):
+            answers[i] = Answer(self._list[rows[i].task].task.chosen(probs), probs)
         written = sorted(set(range(len(rows))) - set(scored))
         texts = self._written([rows[i] for i in written], min(batch_size, 16), decoding or {})
         for i, text in zip(written, texts, strict=True):
@@ -203,7 +208,7 @@ class Host:
         for chunk, batch, owners in self._batches(rows, batch_size):
             for task, members, logits in self._read(batch, owners):
                 model = self._list[task]
-                probs = logits.float().softmax(-1).cpu()
+                probs = model.task.probabilities(logits).cpu()
                 sizes = [rows[chunk[m]].words for m in members]
                 named = model.task.named(probs, model.classes, sizes)
                 for m, answer in zip(members, named, strict=True):
@@ -344,8 +349,10 @@ def load(
         _shareable(run)
         model = load_run(run, backbone, device).model
         if not isinstance(model, PromptModel):
+            what = "an ensemble trained jointly" if hasattr(model, "members") else "a vision run"
             raise PromptkitError(
-                f"{run} is a vision run: hosting several runs on one backbone takes text runs."
+                f"{run} is {what}: hosting several runs on one backbone takes single text "
+                "prompts; load it alone with promptkit.load(run)."
             )
         backbone = model.backbone
         models[name] = model

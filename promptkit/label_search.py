@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from promptkit.encoding import word_tokens
 from promptkit.errors import ConfigError, DataError, VerbalizerError
 from promptkit.heads import LABEL_WORD_HEADS
-from promptkit.heads.verbalizer import VerbalizerConfig, answer_lead, check_mask, mask_logits
+from promptkit.heads.verbalizer import VerbalizerConfig, check_mask, vocabulary_log_probs
 from promptkit.verbalizer import score_classes
 
 if TYPE_CHECKING:
@@ -143,29 +143,6 @@ def whole_words(tokenizer: PreTrainedTokenizerBase, space: bool) -> dict[int, st
 
 
 @torch.inference_mode()
-def vocabulary_log_probs(
-    model: PromptModel,
-    examples: Sequence[Mapping[str, Any]],
-    ids: torch.Tensor,
-    batch_size: int = 32,
-) -> torch.Tensor:
-    """Each example's log-probabilities ``[N, len(ids)]`` of the tokens ``ids`` where [MASK]
-    is read (normalised over the whole vocabulary)."""
-    device = model.lm.device
-    lead = answer_lead(model.backbone.tokenizer)
-    encoded = model.encode(examples)
-    was_training = model.training
-    model.eval()
-    rows = []
-    for start in range(0, len(encoded), batch_size):
-        batch = model.collate(encoded[start : start + batch_size])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)
-        rows.append(logits.float().log_softmax(-1)[:, ids.to(device)].cpu())
-    model.train(was_training)
-    return torch.cat(rows)
-
-
 def likelihood_ratios(
     log_probs: torch.Tensor, labels: torch.Tensor, n_classes: int
 ) -> torch.Tensor:

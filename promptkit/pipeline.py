@@ -70,6 +70,11 @@ def fit(
         overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
     config = _as_config(config)
+    if not config.trainable and config.trainer.epochs:
+        raise ConfigError(
+            f"trainable is [], so nothing trains in trainer.epochs {config.trainer.epochs}: set "
+            "trainer.epochs: 0 for a zero-shot run, or name what trains."
+        )
     state = processes()  # under `accelerate launch`, only the main process writes
     run = RunFolder(config.output_dir, writer=state.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
@@ -83,19 +88,25 @@ def fit(
         model, splits = prepared.model, prepared.splits
         if getattr(model, "demonstrations", None) is not None:
             run.save_demonstrations(model.demonstrations.records(model.classes))
-        trainer = Trainer(
-            model,
-            config.recipe(),
-            config.trainer,
-            splits.train,
-            splits.validation,
-            run,
-            prepared.fingerprint,
-            config.seed,
-        )
-        best = trainer.fit(resume=resume)
-        if getattr(config, "calibration", None) is not None:
-            _calibrate(model, config, splits.train, run, trainer)
+        if config.trainer.epochs == 0:
+            saved = _untrained(model, config, splits.validation, run, prepared.fingerprint)
+            best = {"best_epoch": 0, **saved["validation"]}
+        else:
+            trainer = Trainer(
+                model,
+                config.recipe(),
+                config.trainer,
+                splits.train,
+                splits.validation,
+                run,
+                prepared.fingerprint,
+                config.seed,
+            )
+            best = trainer.fit(resume=resume)
+            saved = trainer.state.best_document or {}
+        if _estimated(model, config, splits, run):
+            info = {k: saved[k] for k in ("validation", "epoch") if k in saved}
+            run.save_model(model, config.recipe(), prepared.fingerprint, info)
         test = None
         if splits.test is not None:
             progress = config.trainer.progress and run.writer
@@ -112,8 +123,40 @@ def fit(
     )
 
 
-def _calibrate(model: Any, config: Any, train: Any, run: RunFolder, trainer: Trainer) -> None:
-    """Estimate the trained prompt's label bias and save it with the prompt."""
+def _untrained(
+    model: Any, config: Any, validation: Split, run: RunFolder, fingerprint: str
+) -> dict[str, Any]:
+    """A zero-shot run (``trainer.epochs: 0``): the prompt as built (with what its head
+    estimated from the data) is scored on the validation split and saved."""
+    batch_size = config.trainer.eval_batch_size
+    metrics = evaluate_split(model, validation, batch_size, config.trainer.progress and run.writer)
+    run.append_metrics({"epoch": 0, "split": "validation", **metrics})
+    run.log(
+        "zero-shot (no training): validation "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    )
+    info = {"validation": metrics, "epoch": 0}
+    return run.save_model(model, config.recipe(), fingerprint, info)
+
+
+def _estimated(model: Any, config: Any, splits: Any, run: RunFolder) -> bool:
+    """Estimate on the data what follows training (the label bias, a multi-label model's
+    thresholds); whether there was any."""
+    calibrating = getattr(config, "calibration", None) is not None
+    multi_label = model.task.name == "multi_label"
+    if calibrating:
+        _calibrate(model, config, splits.train, run)
+    if multi_label:
+        thresholds = model.tune_thresholds(splits.validation, config.trainer.eval_batch_size)
+        shown = ", ".join(
+            f"{c} {t:.3f}" for c, t in zip(model.classes, thresholds.tolist(), strict=True)
+        )
+        run.log(f"logit thresholds tuned on {len(splits.validation)} validation examples: {shown}")
+    return calibrating or multi_label
+
+
+def _calibrate(model: Any, config: Any, train: Any, run: RunFolder) -> None:
+    """Estimate the trained prompt's label bias."""
     settings = config.calibration
     unlabelled = None
     if settings.unlabelled is not None:
@@ -127,6 +170,3 @@ def _calibrate(model: Any, config: Any, train: Any, run: RunFolder, trainer: Tra
     )
     source = f"{len(unlabelled)} training inputs" if unlabelled else "content-free inputs"
     run.log(f"calibrated on {source}: the prompt's mean class probabilities were {shown}")
-    saved = trainer.state.best_document or {}
-    info = {k: saved[k] for k in ("validation", "epoch") if k in saved}
-    run.save_model(model, config.recipe(), trainer.fingerprint, info)

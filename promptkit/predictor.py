@@ -46,7 +46,7 @@ class Predictor:
         item is split into words at whitespace); for a generator, the text it writes."""
         if not self.model.task.has_classes:
             return self.generate(items, min(batch_size, 16))
-        return per_answer(self.predict_proba(items, batch_size), lambda p: max(p, key=p.get))
+        return [self.model.task.chosen(p) for p in self.predict_proba(items, batch_size)]
 
     def generate(self, items: Sequence[Any], batch_size: int = 16, **decoding: Any) -> list[str]:
         """The text a generator writes for each item; ``decoding`` replaces the run's decoding
@@ -65,7 +65,8 @@ class Predictor:
         if not items:
             return []
         examples = self.model.examples(items)
-        probs = predict_logits(self.model, self.model.encode(examples), batch_size).softmax(-1)
+        logits = predict_logits(self.model, self.model.encode(examples), batch_size)
+        probs = self.model.task.probabilities(logits)
         return self.model.task.named(probs, self.classes, self.model.answer_counts(examples))
 
     def _classes_only(self) -> None:
@@ -88,11 +89,6 @@ def checked_items(items: Any, batch_size: Any) -> list[Any]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PromptkitError(f"batch_size is a positive whole number, not {batch_size!r}.")
     return list(items)
-
-
-def per_answer(named: list[Any], pick: Any) -> list[Any]:
-    """``pick`` applied to each item's class probabilities (to each word's, for a tagger)."""
-    return [[pick(a) for a in item] if isinstance(item, list) else pick(item) for item in named]
 
 
 def load(

@@ -123,7 +123,7 @@ class Trainer:
         )
         self.state = TrainingState()
         self._best_state: dict[str, torch.Tensor] | None = None
-        self._best_table: torch.Tensor | None = None  # the best epoch's saved prompt table
+        self._best_saved: dict[str, torch.Tensor] | None = None  # the best epoch's saved prompt
 
     @property
     def _unwrapped(self) -> PolicyModule:
@@ -243,8 +243,7 @@ class Trainer:
         if improved:
             state.best, state.best_epoch, state.stale_epochs = score, state.epoch, 0
             self._best_state = self._trainable_state()
-            if "prompts" in self._unwrapped.groups:
-                self._best_table = self._unwrapped.prompts.collapse()
+            self._best_saved = self._unwrapped.trained_state()
             state.best_document = self.run.save_model(
                 self._unwrapped,
                 self.recipe,
@@ -295,7 +294,7 @@ class Trainer:
             {
                 "trainable": self._trainable_state(),
                 "best_state": self._best_state,
-                "best_table": self._best_table,
+                "best_saved": self._best_saved,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "progress": asdict(self.state),
@@ -310,7 +309,7 @@ class Trainer:
                 f"{self.run.path} has no resume state to continue from: train without --resume."
             )
         self._unwrapped.load_state_dict(saved["trainable"], strict=False)
-        self._best_state, self._best_table = saved["best_state"], saved["best_table"]
+        self._best_state, self._best_saved = saved["best_state"], saved.get("best_saved")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(**saved["progress"])
@@ -322,12 +321,8 @@ class Trainer:
     def _roll_back_files(self) -> None:
         """Metrics and the saved prompt as they were at the commit."""
         self.run.keep_metrics(self.state.metrics_lines)
-        if self._best_state is None:
-            return
-        prompt = {k: v for k, v in self._best_state.items() if not k.startswith("prompts.")}
-        if self._best_table is not None:
-            prompt["prompts.table"] = self._best_table
-        self.run.save_prompt(prompt, self.state.best_document)
+        if self._best_saved is not None:
+            self.run.save_prompt(self._best_saved, self.state.best_document)
 
     def _apply_learning_rates(self) -> None:
         """The config's learning rates replace the saved ones (to resume a diverged run with

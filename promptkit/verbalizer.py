@@ -5,7 +5,8 @@ Scoring, for each example:
    next-token distribution of the last token before [MASK]);
 2. each label word: its tokens' log-probabilities at that one position, averaged
    (``multi_token: mean``) or only the first token's (``first``). A multi-token word is thus
-   scored by its pieces as alternatives at the same slot, not decoded token by token;
+   scored by its pieces as alternatives at the same slot; ``multi_token: decode`` reads it
+   token by token instead (``promptkit.heads.word_decoding``);
 3. each class: the mean of its words' probabilities (``aggregate: mean``, in log space) or
    the best word (``max``).
 The class scores are logits for a cross-entropy over classes.
@@ -115,6 +116,19 @@ class Verbalizer:
         return ids
 
 
+def word_scores(
+    log_probs: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, multi_token: str = "mean"
+) -> torch.Tensor:
+    """Each label word's log-probability ``[B, C, W]`` from log-probabilities ``[B, V]``
+    (``-inf`` where a class has fewer words)."""
+    pieces = log_probs[:, ids]  # [B, C, W, T]
+    if multi_token == "first":
+        words = pieces[..., 0]
+    else:
+        words = (pieces * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return words.masked_fill(~mask[..., 0], -math.inf)
+
+
 def score_classes(
     log_probs: torch.Tensor,
     ids: torch.Tensor,
@@ -123,13 +137,12 @@ def score_classes(
     aggregate: str = "mean",
 ) -> torch.Tensor:
     """Class scores ``[B, C]`` from log-probabilities ``[B, V]`` (see the module docstring)."""
-    pieces = log_probs[:, ids]  # [B, C, W, T]
-    if multi_token == "first":
-        words = pieces[..., 0]
-    else:
-        words = (pieces * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    has_word = mask[..., 0]
-    words = words.masked_fill(~has_word, -math.inf)
+    return class_scores(word_scores(log_probs, ids, mask, multi_token), mask[..., 0], aggregate)
+
+
+def class_scores(words: torch.Tensor, has_word: torch.Tensor, aggregate: str) -> torch.Tensor:
+    """Class scores ``[B, C]`` from word log-probabilities ``[B, C, W]``: the mean of the
+    words' probabilities (in log space), or the best word's."""
     if aggregate == "max":
         return words.max(-1).values
     return words.logsumexp(-1) - has_word.sum(-1).log()

@@ -229,15 +229,20 @@ def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def write_splits(folder: Path, rows, sizes=(64, 24, 24)) -> Path:
+    """train / validation / test jsonl files of ``rows(n, seed)``; returns the folder."""
+    import json
+
+    for name, n, seed in zip(("train", "validation", "test"), sizes, (0, 1, 2), strict=True):
+        with open(folder / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows(n, seed))
+    return folder
+
+
 @pytest.fixture
 def sentiment_data(tmp_path):
     """train / validation / test jsonl files of the toy task; returns their folder."""
-    import json
-
-    for name, n, seed in (("train", 64, 0), ("validation", 24, 1), ("test", 24, 2)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in sentiment_rows(n, seed))
-    return tmp_path
+    return write_splits(tmp_path, sentiment_rows)
 
 
 def run_config(model_folder: Path, data_folder: Path, **overrides) -> dict:

@@ -86,7 +86,7 @@ def test_saved_and_loaded_as_one(members, tmp_path):
     assert again.combine == "vote" and again.predict_proba(TEXTS) == together.predict_proba(TEXTS)
     loaded = promptkit.load(folder)
     assert isinstance(loaded, Ensemble) and loaded.predict(TEXTS) == together.predict(TEXTS)
-    with pytest.raises(PromptkitError, match="is not empty"):
+    with pytest.raises(PromptkitError, match="is not an empty folder"):
         together.save(folder)
 
 
@@ -105,3 +105,35 @@ def test_members_must_be_one_task(members, model_dir, sentiment_data):
         Ensemble.of({"only": members[0]})
     with pytest.raises(ConfigError, match="combine is one of"):
         Ensemble.of(members, combine="median")
+
+
+def test_the_command_line_saves_evaluates_and_predicts_with_it(members, tmp_path):
+    import json
+
+    from test_cli import invoke as cli
+
+    data = tmp_path / "labelled.jsonl"
+    rows = [{"text": t, "label": int(y == "positive")} for t, y in zip(TEXTS, LABELS, strict=True)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ensemble"
+    result = cli(
+        "ensemble", *members, "--output", str(out), "--combine", "weighted", "--data", str(data)
+    )
+    assert result.exit_code == 0, result.output
+    saved = Ensemble.load(out)
+    assert saved.combine == "weighted" and "ensemble (weighted) saved" in result.output
+    scored = cli("eval", str(out), "--data", str(data))
+    assert scored.exit_code == 0, scored.output
+    metrics = json.loads(scored.output[scored.output.index("{") :])  # after load progress
+    expected = saved.evaluate(TEXTS, LABELS)
+    assert metrics["ensemble"]["accuracy"] == pytest.approx(expected["ensemble"]["accuracy"])
+    assert set(metrics) == {"ensemble", *saved.host.tasks}
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    written = tmp_path / "predictions.jsonl"
+    assert cli("predict", str(out), "--input", str(inputs), "--output", str(written)).exit_code == 0
+    lines = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [line["prediction"] for line in lines] == saved.predict(TEXTS)
+    refused = cli("ensemble", *members, "--output", str(tmp_path / "e2"), "--combine", "weighted")
+    assert refused.exit_code != 0 and "give --data" in refused.output
+    assert cli("ensemble", *members, "--output", str(out)).exit_code != 0  # not empty

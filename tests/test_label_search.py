@@ -219,7 +219,7 @@ def no_forward(monkeypatch):
     def forward(*args, **kwargs):
         raise AssertionError("the search ran a forward")
 
-    monkeypatch.setattr(label_search, "mask_logits", forward)
+    monkeypatch.setattr(label_search, "vocabulary_log_probs", forward)
 
 
 def test_too_few_examples_per_class(model_dir, no_forward):

@@ -25,7 +25,7 @@ TEXT_METHODS = {
 
 
 def test_every_text_method_is_tested():
-    assert set(catalog.entries("methods")) == {*TEXT_METHODS, "null_prompt_bitfit", "warp"}
+    assert set(catalog.entries("methods")) == {*TEXT_METHODS, "null_prompt_bitfit", "warp", "kpt"}
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_METHODS))
@@ -59,6 +59,17 @@ def test_warp(model_dir, sentiment_data):
     assert set(model.groups) == {"prompts", "head"}
     batch = model.collate(model.encode(model.examples(["the movie was great"])))
     assert model(batch).shape == (1, 2)
+
+
+def test_kpt(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, preset="kpt")
+    del config["template"]
+    config["head"] = {
+        "verbalizer": {"positive": ["great", "good", "wonderful"], "negative": ["bad"]}
+    }
+    model = build_model(validate_config(config).recipe())
+    assert type(model.head).type == "knowledgeable" and set(model.groups) == {"head"}
+    assert model.head.weights.shape == (2, 3)  # a weight per word of each class
 
 
 def test_the_config_wins_over_the_preset(model_dir, sentiment_data):

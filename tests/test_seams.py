@@ -25,7 +25,7 @@ def test_each_placement_and_head_owns_its_section():
     assert type(prefix.prompts) is PLACEMENTS["prefix"].config
     with pytest.raises(ConfigError, match=r"prompts.layers: unknown key.*placement, init"):
         validate_config({**BASE, "prompts": {"placement": "input", "layers": "all"}})
-    with pytest.raises(ConfigError, match=r"head.pool: unknown key.*type, verbalizer"):
+    with pytest.raises(ConfigError, match=r"head.pool: unknown key.*type, multi_label, verbalizer"):
         validate_config({**BASE, "head": {"verbalizer": "sentiment", "pool": "cls"}})
     with pytest.raises(ConfigError, match=r"prompts: unknown 'side'; choose one of .*'deep'"):
         validate_config({**BASE, "prompts": {"placement": "side"}})

@@ -213,9 +213,11 @@ def test_classifier_head_on_an_encoder_learns(model_dir, sentiment_data):
 
 
 def test_nothing_to_train_is_an_error(model_dir, sentiment_data):
-    cfg = validate_config(run_config(model_dir("bert"), sentiment_data, trainable=[]))
+    with pytest.raises(ConfigError, match="set trainer.epochs: 0 for a zero-shot run"):
+        fit(validate_config(run_config(model_dir("bert"), sentiment_data, trainable=[])))
+    verbalizer_head_only = run_config(model_dir("bert"), sentiment_data, trainable=["head"])
     with pytest.raises(TrainingError, match="nothing to train"):
-        fit(cfg)
+        fit(validate_config(verbalizer_head_only))
 
 
 def test_overwrite_replaces_an_earlier_run(model_dir, sentiment_data):

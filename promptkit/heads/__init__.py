@@ -2,6 +2,7 @@
 module, with its config section and its task; registering it is one line here.
 
 - ``verbalizer``: label words scored from the LM's prediction at [MASK] (cloze);
+- ``knowledgeable``: many label words per class, refined and calibrated by their prior (KPT);
 - ``soft_verbalizer``: a trainable vector per class against the state at [MASK] (WARP);
 - ``classifier``: a linear layer on a pooled hidden state ([CLS], mean, [MASK], last);
 - ``token``: a linear layer on the first sub-token of every input word (tagging);
@@ -13,6 +14,7 @@ from __future__ import annotations
 from promptkit.heads.base import Head
 from promptkit.heads.classifier import ClassifierHead
 from promptkit.heads.generation import GenerationHead
+from promptkit.heads.knowledgeable import KnowledgeableVerbalizerHead
 from promptkit.heads.soft_verbalizer import SoftVerbalizerHead
 from promptkit.heads.token import TokenClassifierHead
 from promptkit.heads.verbalizer import LabelWordsConfig, VerbalizerHead
@@ -22,6 +24,7 @@ HEADS: dict[str, type[Head]] = {
     cls.type: cls
     for cls in (
         VerbalizerHead,
+        KnowledgeableVerbalizerHead,
         SoftVerbalizerHead,
         ClassifierHead,
         TokenClassifierHead,

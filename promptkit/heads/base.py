@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -12,11 +12,13 @@ from transformers import PreTrainedModel
 
 from promptkit.backbone import encoder_states, reading_at
 from promptkit.config import HeadConfig
-from promptkit.tasks import Task
+from promptkit.encoding import EncodedPrompt
+from promptkit.tasks import MULTI_LABEL, Task
 from promptkit.template import Template
 
 if TYPE_CHECKING:
     from promptkit.backbone import Backbone
+    from promptkit.model import PromptModel
 
 
 @dataclass
@@ -46,6 +48,12 @@ class Head(nn.Module):
     classes: list[str]
 
     @classmethod
+    def task_of(cls, config: HeadConfig) -> Task:
+        """What the head answers with this config: its task, or several classes per example
+        where the config says ``multi_label: true``."""
+        return MULTI_LABEL if getattr(config, "multi_label", False) else cls.task
+
+    @classmethod
     def check(cls, config: HeadConfig, template: Template) -> list[str] | None:
         """Check the head against the template; return the classes its config fixes (None:
         they come from the data)."""
@@ -61,6 +69,19 @@ class Head(nn.Module):
     ) -> Head:
         """The head for a backbone, with ``classes`` in logit order."""
         raise NotImplementedError
+
+    @property
+    def expands(self) -> bool:
+        """Whether the head runs each example as several rows (``expand``)."""
+        return False
+
+    def expand(self, encoded: Sequence[EncodedPrompt]) -> Sequence[EncodedPrompt]:
+        """The rows a batch of examples is run as (each example once, for most heads)."""
+        return encoded
+
+    def prepare(self, model: PromptModel, examples: Sequence[Mapping[str, Any]]) -> None:
+        """Estimate what the head learns from unlabelled training inputs before training
+        (nothing, for most heads)."""
 
     def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Where the head reads the LM head's logits: ``[B, K]`` positions."""

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from promptkit.config import HeadConfig, distinct_classes
+from promptkit.config import ClassesConfig, distinct_classes
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
 from promptkit.tasks import CLASSIFICATION
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 Pool = Literal["cls", "mean", "mask", "last"]
 
 
-class ClassifierConfig(HeadConfig):
+class ClassifierConfig(ClassesConfig):
     """``head`` of the classifier."""
 
     type: Literal["classifier"] = "classifier"

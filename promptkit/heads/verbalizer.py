@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
@@ -11,22 +11,25 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
 from promptkit.backbone import first_answer_logits, reading_at
-from promptkit.config import HeadConfig
-from promptkit.encoding import mask_token
+from promptkit.config import ClassesConfig
+from promptkit.data import collate
+from promptkit.encoding import EncodedPrompt, mask_token
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
-from promptkit.tasks import CLASSIFICATION
+from promptkit.heads.word_decoding import WordDecoder
+from promptkit.tasks import CLASSIFICATION, MULTI_LABEL
 from promptkit.template import Template
-from promptkit.verbalizer import Verbalizer, score_classes
+from promptkit.verbalizer import Verbalizer, class_scores, word_scores
 
 if TYPE_CHECKING:
     from promptkit.backbone import Backbone
+    from promptkit.model import PromptModel
 
-MultiToken = Literal["mean", "first"]
+MultiToken = Literal["mean", "first", "decode"]
 Aggregate = Literal["mean", "max"]
 
 
-class LabelWordsConfig(HeadConfig):
+class LabelWordsConfig(ClassesConfig):
     """A head section that names label words per class."""
 
     verbalizer: str | dict[str, list[str] | str] | None = Field(
@@ -70,6 +73,21 @@ def check_mask(template: Template, head: str) -> None:
         )
 
 
+def log_odds(log_probs: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 - p))`` of log-probabilities."""
+    log_probs = log_probs.clamp(max=-1e-6)
+    return log_probs - torch.log(-torch.expm1(log_probs))
+
+
+def needs_lm_head(backbone: Backbone) -> None:
+    """A head that reads label words needs the LM head's predictions."""
+    if not backbone.has_lm_head:
+        raise ConfigError(
+            f"{backbone.name} is loaded as an encoder without an LM head, which "
+            "a verbalizer needs: use `head: {type: classifier}` or an LM backbone."
+        )
+
+
 def answer_lead(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """What an encoder-decoder's decoder reads after its start token before the answer's
     first token: T5's sentinel when [MASK] stands for it (no mask token), else nothing."""
@@ -93,6 +111,30 @@ def mask_logits(
         return model(**inputs).logits[:, 0]
 
 
+def vocabulary_log_probs(
+    model: PromptModel,
+    examples: Sequence[Mapping[str, Any]],
+    ids: torch.Tensor,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Each example's log-probabilities ``[N, len(ids)]`` of the tokens ``ids`` where [MASK]
+    is read (normalised over the whole vocabulary)."""
+    device = model.lm.device
+    lead = answer_lead(model.backbone.tokenizer)
+    encoded = model.encode(examples)
+    was_training = model.training
+    model.eval()
+    rows = []
+    pad_id = model.backbone.tokenizer.pad_token_id or 0
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded[start : start + batch_size], pad_id, model.padding_side)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)
+        rows.append(logits.float().log_softmax(-1)[:, ids.to(device)].cpu())
+    model.train(was_training)
+    return torch.cat(rows)
+
+
 class VerbalizerHead(Head):
     """Scores the verbalizer's classes from the LM logits at the mask position (no parameters);
     on an encoder-decoder, from the decoder's prediction of the answer's first token (after
@@ -103,6 +145,7 @@ class VerbalizerHead(Head):
         tokenizer: the backbone's tokenizer.
         space_before: whether the template has a space before [MASK].
         multi_token, aggregate: see ``promptkit.verbalizer``.
+        causal: the backbone is a causal LM (how ``multi_token: decode`` reads words).
     """
 
     type = "verbalizer"
@@ -117,6 +160,7 @@ class VerbalizerHead(Head):
         space_before: bool,
         multi_token: MultiToken = "mean",
         aggregate: Aggregate = "mean",
+        causal: bool = False,
     ) -> None:
         super().__init__()
         self.classes = verbalizer.classes
@@ -125,6 +169,9 @@ class VerbalizerHead(Head):
         self.lead = answer_lead(tokenizer)
         self.register_buffer("word_ids", ids, persistent=False)
         self.register_buffer("word_mask", mask, persistent=False)
+        self.decoder = None
+        if multi_token == "decode":
+            self.decoder = WordDecoder(ids, mask, causal, tokenizer.mask_token_id)
 
     @classmethod
     def check(cls, config: VerbalizerConfig, template: Template) -> list[str]:
@@ -140,10 +187,11 @@ class VerbalizerHead(Head):
         template: Template,
         classes: Sequence[str],
     ) -> VerbalizerHead:
-        if not backbone.has_lm_head:
+        needs_lm_head(backbone)
+        if config.multi_token == "decode" and backbone.is_encoder_decoder:
             raise ConfigError(
-                f"{backbone.name} is loaded as an encoder without an LM head, which "
-                "a verbalizer needs: use `head: {type: classifier}` or an LM backbone."
+                "multi_token: decode reads label words token by token on causal and masked "
+                f"LMs; {backbone.name} is an encoder-decoder: use multi_token mean or first."
             )
         return cls(
             config.words(),
@@ -151,7 +199,17 @@ class VerbalizerHead(Head):
             template.space_before_mask,
             config.multi_token,
             config.aggregate,
+            backbone.is_causal,
         )
+
+    @property
+    def expands(self) -> bool:
+        """Whether words are decoded token by token, in rows of their own."""
+        return self.decoder is not None
+
+    def expand(self, encoded: Sequence[EncodedPrompt]) -> Sequence[EncodedPrompt]:
+        """One row per label word (per piece, on a masked LM) when decoding words."""
+        return encoded if self.decoder is None else self.decoder.expand(encoded)
 
     def forward(
         self,
@@ -160,19 +218,25 @@ class VerbalizerHead(Head):
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
+        if self.decoder is not None:
+            return super().forward(model, inputs, batch)
         logits = mask_logits(model, inputs, batch, self.lead).unsqueeze(1)
         return self.read(Outputs(logits=logits), batch)
 
     def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The [MASK] position of each example."""
+        """The [MASK] position of each example (of each word's pieces, when decoding)."""
+        if self.decoder is not None:
+            return self.decoder.positions(batch["mask_positions"])
         return batch["mask_positions"].unsqueeze(-1)
 
     def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class scores from the LM's prediction at [MASK]."""
-        return score_classes(
-            outputs.logits[:, 0].float().log_softmax(-1),
-            self.word_ids,
-            self.word_mask,
-            self.multi_token,
-            self.aggregate,
-        )
+        """Class scores from the LM's prediction at [MASK]: log-probabilities, or, for
+        multi-label, log-odds (each class's words at [MASK] or not)."""
+        if self.decoder is not None:
+            words = self.decoder.word_scores(outputs.logits, len(self.classes))
+            scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
+        else:
+            log_probs = outputs.logits[:, 0].float().log_softmax(-1)
+            words = word_scores(log_probs, self.word_ids, self.word_mask, self.multi_token)
+            scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
+        return log_odds(scores) if self.task is MULTI_LABEL else scores

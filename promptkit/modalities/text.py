@@ -71,6 +71,7 @@ class TextModality(Modality):
         fingerprint = backbone.fingerprint()
         model = build_model(checked, classes, backbone)
         model.demonstrations = demonstrations
+        model.prepare(splits.train.examples)
         return Prepared(model, splits, fingerprint)
 
     def build(self, recipe: Any, classes: Sequence[str], backbone: Any = None) -> Any:

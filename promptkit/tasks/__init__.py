@@ -5,11 +5,14 @@ from __future__ import annotations
 from promptkit.tasks.base import IGNORED, Task
 from promptkit.tasks.classification import Classification
 from promptkit.tasks.generation import Generation
+from promptkit.tasks.multi_label import MultiLabel
 from promptkit.tasks.tagging import Tagging
 
-TASKS: dict[str, Task] = {task.name: task for task in (Classification(), Tagging(), Generation())}
-CLASSIFICATION, TAGGING, GENERATION = (
-    TASKS[n] for n in ("classification", "tagging", "generation")
+TASKS: dict[str, Task] = {
+    task.name: task for task in (Classification(), MultiLabel(), Tagging(), Generation())
+}
+CLASSIFICATION, MULTI_LABEL, TAGGING, GENERATION = (
+    TASKS[n] for n in ("classification", "multi_label", "tagging", "generation")
 )
 
-__all__ = ["CLASSIFICATION", "GENERATION", "IGNORED", "TAGGING", "TASKS", "Task"]
+__all__ = ["CLASSIFICATION", "GENERATION", "IGNORED", "MULTI_LABEL", "TAGGING", "TASKS", "Task"]

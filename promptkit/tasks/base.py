@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from promptkit.errors import DataError
+
 if TYPE_CHECKING:
     from promptkit.data import Split
     from promptkit.policy import PolicyModule
@@ -23,6 +25,7 @@ class Task:
     metric_names: ClassVar[tuple[str, ...]]  # what ``metrics`` measures; the first picks epochs
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     has_classes: ClassVar[bool] = True  # whether answers are classes (else free text)
+    empty_label: ClassVar[bool] = False  # whether an empty list is a label (no class)
 
     @property
     def default_metric(self) -> str:
@@ -60,6 +63,13 @@ class Task:
         """The class names one row's raw label holds."""
         raise NotImplementedError
 
+    @staticmethod
+    def names_in_list(raw: Any, what: str) -> list[str]:
+        """The names of a label that must be a list (``what`` says of what, for the error)."""
+        if not isinstance(raw, list | tuple):
+            raise DataError(f"{what}, not {type(raw).__name__} {str(raw)[:40]!r}.")
+        return [str(name) for name in raw]
+
     def encode_label(self, names: list[str], index: Mapping[str, int]) -> Any:
         """One row's label (its class names, already mapped) as what the loss reads."""
         raise NotImplementedError
@@ -95,6 +105,17 @@ class Task:
     ) -> dict[str, float]:
         """Metrics of predictions ``logits`` against labels."""
         raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class probabilities of logits: a softmax over the classes."""
+        return logits.float().softmax(-1)
+
+    def chosen(self, probabilities: Any) -> Any:
+        """The answer one item's named probabilities give: the likeliest class (of each word,
+        for a tagger)."""
+        if isinstance(probabilities, list):
+            return [max(word, key=word.get) for word in probabilities]
+        return max(probabilities, key=probabilities.get)
 
     def named(
         self, probabilities: torch.Tensor, classes: Sequence[str], sizes: Sequence[int]

@@ -26,12 +26,10 @@ class Tagging(Task):
         return sorted(set(names), key=lambda n: (n != "O", n))
 
     def label_names(self, raw: Any) -> list[str]:
-        if not isinstance(raw, list | tuple):
-            raise DataError(
-                f"a tagger's label is a list of tags (one per word), not {type(raw).__name__} "
-                f"{str(raw)[:40]!r}: give a list, or read a CoNLL file."
-            )
-        return [str(tag) for tag in raw]
+        what = (
+            "a tagger's label is a list of tags, one per word (give a list, or read a CoNLL file)"
+        )
+        return self.names_in_list(raw, what)
 
     def encode_label(self, names: list[str], index: Mapping[str, int]) -> list[int]:
         return [index[n] for n in names]
