@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/sentiment/run.py
 
 test: $(STAMP)
-	$(BIN)/python examples/assets.py --only minilm mr wnut16 smollm2 e2e
+	$(BIN)/python examples/assets.py --only minilm mr wnut16 smollm2 e2e dinov2
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

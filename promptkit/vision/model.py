@@ -11,7 +11,6 @@ import timm
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import ViTForImageClassification
 
 from promptkit import hub
 from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint
@@ -21,9 +20,14 @@ from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.seeding import seeded
 from promptkit.tasks import CLASSIFICATION
-from promptkit.vision.config import VisionBackboneConfig, VisionModelConfig
+from promptkit.vision.config import ImageConfig, VisionBackboneConfig, VisionModelConfig
 from promptkit.vision.data import image_transform
-from promptkit.vision.injection import VisualPromptInjector, ViTAdapter, adapter_for
+from promptkit.vision.injection import (
+    VisualPromptInjector,
+    ViTAdapter,
+    adapter_for,
+    load_transformers_vit,
+)
 
 
 class VisionPromptModel(PolicyModule):
@@ -35,7 +39,8 @@ class VisionPromptModel(PolicyModule):
         layers: the blocks that get prompts (shallow: the first only).
         tokens: prompt tokens per prompted block.
         classes: the label names.
-        trainable: the policy ("prompts", "head", "bias", "all").
+        trainable: the policy ("prompts", "head", "bias", "norm", "all").
+        image: the input size and fit (default: the backbone's own).
     """
 
     task = CLASSIFICATION
@@ -48,6 +53,7 @@ class VisionPromptModel(PolicyModule):
         tokens: int,
         classes: Sequence[str],
         trainable: Sequence[str],
+        image: ImageConfig | None = None,
     ) -> None:
         super().__init__()
         self.vit = adapter.model
@@ -55,7 +61,7 @@ class VisionPromptModel(PolicyModule):
         self.adapter = adapter
         self.layers, self.tokens, self.classes = list(layers), tokens, list(classes)
         self.injector = VisualPromptInjector(adapter)
-        self.transform = image_transform(adapter.data_config())
+        self.transform = image_transform(adapter.data_config(image))
         self.groups = parameter_groups(prompts, adapter.classifier(), adapter.model, trainable)
 
     def data_columns(self) -> list[str]:
@@ -109,13 +115,13 @@ class VisionPromptModel(PolicyModule):
 
 def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:
     """A timm ViT (by name, published weights or a local checkpoint file) or a transformers
-    ViTForImageClassification (folder or hub id)."""
+    model of a family VPT serves (folder or hub id)."""
     source = config.source
     if source == "auto":
         source = "transformers" if (Path(config.name) / "config.json").is_file() else "timm"
     if source == "transformers":
         _no_timm_settings(config)
-        return ViTForImageClassification.from_pretrained(config.name)
+        return load_transformers_vit(config.name)
     checkpoint = _checkpoint_keys(config.checkpoint) if config.checkpoint else None
     if config.pretrained and not _cached_weights(config.name) and not hub.reachable():
         raise ConfigError(
@@ -156,7 +162,7 @@ def _no_timm_settings(config: VisionBackboneConfig) -> None:
     given = [k for k in ("kwargs", "checkpoint", "pretrained") if getattr(config, k)]
     if given:
         raise ConfigError(
-            f"backbone {config.name} is a transformers ViT, which takes no backbone."
+            f"backbone {config.name} is a transformers model, which takes no backbone."
             f"{', backbone.'.join(given)} (timm settings): drop them, or save the model you "
             "want as a transformers folder."
         )
@@ -211,4 +217,6 @@ def build_vision_model(recipe: VisionModelConfig, classes: Sequence[str]) -> Vis
         bound = math.sqrt(6.0 / (3 * adapter.patch_area + adapter.dim))
         nn.init.uniform_(prompts.table, -bound, bound, generator=generator)
         adapter.reset_head(len(classes), recipe.head.pool)
-    return VisionPromptModel(adapter, prompts, layers, vpt.tokens, classes, recipe.trainable)
+    return VisionPromptModel(
+        adapter, prompts, layers, vpt.tokens, classes, recipe.trainable, recipe.image
+    )
