@@ -14,16 +14,25 @@ from collections.abc import Callable
 
 
 def rounds(
-    cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+    cases: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    alternate: bool = False,
+    done: Callable[[int], object] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds of each case in each round, after ``warmup`` untimed rounds."""
+    """Seconds of each case in each round, after ``warmup`` untimed rounds (``alternate``:
+    every other round runs the cases in reverse order, so none always follows the same one;
+    ``done`` is called with the number of each round finished, warm-up rounds included)."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for index in range(warmup + repeats):
-        for name, run in cases.items():
+        order = list(cases.items())
+        for name, run in order[::-1] if alternate and index % 2 else order:
             start = time.perf_counter()
             run()
             if index >= warmup:
                 times[name].append(time.perf_counter() - start)
+        if done is not None:
+            done(index + 1)
     return times
 
 

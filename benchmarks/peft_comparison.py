@@ -1,23 +1,37 @@
-"""Training-step time and memory of promptkit against PEFT, side by side, as ratios.
+"""Training-step time and memory of promptkit against PEFT, as interleaved ratios with spreads.
 
 From the repository root (after `python examples/assets.py --only minilm smollm2`):
 
-    python benchmarks/peft_comparison.py [--steps 10] [--batch 16] [--length 64]
+    python benchmarks/peft_comparison.py [--rounds 8] [--memory-repeats 3] [--batch 16]
 
 Cases, each on the same batch of token ids and the same classification loss:
   prefix  all-MiniLM-L6-v2, sequence classification, 16 key/value prefixes at every layer
-          (promptkit: `placement: prefix` + CLS head; PEFT: PrefixTuningConfig, SEQ_CLS)
+          (promptkit: `placement: prefix` + CLS head; PEFT: PrefixTuningConfig, SEQ_CLS), and
+          promptkit's prefixes at the last 2 layers only (`layers: last:2`: the 4 layers below
+          run without autograd), which PEFT cannot do
   prompt  SmolLM2-135M (a causal LM), classification from the last token, 20 soft tokens
           (promptkit: `placement: input` + last-token head; PEFT: PromptTuningConfig, SEQ_CLS)
-and full fine-tuning of the same backbone (promptkit, `trainable: [all, head]`) as the
-reference point. Every measurement runs in its own process, so peak memory is its own:
-  step_ms      median wall time of one optimizer step (forward, backward, AdamW)
-  saved_mb     activations autograd keeps for the backward pass (measured exactly)
-  peak_rss_mb  the process's peak resident memory (weights, gradients, optimizer included)
-  in_use_mb    the same peak in a second process where glibc returns freed blocks to the
-               system at once (MALLOC_MMAP_THRESHOLD_): memory in use, without what the
-               allocator keeps after a free (which depends on the order of allocations)
-Results go to benchmarks/results/peft_comparison.json; the table shows promptkit / PEFT.
+and, for each, the reference: the frozen backbone's forward and the backward to its input
+embeddings without prompts (a trained classification layer on top), the least a prompt
+method that reaches the input can cost. With --compile, promptkit's run again with
+`backbone.compile: true` (step time only; its first steps, which compile, are not timed).
+
+  step     one optimizer step (forward, backward, AdamW): every run of a case is loaded in
+           one process and timed once per round, the rounds repeat after a warm-up, and each
+           ratio is the median of the per-round ratios with its interquartile range
+           (benchmarks/interleaved.py)
+  saved    activations autograd keeps for the backward pass (measured exactly, once)
+  in use   peak memory in use: the peak resident set of a process of its own per run, where
+           glibc hands freed blocks back to the system at once (MALLOC_MMAP_THRESHOLD_), so it
+           counts weights, gradients, optimizer state and activations, without what the
+           allocator keeps after a free; the runs' processes alternate, repeated, and the
+           ratio is the median of the per-repeat ratios with its interquartile range
+`--profile CASE` instead profiles promptkit's and PEFT's steps of a case (torch.profiler,
+alternating, --rounds each) and prints, per operator and input shapes, what promptkit runs
+that PEFT does not, and the totals.
+
+Progress goes to the terminal and to benchmarks/results/peft_comparison.log; results to
+benchmarks/results/peft_comparison.json.
 """
 
 from __future__ import annotations
@@ -25,44 +39,63 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from interleaved import ratio, rounds, shown
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / ".assets"
+RESULTS = REPO / "benchmarks" / "results"
 CASES = {
-    "prefix": {"backbone": ASSETS / "minilm-l6", "tokens": 16, "pool": "cls"},
-    "prompt": {"backbone": ASSETS / "smollm2-135m", "tokens": 20, "pool": "last"},
+    "prefix": {
+        "backbone": ASSETS / "minilm-l6",
+        "tokens": 16,
+        "pool": "cls",
+        "runs": ["promptkit", "promptkit last:2", "peft", "reference"],
+    },
+    "prompt": {
+        "backbone": ASSETS / "smollm2-135m",
+        "tokens": 20,
+        "pool": "last",
+        "runs": ["promptkit", "peft", "reference"],
+    },
 }
 N_CLASSES = 2
+VOCAB = (100, 1000)  # ordinary tokens of either vocabulary
+log = logging.getLogger("peft_comparison")
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def promptkit_model(case: str, method: str) -> tuple[torch.nn.Module, callable]:
-    """promptkit's model and a function batch -> logits."""
+def promptkit_model(case: str, run: str) -> tuple[torch.nn.Module, Forward]:
+    """promptkit's model and a function ids -> logits (``run``: "promptkit", "promptkit
+    last:K" or "promptkit compile")."""
     from promptkit import build_model
     from promptkit.recipe import ModelConfig
 
     spec = CASES[case]
     placement = "prefix" if case == "prefix" else "input"
-    tuned = method == "promptkit"
+    prompts = {"placement": placement, "init": "random"}
+    if run.startswith("promptkit last:"):
+        prompts["layers"] = run.split()[1]
     recipe = ModelConfig.model_validate(
         {
-            "backbone": {"name": str(spec["backbone"])},
-            "template": f"[P*{spec['tokens']}] <x>" if tuned else "<x>",
+            "backbone": {"name": str(spec["backbone"]), "compile": run == "promptkit compile"},
+            "template": f"[P*{spec['tokens']}] <x>",
             "head": {"type": "classifier", "pool": spec["pool"], "classes": ["a", "b"]},
-            "prompts": {"placement": placement, "init": "random"},
-            "trainable": ["prompts", "head"] if tuned else ["all", "head"],
+            "prompts": prompts,
+            "trainable": ["prompts", "head"],
         }
     )
     model = build_model(recipe)
-    n_soft = spec["tokens"] if tuned and placement == "input" else 0
+    n_soft = spec["tokens"] if placement == "input" else 0
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
         rows = ids.shape[0]
@@ -77,122 +110,269 @@ def promptkit_model(case: str, method: str) -> tuple[torch.nn.Module, callable]:
     return model, forward
 
 
-def peft_model(case: str) -> tuple[torch.nn.Module, callable]:
-    """PEFT's model on the same backbone and a function batch -> logits."""
-    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+def classifier(case: str) -> torch.nn.Module:
+    """The backbone with a classification layer, as PEFT's SEQ_CLS runs train it."""
     from transformers import AutoModelForSequenceClassification
 
-    spec = CASES[case]
     base = AutoModelForSequenceClassification.from_pretrained(
-        spec["backbone"], num_labels=N_CLASSES, dtype=torch.float32
+        CASES[case]["backbone"], num_labels=N_CLASSES, dtype=torch.float32
     )
     base.config.pad_token_id = base.config.pad_token_id or 0
+    return base
+
+
+def peft_model(case: str) -> tuple[torch.nn.Module, Forward]:
+    """PEFT's model on the same backbone and a function ids -> logits."""
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    spec = CASES[case]
     kind = PrefixTuningConfig if case == "prefix" else PromptTuningConfig
-    model = get_peft_model(base, kind(task_type="SEQ_CLS", num_virtual_tokens=spec["tokens"]))
-    mask = None
+    config = kind(task_type="SEQ_CLS", num_virtual_tokens=spec["tokens"])
+    model = get_peft_model(classifier(case), config)
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
-        nonlocal mask
-        mask = torch.ones_like(ids) if mask is None or mask.shape != ids.shape else mask
-        return model(input_ids=ids, attention_mask=mask).logits
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
     return model, forward
 
 
-def measure(case: str, method: str, steps: int, batch: int, length: int) -> dict:
-    """Time ``steps`` optimizer steps after two warm-up steps; measure memory."""
+def reference_model(case: str) -> tuple[torch.nn.Module, Forward]:
+    """The frozen backbone without prompts, its forward and the backward to its input
+    embeddings (under a trained classification layer)."""
+    model = classifier(case)
+    model.requires_grad_(False)
+    head = next(m for n, m in model.named_children() if n in ("classifier", "score"))
+    head.requires_grad_(True)
+    embed = model.get_input_embeddings()
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        embeds = embed(ids).detach().requires_grad_()
+        return model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).logits
+
+    return model, forward
+
+
+def built(case: str, run: str) -> tuple[torch.nn.Module, Forward]:
+    """One run's model and forward."""
+    if run == "peft":
+        return peft_model(case)
+    if run == "reference":
+        return reference_model(case)
+    return promptkit_model(case, run)
+
+
+def stepper(case: str, run: str, ids: torch.Tensor, labels: torch.Tensor) -> dict:
+    """A run's model and a function that takes one optimizer step on the batch."""
     torch.manual_seed(0)
-    model, forward = peft_model(case) if method == "peft" else promptkit_model(case, method)
+    model, forward = built(case, run)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    vocab = 1000  # ordinary tokens of either vocabulary
-    ids = torch.randint(100, vocab, (batch, length))
-    labels = torch.randint(N_CLASSES, (batch,))
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        if tensor.untyped_storage().data_ptr() not in weights:  # activations, not weights
-            saved += tensor.numel() * tensor.element_size()
-        return tensor
 
     def step() -> None:
         torch.nn.functional.cross_entropy(forward(ids), labels).backward()
         optimizer.step()
         optimizer.zero_grad()
 
-    # Saved activations are counted on a warm-up step of their own: the counting hook keeps
-    # graphs alive longer (reference cycles), which would inflate the timed steps' memory.
+    return {"model": model, "step": step, "trainable": sum(p.numel() for p in params)}
+
+
+def saved_bytes(model: torch.nn.Module, step: Callable[[], None]) -> int:
+    """Bytes of the activations one step keeps for its backward pass (weights excluded)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved += tensor.numel() * tensor.element_size()
+        return tensor
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         step()
-    gc.collect()
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    gc.collect()  # the counting hook keeps graphs alive longer (reference cycles)
+    return saved
+
+
+def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch every run of every case trains on."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(*VOCAB, (args.batch, args.length), generator=generator)
+    return ids, torch.randint(N_CLASSES, (args.batch,), generator=generator)
+
+
+def timed_runs(case: str, args: argparse.Namespace) -> list[str]:
+    """The runs of a case whose steps are timed."""
+    return CASES[case]["runs"] + (["promptkit compile"] if args.compile else [])
+
+
+def time_case(case: str, args: argparse.Namespace) -> dict:
+    """Every run of a case in this process: saved activations, then interleaved step times."""
+    ids, labels = batch(args)
+    runs = {run: stepper(case, run, ids, labels) for run in timed_runs(case, args)}
+    saved = {run: saved_bytes(r["model"], r["step"]) / 2**20 for run, r in runs.items()}
+    log.info("%s: models built, saved activations counted", case)
+    times = rounds(
+        {run: r["step"] for run, r in runs.items()},
+        args.rounds,
+        alternate=True,
+        done=lambda n: log.info(
+            "%s: round %d of %d (the first warms up)", case, n, 1 + args.rounds
+        ),
+    )
     return {
-        "case": case,
-        "method": method,
-        "trainable": sum(p.numel() for p in params),
-        "step_ms": 1000 * statistics.median(times),
-        "saved_mb": saved / 2**20,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        run: {"trainable": r["trainable"], "saved_mb": saved[run], "step_s": times[run]}
+        for run, r in runs.items()
     }
+
+
+def profile_case(case: str, args: argparse.Namespace) -> None:
+    """Self CPU milliseconds per step, by operator and input shapes, of promptkit and PEFT;
+    print the operators whose calls differ, and the totals."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    ids, labels = batch(args)
+    runs = {run: stepper(case, run, ids, labels)["step"] for run in ("promptkit", "peft")}
+    milliseconds = {run: Counter() for run in runs}
+    calls = {run: Counter() for run in runs}
+    for index in range(1 + args.rounds):
+        for run, step in list(runs.items())[:: -1 if index % 2 else 1]:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiled:
+                step()
+            for event in profiled.key_averages(group_by_input_shape=True) if index else []:
+                key = f"{event.key} {event.input_shapes}"
+                milliseconds[run][key] += event.self_cpu_time_total / 1000 / args.rounds
+                calls[run][key] = event.count
+    differing = [
+        k for k in calls["promptkit"] | calls["peft"] if calls["promptkit"][k] != calls["peft"][k]
+    ]
+    for key in sorted(differing, key=lambda k: -milliseconds["promptkit"][k]):
+        print(
+            f"{milliseconds['promptkit'][key]:8.1f} ms x{calls['promptkit'][key]:<4d}"
+            f"{milliseconds['peft'][key]:8.1f} ms x{calls['peft'][key]:<4d} {key[:110]}"
+        )
+    for run, spent in milliseconds.items():
+        print(f"{run}: {sum(spent.values()):.0f} ms of operators per step")
+
+
+def peak_in_use(case: str, run: str, args: argparse.Namespace) -> float:
+    """MB at the peak of two steps of one run, in this process (started with glibc handing
+    freed blocks back at once)."""
+    ids, labels = batch(args)
+    step = stepper(case, run, ids, labels)["step"]
+    step()
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace, *what: str) -> object:
+    """One measurement in a process of its own; its JSON answer."""
+    command = [sys.executable, __file__, "--child", *what, "--rounds", str(args.rounds)]
+    command += ["--batch", str(args.batch), "--length", str(args.length)]
+    command += ["--compile"] if args.compile else []
+    environment = dict(os.environ)
+    if what[0] == "memory":
+        environment["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=environment)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(what)} failed (its errors are above)")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(case: str, args: argparse.Namespace) -> dict:
+    """Interleaved step times in one process, then each run's peak in use in processes of
+    their own, the runs alternating, ``args.memory_repeats`` times."""
+    log.info("%s: timing %s, %d rounds", case, ", ".join(timed_runs(case, args)), args.rounds)
+    runs = child(args, "time", case)
+    for run in CASES[case]["runs"]:
+        runs[run]["in_use_mb"] = []
+    for repeat in range(args.memory_repeats):
+        for run in CASES[case]["runs"]:
+            runs[run]["in_use_mb"].append(child(args, "memory", case, run))
+            mb = runs[run]["in_use_mb"][-1]
+            log.info("%s: %s peak in use %.0f MB (repeat %d)", case, run, mb, repeat + 1)
+    return runs
+
+
+def ratios(runs: dict) -> dict:
+    """Each run against PEFT: step time and peak in use (median and quartiles of the
+    per-round or per-repeat ratios), saved activations."""
+    peft = runs["peft"]
+    return {
+        run: {
+            "step": ratio(values["step_s"], peft["step_s"]),
+            "in_use": ratio(values["in_use_mb"], peft["in_use_mb"])
+            if "in_use_mb" in values
+            else None,
+            "saved": values["saved_mb"] / peft["saved_mb"],
+        }
+        for run, values in runs.items()
+        if run != "peft"
+    }
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    """Print the ratios to PEFT; save everything."""
+    import statistics
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "case",
+        "run",
+        "step time",
+        "saved activations",
+        "peak in use",
+        "PEFT step (ms)",
+        title="ratios to PEFT: median (interquartile range)",
+    )
+    for case, runs in results.items():
+        peft_ms = 1000 * statistics.median(runs["measured"]["peft"]["step_s"])
+        for run, value in runs["ratios"].items():
+            in_use = shown(value["in_use"]) if value["in_use"] else "-"
+            row = (shown(value["step"]), f"{value['saved']:.2f}", in_use)
+            table.add_row(case, f"{run} / peft", *row, f"{peft_ms:.0f}")
+    Console().print(table)
+    keys = ("rounds", "memory_repeats", "batch", "length", "compile")
+    settings = {key: getattr(args, key) for key in keys}
+    out = RESULTS / "peft_comparison.json"
+    out.write_text(json.dumps({"settings": settings, "cases": results}, indent=2))
+    log.info("results in %s", out.relative_to(REPO))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds after a warm-up")
+    parser.add_argument("--memory-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="time backbone.compile too")
+    parser.add_argument("--profile", choices=list(CASES), help="profile one case instead")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(*args.child, args.steps, args.batch, args.length)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(RESULTS / "peft_comparison.log")],
+    )
+    if args.profile:
+        profile_case(args.profile, args)
         return
-    results = []
+    if args.child:
+        kind, case, *run = args.child
+        answer = time_case(case, args) if kind == "time" else peak_in_use(case, run[0], args)
+        print(json.dumps(answer))
+        return
+    results = {}
     for case in args.cases:
-        for method in ("promptkit", "peft", "full_finetune"):
-            result = child(case, method, args, args.steps)
-            trimmed = child(case, method, args, 1, {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
-            results.append({**result, "in_use_mb": trimmed["peak_rss_mb"]})
-            print(json.dumps(results[-1]), flush=True)
+        runs = measure(case, args)
+        results[case] = {"measured": runs, "ratios": ratios(runs)}
     report(results, args)
-
-
-def child(
-    case: str, method: str, args: argparse.Namespace, steps: int, env: dict | None = None
-) -> dict:
-    """``measure`` in a process of its own (with extra environment variables)."""
-    command = [sys.executable, __file__, "--child", case, method, "--steps", str(steps)]
-    command += ["--batch", str(args.batch), "--length", str(args.length)]
-    environment = {**os.environ, **(env or {})}
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def report(results: list[dict], args: argparse.Namespace) -> None:
-    """Print promptkit / PEFT and full fine-tuning / PEFT ratios; save everything."""
-    from rich.console import Console
-    from rich.table import Table
-
-    keys = ["step_ms", "saved_mb", "peak_rss_mb", "in_use_mb"]
-    table = Table("case", "run", *keys, title="ratios to PEFT (lower is better for promptkit)")
-    for case in args.cases:
-        by = {r["method"]: r for r in results if r["case"] == case}
-        for method in ("promptkit", "full_finetune"):
-            ratios = [f"{by[method][k] / by['peft'][k]:.2f}" for k in keys]
-            table.add_row(case, f"{method} / peft", *ratios)
-    Console().print(table)
-    out = REPO / "benchmarks" / "results" / "peft_comparison.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"steps": args.steps, "batch": args.batch, "length": args.length}
-    out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from transformers import (
 
 from promptkit import hub
 from promptkit.errors import ConfigError
+from promptkit.layers import layers_in_order
 from promptkit.tasks.base import IGNORED
 
 BackboneKind = Literal["masked_lm", "causal_lm", "seq2seq_lm", "encoder"]
@@ -149,6 +150,21 @@ def load_backbone(
             "them, or another backbone.kind."
         )
     return Backbone(model, tokenizer, kind, name)
+
+
+def compile_layers(model: PreTrainedModel) -> None:
+    """``torch.compile`` each transformer layer's forward, in place (layers compiled already
+    are left as they are). The layers' hooks stay outside the compiled code, so prompts that
+    enter through them work as before."""
+    layers = layers_in_order(model)
+    if not layers:
+        raise ConfigError(
+            f"backbone.compile: cannot find the layers of {type(model).__name__} to compile: "
+            "set backbone.compile: false."
+        )
+    for layer in layers:
+        if "forward" not in vars(layer):  # its own compiled forward already
+            layer.forward = torch.compile(layer.forward)
 
 
 def load_tokenizer(name: str) -> tuple[PreTrainedTokenizerBase, BackboneKind]:

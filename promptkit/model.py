@@ -9,19 +9,21 @@ from typing import Any
 import torch
 
 from promptkit import catalog
-from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, load_backbone
+from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, compile_layers, load_backbone
 from promptkit.calibration import calibrated, calibration_examples, estimate
-from promptkit.data import as_examples, collate
+from promptkit.data import Split, as_examples, collate
 from promptkit.demonstrations import Demonstrations, check_head
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, DataError
 from promptkit.heads import HEADS, Head
+from promptkit.joint import build_joint, check_joint, member_recipes
 from promptkit.placements import PLACEMENTS, Injector
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.recipe import ModelConfig
 from promptkit.seeding import seeded
-from promptkit.tasks import Task
+from promptkit.tasks import MULTI_LABEL, Task
+from promptkit.tasks.multi_label import best_thresholds
 from promptkit.template import Template
 
 DEFAULT_MAX_LENGTH = 256
@@ -84,6 +86,7 @@ class PromptModel(PolicyModule):
         )
         self.groups = parameter_groups(prompts, head, backbone.model, trainable)
         self.calibration: torch.Tensor | None = None  # log mean class probabilities
+        self.thresholds: torch.Tensor | None = None  # multi-label: each class's logit cut
         self.demonstrations: Demonstrations | None = None  # put before each query
 
     @property
@@ -171,7 +174,8 @@ class PromptModel(PolicyModule):
     ) -> dict[str, torch.Tensor]:
         """Pad encoded examples into a batch (the padding side suits the backbone)."""
         pad_id = self.backbone.tokenizer.pad_token_id
-        batch = collate(encoded, 0 if pad_id is None else pad_id, self.padding_side)
+        rows = self.head.expand(encoded)
+        batch = collate(rows, 0 if pad_id is None else pad_id, self.padding_side)
         if labels is not None:
             self.task.add_labels(batch, labels)
         return batch
@@ -181,11 +185,34 @@ class PromptModel(PolicyModule):
         return self.finished(self.head(self.lm, self.injector(batch, self.prompts()), batch))
 
     def finished(self, logits: torch.Tensor) -> torch.Tensor:
-        """The head's logits as the model answers them: calibrated, once calibrated, outside
-        training."""
-        if self.calibration is None or self.training:
+        """The head's logits as the model answers them outside training: calibrated, once
+        calibrated; less each class's threshold, once tuned (multi-label)."""
+        if self.training:
             return logits
-        return calibrated(logits, self.calibration)
+        if self.calibration is not None:
+            logits = calibrated(logits, self.calibration)
+        if self.thresholds is not None:
+            logits = logits - self.thresholds.to(logits.device)
+        return logits
+
+    def tune_thresholds(self, split: Split, batch_size: int = 64) -> torch.Tensor:
+        """Each class's threshold with the best F1 on a labelled split (multi-label);
+        predictions then answer a class when its probability is at least 0.5."""
+        from promptkit.inference import predict_logits
+
+        if self.task is not MULTI_LABEL:
+            raise ConfigError(
+                f"thresholds are tuned for multi-label runs; this one's task is {self.task.name}."
+            )
+        self.thresholds = None
+        logits = predict_logits(self, self.encode(split.examples, split.labels), batch_size)
+        self.thresholds = best_thresholds(logits, torch.tensor(split.labels))
+        return self.thresholds
+
+    def prepare(self, examples: Sequence[Mapping[str, Any]]) -> None:
+        """What the head estimates from unlabelled training inputs before training (a
+        knowledgeable verbalizer's word priors)."""
+        self.head.prepare(self, examples)
 
     def calibrate(
         self,
@@ -220,7 +247,7 @@ class CheckedRecipe:
     @property
     def task(self) -> Task:
         """What the head answers."""
-        return self.head.task
+        return self.head.task_of(self.recipe.head)
 
 
 def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
@@ -237,9 +264,17 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     placement.check(recipe.prompts, template)
     head = HEADS[recipe.head.type]
     classes = head.check(recipe.head, template)
+    if head.task_of(recipe.head).name == "multi_label" and recipe.calibration is not None:
+        raise ConfigError(
+            "calibration corrects a distribution over classes, and a multi-label head scores "
+            "each class on its own: drop the calibration section (thresholds are tuned instead)."
+        )
     if recipe.demonstrations is not None:
         check_head(recipe.head.type)
-    if "prompts" in recipe.trainable and not template.n_slots:
+    if recipe.ensemble is not None:
+        members = [check_recipe(member) for member in member_recipes(recipe)]
+        classes = check_joint(recipe, members)
+    elif "prompts" in recipe.trainable and not template.n_slots:
         raise ConfigError(
             "trainable includes 'prompts' but the template has no soft slot ([P1], [P*n]): "
             "add some, or drop 'prompts'."
@@ -270,6 +305,10 @@ def build_model(
     backbone = backbone or load_backbone(
         config.backbone.name, config.backbone.kind, config.backbone.dtype
     )
+    if config.backbone.compile:
+        compile_layers(backbone.model)
+    if config.ensemble is not None:
+        return build_joint(config, classes or checked.classes, backbone, collapsed)
     injector = checked.placement(config.prompts, backbone.model)
     max_length = config.max_length or min(DEFAULT_MAX_LENGTH, injector.max_positions)
     if max_length > injector.max_positions:
@@ -282,6 +321,7 @@ def build_model(
             config.prompts, checked.template, backbone, collapsed, generator
         ).to(backbone.model.dtype)
         head = checked.head.build(config.head, backbone, checked.template, classes or [])
+    head.task = checked.task
     padding = config.padding_side
     if padding == "auto":
         padding = "left" if backbone.is_causal else "right"

@@ -63,7 +63,24 @@ def parameter_groups(
     return chosen
 
 
-CALIBRATION = "calibration"  # the saved label bias (promptkit.calibration), not a parameter
+def first_trained_layer(layers: Sequence[nn.Module], backbone: nn.Module) -> int:
+    """The index of the first of ``layers`` (a backbone's, in the order a forward runs them)
+    that holds a parameter that trains, ``len(layers)`` when none does; 0 when a backbone
+    parameter outside them trains (it may come before them: the input embeddings)."""
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    if any(p.requires_grad and id(p) not in inside for p in backbone.parameters()):
+        return 0
+    trained = (
+        index
+        for index, layer in enumerate(layers)
+        if any(p.requires_grad for p in layer.parameters())
+    )
+    return next(trained, len(layers))
+
+
+# Estimated after training and saved with the prompt, not parameters: the label bias
+# (promptkit.calibration) and a multi-label model's logit thresholds.
+ESTIMATES = ("calibration", "thresholds")
 
 
 class PolicyModule(nn.Module):
@@ -105,16 +122,29 @@ class PolicyModule(nn.Module):
         }
         if "prompts" in self.groups:
             state["prompts.table"] = self.prompts.collapse()
-        if getattr(self, "calibration", None) is not None:
-            state[CALIBRATION] = self.calibration.detach().cpu()
+        for name in ESTIMATES:
+            if getattr(self, name, None) is not None:
+                state[name] = getattr(self, name).detach().cpu()
+        state.update({n: b.detach().clone() for n, b in self._estimated().items()})
         return state
+
+    def _estimated(self) -> dict[str, torch.Tensor]:
+        """The head's saved buffers: what it estimated from data rather than trained (a
+        knowledgeable verbalizer's word priors)."""
+        head = getattr(self, "head", None)
+        if head is None:
+            return {}
+        trained = {n for n, _ in head.named_parameters()}
+        buffers = dict(head.named_buffers())
+        return {f"head.{n}": buffers[n] for n in head.state_dict() if n not in trained}
 
     def load_trained_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load what ``trained_state`` saved (onto a model built with a plain prompt table)."""
         state = dict(state)
-        if CALIBRATION in state:
-            self.calibration = state.pop(CALIBRATION)
-        own = dict(self.named_parameters())
+        for name in ESTIMATES:
+            if name in state:
+                setattr(self, name, state.pop(name))
+        own = dict(self.named_parameters()) | self._estimated()
         unknown = [k for k in state if k not in own]
         if unknown:
             raise ConfigError(

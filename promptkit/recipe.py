@@ -12,6 +12,7 @@ from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
 from promptkit.demonstrations import DemonstrationsConfig
 from promptkit.heads import HeadConfigs
 from promptkit.heads.verbalizer import VerbalizerConfig
+from promptkit.joint import JointEnsembleConfig
 from promptkit.placements import PlacementConfigs
 from promptkit.placements.input import InputConfig
 from promptkit.schema import Strict, absolute_if_local
@@ -23,6 +24,11 @@ class BackboneConfig(Strict):
     name: str = Field(description="hub id or local folder")
     kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    compile: bool = Field(
+        False,
+        description="torch.compile each layer of the backbone (the first steps compile it: "
+        "worth it only for long runs where it is measured to pay)",
+    )
 
     _absolute_name = field_validator("name")(absolute_if_local)
 
@@ -52,6 +58,9 @@ class ModelConfig(Strict):
     )
     demonstrations: DemonstrationsConfig | None = Field(
         None, description="labelled training examples put before each query (LM-BFF)"
+    )
+    ensemble: JointEnsembleConfig | None = Field(
+        None, description="several prompts for the task, trained together as one model"
     )
 
     @field_validator("trainable")

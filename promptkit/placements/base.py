@@ -21,7 +21,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from promptkit.config import PromptsConfig
-from promptkit.errors import ConfigError, PromptkitError
+from promptkit.errors import PromptkitError
+from promptkit.layers import WithoutAutograd, layers_in_order
+from promptkit.policy import first_trained_layer
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
 
@@ -42,12 +44,14 @@ class Prompting:
     ``prefixes`` maps attention modules to their prefix; ``layers`` maps the key of a layer
     hook to the vectors that replace the hidden states before that layer, and the positions
     that take them (``slot_ids`` ``[B, L]``: a row of ``vectors``, or -1); ``captured``, when
-    given, receives each prefixable attention's own keys and values."""
+    given, receives each prefixable attention's own keys and values; ``frozen_below`` is how
+    many leading layers (``layers_in_order``) run without autograd."""
 
     owner: object
     prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
+    frozen_below: int = 0
 
 
 class Injector:
@@ -56,7 +60,15 @@ class Injector:
 
     A subclass says what it accepts (its ``config`` section and ``check`` on the template),
     how wide its table rows are and how they start (``build_prompts``), whether soft slots
-    take sequence positions, and how the vectors enter the backbone (``forward_kwargs``).
+    take sequence positions, how the vectors enter the backbone (``forward_kwargs``), and the
+    first layer they reach (``first_prompted``).
+
+    In a forward that records gradients, the layers below the first one that needs autograd
+    run without it (``skips_autograd``, on by default): below the first prompted layer
+    when the prompts train, below the first layer holding a trainable parameter (all of
+    them for a head alone). Outputs and gradients are the same; the frozen layers keep no
+    activations and, under activation checkpointing, are neither recomputed nor gone
+    through backwards.
 
     Args:
         config: the ``prompts`` section of the recipe.
@@ -78,6 +90,10 @@ class Injector:
         )
         self.max_positions = _positions_of(settings.get_text_config()) - self.position_offset
         self.released = False
+        self.skips_autograd = True
+        self.model = model
+        self.backbone_layers = layers_in_order(model)
+        self._without_autograd = WithoutAutograd(self.backbone_layers, self._frozen_below)
 
     @classmethod
     def check(cls, config: PromptsConfig, template: Template) -> None:
@@ -87,6 +103,12 @@ class Injector:
     def width(self) -> int:
         """Size of one prompt-table row."""
         return self.embed.embedding_dim
+
+    @property
+    def first_prompted(self) -> int:
+        """The first of ``self.backbone_layers`` whose forward the prompt vectors reach (the
+        input's reach the first layer)."""
+        return 0
 
     def build_prompts(
         self,
@@ -120,7 +142,26 @@ class Injector:
             raise PromptkitError(
                 f"this {self.name} injector was released; build the model again to use it."
             )
-        return self.forward_kwargs(batch, vectors)
+        kwargs = self.forward_kwargs(batch, vectors)
+        frozen = self.frozen_depth(vectors.requires_grad)
+        if frozen:
+            kwargs.setdefault(PROMPTING_KWARG, Prompting(owner=self)).frozen_below = frozen
+        return kwargs
+
+    def frozen_depth(self, prompts_train: bool) -> int:
+        """How many leading layers this forward can run without autograd: none when it
+        records no gradients, else those below the first trainable parameter (of the
+        backbone) and, when the prompts train, below the first prompted layer."""
+        if not (self.skips_autograd and self.backbone_layers and torch.is_grad_enabled()):
+            return 0
+        first = first_trained_layer(self.backbone_layers, self.model)
+        return min(first, self.first_prompted) if prompts_train else first
+
+    def _frozen_below(self, kwargs: dict) -> int:
+        prompting = kwargs.get(PROMPTING_KWARG)
+        if isinstance(prompting, Prompting) and prompting.owner is self:
+            return prompting.frozen_below
+        return 0
 
     def forward_kwargs(
         self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
@@ -130,6 +171,7 @@ class Injector:
 
     def release(self) -> None:
         """Undo what the injector did to the backbone; using it afterwards is an error."""
+        self._without_autograd.remove()
         self.released = True
 
     def embedded(
@@ -198,21 +240,3 @@ def replace_slots(
     """``hidden`` with ``vectors[slot_ids]`` where ``slot_ids >= 0``."""
     soft = vectors.to(hidden.dtype)[slot_ids.clamp(min=0)]
     return torch.where((slot_ids >= 0).unsqueeze(-1), soft, hidden)
-
-
-def n_layers(model: PreTrainedModel) -> int:
-    """How many transformer layers the backbone has."""
-    return model.config.get_text_config().num_hidden_layers
-
-
-def layer_list(model: PreTrainedModel) -> nn.ModuleList:
-    """The backbone's transformer layers."""
-    count = n_layers(model)
-    for module in model.base_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == count:
-            return module
-    raise ConfigError(
-        f"cannot find the {count} layers of {type(model).__name__}: deep prompts need a "
-        "backbone whose layers are one ModuleList (BERT, RoBERTa, GPT-2, Llama and most "
-        "others). Use `prompts.placement: input`."
-    )

@@ -11,13 +11,11 @@ import torch
 from transformers import PreTrainedModel
 
 from promptkit.config import LayeredPromptsConfig
-from promptkit.layers import select_layers
+from promptkit.layers import layer_list, n_layers, select_layers
 from promptkit.placements.base import (
     PROMPTING_KWARG,
     Injector,
     Prompting,
-    layer_list,
-    n_layers,
     replaced_before_layer,
 )
 

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from promptkit.layers import layer_list
 from promptkit.placements.base import (
     PROMPTING_KWARG,
     Injector,
     Prompting,
-    layer_list,
     replaced_before_layer,
 )
 from promptkit.placements.deep import DeepInjector

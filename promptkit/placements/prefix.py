@@ -25,8 +25,8 @@ from transformers.masking_utils import eager_mask, sdpa_mask
 
 from promptkit.config import EncoderKind, LayeredPromptsConfig
 from promptkit.errors import ConfigError
-from promptkit.layers import select_layers
-from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting, n_layers
+from promptkit.layers import n_layers, select_layers
+from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
 
@@ -121,6 +121,17 @@ class PrefixInjector(Injector):
     def width(self) -> int:
         """Size of one prompt-table row: key and value at every prefixed attention."""
         return sum(2 * heads * size for heads, size in self.shapes)
+
+    @property
+    def first_prompted(self) -> int:
+        """The first layer that holds a prefixed attention."""
+        targets = {id(module) for module in self.targets}
+        reached = (
+            index
+            for index, layer in enumerate(self.backbone_layers)
+            if any(id(module) in targets for module in layer.modules())
+        )
+        return next(reached, 0)
 
     def build_prompts(self, config, template, backbone, collapsed, generator) -> SoftPrompts:
         projected = config.encoder == "mlp" and not collapsed

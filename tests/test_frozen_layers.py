@@ -1,0 +1,212 @@
+"""Layers below the first one that needs a gradient run without autograd: the same logits and
+the same gradient of every trained parameter as with autograd everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from promptkit.config import validate
+from promptkit.layers import WithoutAutograd, layers_in_order
+from promptkit.model import build_model
+from promptkit.recipe import ModelConfig
+
+TEXTS = ["the movie was great", "i hated this boring film and the acting", "fun"]
+ANSWERS = ["good", "bad and dull", "fine"]
+CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
+# name: family, recipe keys, how many of the backbone's layers run without autograd (the tiny
+# models have 2 layers; T5 runs its 2 encoder layers, then its 2 decoder layers)
+CASES = {
+    "bert prefix last:1": ("bert", {"prompts": {"placement": "prefix", "layers": "last:1"}}, 1),
+    "gpt2 prefix 1-1": ("gpt2", {"prompts": {"placement": "prefix", "layers": "1-1"}}, 1),
+    "llama prefix last:1": ("llama", {"prompts": {"placement": "prefix", "layers": "last:1"}}, 1),
+    "llama prefix all": ("llama", {"prompts": {"placement": "prefix"}}, 0),
+    "llama deep last:1": ("llama", {"prompts": {"placement": "deep", "layers": "last:1"}}, 0),
+    "gpt2 input": ("gpt2", {}, 0),
+    "bert head only": ("bert", {"template": "<x>", "trainable": ["head"]}, 2),
+    "llama head, frozen prompts": ("llama", {"trainable": ["head"]}, 2),
+    "bert bitfit": ("bert", {"template": "<x>", "trainable": ["bias", "head"]}, 0),
+    "llama norm": ("llama", {"template": "<x>", "trainable": ["norm", "head"]}, 0),
+    "t5 decoder prefixes": (
+        "t5",
+        {"prompts": {"placement": "prefix", "attention": ["decoder"]}, "head": "generation"},
+        2,
+    ),
+    "t5 cross prefix last:1": (
+        "t5",
+        {
+            "prompts": {"placement": "prefix", "attention": ["cross"], "layers": "last:1"},
+            "head": "generation",
+        },
+        3,
+    ),
+    "t5 encoder prefix last:1": (
+        "t5",
+        {"prompts": {"placement": "prefix", "layers": "last:1", "attention": ["encoder"]}},
+        1,
+    ),
+}
+
+
+def build(model_dir, family: str, keys: dict) -> nn.Module:
+    head = {"type": "generation"} if keys.get("head") == "generation" else CLASSIFIER
+    recipe = {
+        "backbone": {"name": str(model_dir(family))},
+        "template": "[P*3] <x>",
+        "head": head,
+        "trainable": ["prompts", "head"] if head is CLASSIFIER else ["prompts"],
+        **{k: v for k, v in keys.items() if k != "head"},
+    }
+    return build_model(validate(ModelConfig, recipe, "recipe")).train()
+
+
+def batch_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    examples = model.examples(TEXTS)
+    if model.task.has_classes:
+        return model.collate(model.encode(examples))
+    return model.collate(model.encode(examples, ANSWERS))
+
+
+def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and every trained parameter's gradient of one seeded forward and backward
+    (dropout is on: the seed makes both runs draw the same masks)."""
+    model.zero_grad()
+    torch.manual_seed(0)
+    logits = model(batch)
+    logits.float().square().mean().backward()
+    grads = {
+        n: None if p.grad is None else p.grad.clone()  # a bias the head never reads: None
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    return logits.detach(), grads
+
+
+def _first_leaf(layer: nn.Module) -> nn.Module:
+    """The first module with weights inside a layer (it runs as the layer does)."""
+    return next(
+        m
+        for m in layer.modules()
+        if not any(m.children()) and next(m.parameters(), None) is not None
+    )
+
+
+def grad_modes(model: nn.Module, batch: dict) -> list[bool]:
+    """Whether each layer of the backbone that ran ran with autograd on, in one forward."""
+    modes: list[bool] = []
+    handles = [
+        _first_leaf(layer).register_forward_pre_hook(
+            lambda *_: modes.append(torch.is_grad_enabled())
+        )
+        for layer in model.injector.backbone_layers
+    ]
+    try:
+        model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return modes
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_frozen_layers_run_without_autograd_and_change_nothing(model_dir, case, checkpointing):
+    family, keys, frozen = CASES[case]
+    model = build(model_dir, family, keys)
+    if checkpointing:
+        model.enable_checkpointing()
+    batch = batch_of(model)
+    spared_modes = grad_modes(model, batch)
+    spared = step(model, batch)
+    model.injector.skips_autograd = False
+    ran = len(grad_modes(model, batch))  # a classifier on T5 runs the encoder only
+    assert grad_modes(model, batch) == [True] * ran
+    assert spared_modes == [False] * frozen + [True] * (ran - frozen)
+    logits, grads = step(model, batch)
+    torch.testing.assert_close(spared[0], logits)
+    assert spared[1].keys() == grads.keys() and grads
+    assert all(grads[n].abs().sum() > 0 for n in grads if n.startswith(("head.", "prompts.")))
+    for name, grad in grads.items():
+        torch.testing.assert_close(spared[1][name], grad, msg=name)
+
+
+def test_without_gradients_nothing_changes(model_dir):
+    model = build(model_dir, "llama", CASES["llama prefix last:1"][1])
+    batch = batch_of(model)
+    with torch.no_grad():
+        assert model.injector.frozen_depth(prompts_train=True) == 0
+        assert grad_modes(model, batch) == [False, False]
+    assert torch.is_grad_enabled()
+
+
+def test_prompts_frozen_by_the_policy_still_get_a_gradient_when_asked(model_dir):
+    """AutoPrompt asks for the gradient of a table the policy froze: the layers it reaches
+    then run with autograd."""
+    model = build(model_dir, "llama", CASES["llama head, frozen prompts"][1]).eval()
+    batch = batch_of(model)
+    model.prompts.table.requires_grad_(True)
+    assert grad_modes(model, batch) == [True, True]
+    model(batch).sum().backward()
+    assert model.prompts.table.grad.abs().sum() > 0
+
+
+def test_the_grad_mode_comes_back_when_a_frozen_layer_fails(model_dir):
+    model = build(model_dir, "bert", CASES["bert head only"][1])
+    batch = batch_of(model)
+    first = model.injector.backbone_layers[0]
+
+    def fail(*_):
+        raise RuntimeError("boom")
+
+    handle = next(m for m in first.modules() if isinstance(m, nn.Linear)).register_forward_hook(
+        fail
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        model(batch)
+    handle.remove()
+    assert torch.is_grad_enabled()
+    assert grad_modes(model, batch) == [False, False]
+
+
+def test_a_released_injector_leaves_the_layers_alone(model_dir):
+    model = build(model_dir, "bert", CASES["bert head only"][1])
+    layers = model.injector.backbone_layers
+    model.injector.release()
+    assert not any(layer._forward_pre_hooks or layer._forward_hooks for layer in layers)
+
+
+@pytest.mark.parametrize(("family", "counts"), [("llama", 2), ("t5", 4), ("bart", 4)])
+def test_layers_in_the_order_a_forward_runs_them(model_dir, family, counts):
+    model = build(model_dir, family, {"head": "generation"}).lm
+    layers = layers_in_order(model)
+    assert len(layers) == counts
+    if model.config.is_encoder_decoder:
+        encoder = set(model.get_encoder().modules())
+        assert [layer in encoder for layer in layers] == [True, True, False, False]
+
+
+def test_any_stack_of_layers_can_run_without_autograd():
+    """What a vision injector would do with its blocks: a stack of plain modules, and a rule
+    that says, per forward, how many leading blocks need no autograd."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+    blocks[0].requires_grad_(False)
+    below = {"depth": 0}
+    spare = WithoutAutograd(blocks, lambda _kwargs: below["depth"])
+    inputs = torch.randn(2, 4)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = inputs
+        for block in blocks:
+            hidden = block(hidden)
+        hidden.sum().backward()
+        grad = blocks[1].weight.grad.clone()
+        blocks.zero_grad()
+        return hidden.detach(), grad
+
+    full = run()
+    below["depth"] = 1
+    spared = run()
+    torch.testing.assert_close(full, spared)
+    spare.remove()
