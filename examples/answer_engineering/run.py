@@ -139,7 +139,7 @@ def autoprompt_template(rows: Rows) -> str:
     """AutoPrompt's trigger words for the template's three slots, as a hard template."""
     prepared = rows.splits(template=TRIGGERS, trainable=["prompts"], trainer={"epochs": 1})
     train = prepared.splits.train
-    found = autoprompt(prepared.model, train.examples, train.labels, iterations=24, candidates=8)
+    found = autoprompt(prepared.model, train.examples, train.labels, iterations=18, candidates=8)
     rows.console.print(
         f"AutoPrompt: {found.template} (loss {found.losses[0]:.3f} -> {found.losses[-1]:.3f})"
     )
@@ -192,15 +192,16 @@ def main() -> None:
             preset="kpt",
             head={"type": "knowledgeable", "verbalizer": "sentiment_knowledgeable"},
             trainable=["head"],
-            trainer={"epochs": 5},
+            trainer={"epochs": 3},
         ),
         lambda: rows.fit(
             "soft verbalizer (WARP)",
             "warp",
             preset="warp",
             template="[P*4] <x> It was [P*4] [MASK].",
+            head={"type": "soft_verbalizer", "verbalizer": "sentiment"},
             trainable=["prompts", "head"],
-            trainer={"epochs": 10, "lr": {"prompts": 0.003, "head": 0.003}},
+            trainer={"epochs": 6, "lr": {"prompts": 0.003, "head": 0.01}},
         ),
         lambda: rows.fit(
             "AutoPrompt template", "autoprompt", template=autoprompt_template(rows), **CALIBRATED
