@@ -63,12 +63,16 @@ def parameter_groups(
     return chosen
 
 
-def first_trained_layer(layers: Sequence[nn.Module], backbone: nn.Module) -> int:
+def first_trained_layer(
+    layers: Sequence[nn.Module], backbone: nn.Module | Iterable[nn.Parameter]
+) -> int:
     """The index of the first of ``layers`` (a backbone's, in the order a forward runs them)
-    that holds a parameter that trains, ``len(layers)`` when none does; 0 when a backbone
-    parameter outside them trains (it may come before them: the input embeddings)."""
+    that holds a parameter that trains, ``len(layers)`` when none does; 0 when another of the
+    backbone's parameters trains (a module, or the parameters that may run before the layers:
+    the input embeddings)."""
     inside = {id(p) for layer in layers for p in layer.parameters()}
-    if any(p.requires_grad and id(p) not in inside for p in backbone.parameters()):
+    params = backbone.parameters() if isinstance(backbone, nn.Module) else backbone
+    if any(p.requires_grad and id(p) not in inside for p in params):
         return 0
     trained = (
         index

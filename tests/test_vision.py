@@ -298,3 +298,38 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(pixels()).sum().backward()
         grads.append(model.prompts.table.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    "vpt, trainable",
+    [
+        ({"tokens": 4, "deep": True, "layers": "last:2", "dropout": 0.0}, ["prompts", "head"]),
+        ({"tokens": 4, "deep": True, "dropout": 0.0}, ["prompts", "head"]),
+        ({"tokens": 0}, ["head"]),
+    ],
+)
+def test_blocks_below_the_first_prompted_one_run_without_autograd(vpt, trainable):
+    """VPT-deep on the last blocks: the blocks below see no trainable input and run without
+    autograd; logits and gradients are the same as with every block on the tape."""
+    results = []
+    for skip in (True, False):
+        torch.manual_seed(0)
+        model = build_vision_model(timm_recipe(vpt=vpt, trainable=trainable), ["a", "b"]).eval()
+        if not skip:
+            model.injector.blocks = []  # no block counts as frozen: every block records
+        grad_modes = []
+        for block in model.adapter.blocks:
+            block.register_forward_pre_hook(
+                lambda *_, seen=grad_modes: seen.append(torch.is_grad_enabled())
+            )
+        logits = model(pixels())
+        logits.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads, grad_modes))
+    (on, on_grads, modes), (off, off_grads, all_on) = results
+    torch.testing.assert_close(on, off)
+    assert on_grads.keys() == off_grads.keys() and on_grads
+    for name in on_grads:
+        torch.testing.assert_close(on_grads[name], off_grads[name])
+    expected = {"last:2": [False, True, True], "all": [True] * 3}.get(vpt.get("layers", "all"))
+    assert modes == (expected if vpt["tokens"] else [False] * 3) and all(all_on)

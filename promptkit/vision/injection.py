@@ -30,6 +30,8 @@ from transformers import (
 )
 
 from promptkit.errors import ConfigError, PromptkitError
+from promptkit.layers import WithoutAutograd
+from promptkit.policy import first_trained_layer
 from promptkit.vision.config import ImageConfig
 
 # How each image fit maps onto timm's evaluation transform: (crop_mode, crop_pct or None for
@@ -326,7 +328,12 @@ class VisualPromptInjector:
     def __init__(self, adapter: ViTAdapter) -> None:
         self.n_prefix = adapter.n_prefix
         self.backbone = adapter.model
+        self.blocks = adapter.blocks
+        after = (adapter.final_norm, adapter.classifier())  # run after the blocks
+        self._after = {id(p) for module in after for p in module.parameters()}
         self._prompts: dict[int, torch.Tensor] = {}
+        self.frozen_below = 0  # leading blocks this forward runs without autograd
+        self._spare = WithoutAutograd(adapter.blocks, lambda _: self._active_depth())
         self._handles = [
             block.register_forward_pre_hook(self._before_block(index), with_kwargs=True)
             for index, block in enumerate(adapter.blocks)
@@ -340,12 +347,28 @@ class VisualPromptInjector:
         if self.released:
             raise PromptkitError("this VPT injector was released; build the model again.")
         self._prompts = prompts
+        self.frozen_below = self._frozen_depth(prompts)
         self.backbone.__dict__[_ACTIVE] = self
+
+    def _frozen_depth(self, prompts: dict[int, torch.Tensor]) -> int:
+        """How many leading blocks need no autograd in this forward: those below the first
+        trainable parameter and, when the prompts train, below the first prompted block."""
+        if not torch.is_grad_enabled():
+            return 0
+        before = [p for p in self.backbone.parameters() if id(p) not in self._after]
+        first = first_trained_layer(self.blocks, before)
+        if any(p.requires_grad for p in prompts.values()):
+            first = min(first, min(prompts))
+        return first
+
+    def _active_depth(self) -> int:
+        return self.frozen_below if self.backbone.__dict__.get(_ACTIVE) is self else 0
 
     def release(self) -> None:
         """Remove the hooks; using the injector afterwards is an error."""
         for handle in self._handles:
             handle.remove()
+        self._spare.remove()
         if self.backbone.__dict__.get(_ACTIVE) is self:
             del self.backbone.__dict__[_ACTIVE]
         self.released = True
