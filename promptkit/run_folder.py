@@ -303,10 +303,12 @@ class RunFolder:
         recipe: Any,
         fingerprint: str,
         info: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Save a model's trained parameters with its recipe, classes and the fingerprint of
-        the backbone they belong to; returns the promptkit.json document."""
-        state = model.trained_state()
+        """Save a model's trained parameters (``state``: its ``trained_state()``, when the
+        caller has it already) with its recipe, classes and the fingerprint of the backbone
+        they belong to; returns the promptkit.json document."""
+        state = model.trained_state() if state is None else state
         document = {
             "recipe": recipe.model_dump(mode="json"),
             "task": model.task.name,

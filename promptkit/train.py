@@ -249,6 +249,7 @@ class Trainer:
                 self.recipe,
                 self.fingerprint,
                 {"validation": metrics, "epoch": state.epoch},
+                self._best_saved,
             )
         else:
             state.stale_epochs += 1
