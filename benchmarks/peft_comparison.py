@@ -12,8 +12,8 @@ Cases, each on the same batch of token ids and the same classification loss:
   prompt  SmolLM2-135M (a causal LM), classification from the last token, 20 soft tokens
           (promptkit: `placement: input` + last-token head; PEFT: PromptTuningConfig, SEQ_CLS)
 and, for each, the reference: the frozen backbone's forward and the backward to its input
-embeddings without prompts (a trained classification layer on top), the least a prompt
-method that reaches the input can cost. With --compile, promptkit's run again with
+embeddings without prompts (a trained classification layer on top), run as transformers runs
+it (every position through every layer). With --compile, promptkit's run again with
 `backbone.compile: true` (step time only; its first steps, which compile, are not timed).
 
   step     one optimizer step (forward, backward, AdamW): every run of a case is loaded in

@@ -68,6 +68,13 @@ class Backbone:
         return self.model.get_input_embeddings().embedding_dim
 
     @property
+    def pad_id(self) -> int:
+        """The id padding takes (the tokenizer's, or 0 where it has none: padded positions
+        are masked out)."""
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else pad
+
+    @property
     def has_lm_head(self) -> bool:
         """Whether the model predicts tokens (what a verbalizer needs)."""
         return self.kind != "encoder"

@@ -89,6 +89,19 @@ class Host:
                 )
         self.injector = MixedInjector([m.injector for m in self._list], self.backbone.model)
         self.padding_side = "left" if self.backbone.is_causal else "right"
+        self.closed = False
+
+    def close(self) -> None:
+        """Take the host's hooks off the shared backbone (its models stay usable alone);
+        answering afterwards is an error. A host is also a context manager that closes."""
+        self.injector.release()
+        self.closed = True
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     @property
     def tasks(self) -> list[str]:
@@ -168,6 +181,8 @@ class Host:
         """Answers to bound rows of any tasks: the rows of classifying tasks share backbone
         forwards, and those of generators share ``generate()`` calls (``decoding`` replaces
         their decoding options)."""
+        if self.closed:
+            raise PromptkitError("this host was closed: make a new one to answer.")
         answers: list[Answer | None] = [None] * len(rows)
         scored = [i for i, r in enumerate(rows) if self._list[r.task].task.has_classes]
         probabilities = self._probabilities([rows[i] for i in scored], batch_size)
@@ -255,14 +270,11 @@ class Host:
         """Batches of rows of similar length: their indices, the collated batch on the
         backbone's device, and each row's task."""
         device = self.backbone.model.device
-        pad_id = self.backbone.tokenizer.pad_token_id
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].encoded))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = collate(
-                [rows[i].encoded for i in chunk],
-                0 if pad_id is None else pad_id,
-                self.padding_side,
+                [rows[i].encoded for i in chunk], self.backbone.pad_id, self.padding_side
             )
             owners = torch.tensor([rows[i].task for i in chunk], device=device)
             yield chunk, {k: v.to(device) for k, v in batch.items()}, owners

@@ -170,19 +170,23 @@ class PromptModel(PolicyModule):
         return generate(self, examples, batch_size, progress, decoding)
 
     def collate(
-        self, encoded: Sequence[EncodedPrompt], labels: Sequence[Any] | None = None
+        self,
+        encoded: Sequence[EncodedPrompt],
+        labels: Sequence[Any] | None = None,
+        expand: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Pad encoded examples into a batch (the padding side suits the backbone)."""
-        pad_id = self.backbone.tokenizer.pad_token_id
-        rows = self.head.expand(encoded)
-        batch = collate(rows, 0 if pad_id is None else pad_id, self.padding_side)
+        """Pad encoded examples into a batch (the padding side suits the backbone); each
+        example as the rows its head runs it as, unless ``expand`` is off."""
+        rows = self.head.expand(encoded) if expand else encoded
+        batch = collate(rows, self.backbone.pad_id, self.padding_side)
         if labels is not None:
             self.task.add_labels(batch, labels)
         return batch
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, C]`` (``[B, W, C]`` per word for a tagger) for a batch."""
-        return self.finished(self.head(self.lm, self.injector(batch, self.prompts()), batch))
+        inputs = self.injector(batch, self.prompts(), self.head.read_positions(batch))
+        return self.finished(self.head(self.lm, inputs, batch))
 
     def finished(self, logits: torch.Tensor) -> torch.Tensor:
         """The head's logits as the model answers them outside training: calibrated, once

@@ -280,3 +280,32 @@ def zero_shot_tagger(folder: Path):
         }
     )
     return build_model(recipe)
+
+
+REVIEWS = ["the movie was great", "i hated this boring film and the acting", "fun"]
+ANSWERS = ["good", "bad and dull", "fine"]
+
+
+def review_batch(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``REVIEWS`` (with ``ANSWERS`` for a model that writes text) as one padded batch."""
+    examples = model.examples(REVIEWS)
+    if model.task.has_classes:
+        return model.collate(model.encode(examples))
+    return model.collate(model.encode(examples, ANSWERS))
+
+
+def seeded_step(
+    model: torch.nn.Module, batch: dict
+) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """Logits and every trainable parameter's gradient (None where none reached it) of one
+    forward and backward, with the dropout masks seeded (two runs draw the same ones)."""
+    model.zero_grad()
+    torch.manual_seed(0)
+    logits = model(batch)
+    logits.float().square().mean().backward()
+    grads = {
+        n: None if p.grad is None else p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    return logits.detach(), grads

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import review_batch, seeded_step
 from torch import nn
 
 from promptkit.config import validate
@@ -12,8 +13,6 @@ from promptkit.layers import WithoutAutograd, layers_in_order
 from promptkit.model import build_model
 from promptkit.recipe import ModelConfig
 
-TEXTS = ["the movie was great", "i hated this boring film and the acting", "fun"]
-ANSWERS = ["good", "bad and dull", "fine"]
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
 # name: family, recipe keys, how many of the backbone's layers run without autograd (the tiny
 # models have 2 layers; T5 runs its 2 encoder layers, then its 2 decoder layers)
@@ -61,28 +60,6 @@ def build(model_dir, family: str, keys: dict) -> nn.Module:
     return build_model(validate(ModelConfig, recipe, "recipe")).train()
 
 
-def batch_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    examples = model.examples(TEXTS)
-    if model.task.has_classes:
-        return model.collate(model.encode(examples))
-    return model.collate(model.encode(examples, ANSWERS))
-
-
-def step(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and every trained parameter's gradient of one seeded forward and backward
-    (dropout is on: the seed makes both runs draw the same masks)."""
-    model.zero_grad()
-    torch.manual_seed(0)
-    logits = model(batch)
-    logits.float().square().mean().backward()
-    grads = {
-        n: None if p.grad is None else p.grad.clone()  # a bias the head never reads: None
-        for n, p in model.named_parameters()
-        if p.requires_grad
-    }
-    return logits.detach(), grads
-
-
 def _first_leaf(layer: nn.Module) -> nn.Module:
     """The first module with weights inside a layer (it runs as the layer does)."""
     return next(
@@ -93,20 +70,22 @@ def _first_leaf(layer: nn.Module) -> nn.Module:
 
 
 def grad_modes(model: nn.Module, batch: dict) -> list[bool]:
-    """Whether each layer of the backbone that ran ran with autograd on, in one forward."""
-    modes: list[bool] = []
+    """Whether each layer of the backbone that ran ran with autograd on, in one forward (a
+    layer run twice, for a common start and the rest, in the same mode both times)."""
+    modes: dict[int, list[bool]] = {}
     handles = [
         _first_leaf(layer).register_forward_pre_hook(
-            lambda *_: modes.append(torch.is_grad_enabled())
+            lambda *_, index=index: modes.setdefault(index, []).append(torch.is_grad_enabled())
         )
-        for layer in model.injector.backbone_layers
+        for index, layer in enumerate(model.injector.backbone_layers)
     ]
     try:
         model(batch)
     finally:
         for handle in handles:
             handle.remove()
-    return modes
+    assert all(len(set(seen)) == 1 for seen in modes.values())
+    return [seen[0] for _, seen in sorted(modes.items())]
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
@@ -116,14 +95,14 @@ def test_frozen_layers_run_without_autograd_and_change_nothing(model_dir, case, 
     model = build(model_dir, family, keys)
     if checkpointing:
         model.enable_checkpointing()
-    batch = batch_of(model)
+    batch = review_batch(model)
     spared_modes = grad_modes(model, batch)
-    spared = step(model, batch)
+    spared = seeded_step(model, batch)
     model.injector.skips_autograd = False
     ran = len(grad_modes(model, batch))  # a classifier on T5 runs the encoder only
     assert grad_modes(model, batch) == [True] * ran
     assert spared_modes == [False] * frozen + [True] * (ran - frozen)
-    logits, grads = step(model, batch)
+    logits, grads = seeded_step(model, batch)
     torch.testing.assert_close(spared[0], logits)
     assert spared[1].keys() == grads.keys() and grads
     assert all(grads[n].abs().sum() > 0 for n in grads if n.startswith(("head.", "prompts.")))
@@ -133,7 +112,7 @@ def test_frozen_layers_run_without_autograd_and_change_nothing(model_dir, case, 
 
 def test_without_gradients_nothing_changes(model_dir):
     model = build(model_dir, "llama", CASES["llama prefix last:1"][1])
-    batch = batch_of(model)
+    batch = review_batch(model)
     with torch.no_grad():
         assert model.injector.frozen_depth(prompts_train=True) == 0
         assert grad_modes(model, batch) == [False, False]
@@ -144,7 +123,7 @@ def test_prompts_frozen_by_the_policy_still_get_a_gradient_when_asked(model_dir)
     """AutoPrompt asks for the gradient of a table the policy froze: the layers it reaches
     then run with autograd."""
     model = build(model_dir, "llama", CASES["llama head, frozen prompts"][1]).eval()
-    batch = batch_of(model)
+    batch = review_batch(model)
     model.prompts.table.requires_grad_(True)
     assert grad_modes(model, batch) == [True, True]
     model(batch).sum().backward()
@@ -153,7 +132,7 @@ def test_prompts_frozen_by_the_policy_still_get_a_gradient_when_asked(model_dir)
 
 def test_the_grad_mode_comes_back_when_a_frozen_layer_fails(model_dir):
     model = build(model_dir, "bert", CASES["bert head only"][1])
-    batch = batch_of(model)
+    batch = review_batch(model)
     first = model.injector.backbone_layers[0]
 
     def fail(*_):

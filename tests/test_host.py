@@ -118,6 +118,21 @@ def test_a_mixed_batch_answers_each_row_as_its_run_alone(model_dir, family):
         assert label == Predictor(host.models[task]).predict([item])[0]
 
 
+def test_a_closed_host_leaves_the_backbone_as_it_found_it(model_dir):
+    host = hosted(model_dir, "bert")
+    layers = host.injector.injectors[0].backbone_layers
+    hooks = sum(len(layer._forward_pre_hooks) for layer in layers)
+    added = len(host.injector._handles)  # the mixed deep prompts' own
+    assert added
+    with host:
+        assert host.predict(TEXTS, task="deep-classifier")
+    assert sum(len(layer._forward_pre_hooks) for layer in layers) == hooks - added
+    alone = host.models["deep-classifier"]
+    assert Predictor(alone).predict(TEXTS)  # the models still answer alone
+    with pytest.raises(PromptkitError, match="closed"):
+        host.predict(TEXTS, task="deep-classifier")
+
+
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_generators_and_classifiers_share_a_call(model_dir, family):
     host = hosted(model_dir, family)

@@ -59,7 +59,7 @@ def test_fit_learns_saves_and_reloads_with_identical_predictions(model_dir, sent
     assert sum(v.numel() for v in saved.values()) == result.saved_parameters
 
     predictor = load(run_dir)
-    texts = ["the movie was great", "the movie was awful", "boring", "fun and good"]
+    texts = ["the movie was great", "the movie was awful", "the movie was boring", "fun and good"]
     examples = [{"text": t} for t in texts]
     assert predictor.predict(texts) == ["positive", "negative", "negative", "positive"]
     torch.testing.assert_close(predictor.logits(examples), result.predictor.logits(examples))

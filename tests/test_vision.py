@@ -300,6 +300,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize(
     "vpt, trainable",
     [
@@ -308,13 +309,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
         ({"tokens": 0}, ["head"]),
     ],
 )
-def test_blocks_below_the_first_prompted_one_run_without_autograd(vpt, trainable):
+def test_blocks_below_the_first_prompted_one_run_without_autograd(vpt, trainable, checkpointing):
     """VPT-deep on the last blocks: the blocks below see no trainable input and run without
-    autograd; logits and gradients are the same as with every block on the tape."""
+    autograd; logits and gradients are the same as with every block on the tape, with and
+    without activation checkpointing."""
     results = []
     for skip in (True, False):
         torch.manual_seed(0)
         model = build_vision_model(timm_recipe(vpt=vpt, trainable=trainable), ["a", "b"]).eval()
+        if checkpointing:
+            model.enable_checkpointing()
         if not skip:
             model.injector.blocks = []  # no block counts as frozen: every block records
         grad_modes = []
@@ -323,13 +327,15 @@ def test_blocks_below_the_first_prompted_one_run_without_autograd(vpt, trainable
                 lambda *_, seen=grad_modes: seen.append(torch.is_grad_enabled())
             )
         logits = model(pixels())
-        logits.sum().backward()
+        forward_modes = list(grad_modes)
+        logits.sum().backward()  # under checkpointing, blocks that recorded run again
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((logits.detach(), grads, grad_modes))
-    (on, on_grads, modes), (off, off_grads, all_on) = results
+        results.append((logits.detach(), grads, forward_modes, grad_modes[len(forward_modes) :]))
+    (on, on_grads, modes, recomputed), (off, off_grads, all_on, _) = results
     torch.testing.assert_close(on, off)
     assert on_grads.keys() == off_grads.keys() and on_grads
     for name in on_grads:
         torch.testing.assert_close(on_grads[name], off_grads[name])
     expected = {"last:2": [False, True, True], "all": [True] * 3}.get(vpt.get("layers", "all"))
     assert modes == (expected if vpt["tokens"] else [False] * 3) and all(all_on)
+    assert recomputed == ([True] * sum(modes) if checkpointing else [])

@@ -87,6 +87,11 @@ class Head(nn.Module):
         """Where the head reads the LM head's logits: ``[B, K]`` positions."""
         raise NotImplementedError
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``[B, K]`` positions: the only ones whose last hidden states the head reads
+        (None: it may read any)."""
+        return self.logit_positions(batch) if self.reads_logits else None
+
     def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's logits from a forward's outputs."""
         raise NotImplementedError

@@ -84,18 +84,26 @@ class ClassifierHead(Head):
         pooled = self._pooled(outputs.hidden, batch)
         return self.linear(self.dropout(pooled).to(self.linear.weight.dtype))
 
-    def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The pooled position of each row (None for the mean)."""
+        position = self._pool_position(batch)
+        return None if position is None else position.unsqueeze(-1)
+
+    def _pool_position(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         attention = batch["attention_mask"]
         if self.pool == "cls":
-            first_real = attention.long().argmax(-1)
-            return hidden[rows, first_real]
+            return attention.long().argmax(-1)  # the first real token
         if self.pool == "mask":
-            return hidden[rows, batch["mask_positions"]]
+            return batch["mask_positions"]
         if self.pool == "last":
-            last_real = attention.shape[1] - 1 - attention.long().flip(-1).argmax(-1)
-            return hidden[rows, last_real]
-        weights = attention.unsqueeze(-1).to(hidden.dtype)
+            return attention.shape[1] - 1 - attention.long().flip(-1).argmax(-1)
+        return None
+
+    def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        position = self._pool_position(batch)
+        if position is not None:
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
+        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 

@@ -69,6 +69,10 @@ class SoftVerbalizerHead(Head):
         vectors = (per_word * has_word).sum(1) / has_word.sum(1)
         return cls(vectors, words.classes)
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each example's [MASK] reading position."""
+        return batch["mask_positions"].unsqueeze(-1)
+
     def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits from the hidden state at each example's [MASK] reading position."""
         hidden = outputs.hidden

@@ -66,6 +66,10 @@ class TokenClassifierHead(ClassifierHead):
         """Tag logits ``[B, W, C]`` for the W words of the longest example."""
         return super().read(outputs, batch) * (batch["word_starts"] >= 0).unsqueeze(-1)
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> None:
+        """None: a tagger reads every word."""
+        return None
+
     def _pooled(self, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         starts = batch["word_starts"].clamp(min=0).unsqueeze(-1)
         return hidden.gather(1, starts.expand(-1, -1, hidden.shape[-1]))

@@ -12,7 +12,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from promptkit import catalog
 from promptkit.backbone import first_answer_logits, reading_at
 from promptkit.config import ClassesConfig
-from promptkit.data import collate
 from promptkit.encoding import EncodedPrompt, mask_token
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
@@ -125,9 +124,8 @@ def vocabulary_log_probs(
     was_training = model.training
     model.eval()
     rows = []
-    pad_id = model.backbone.tokenizer.pad_token_id or 0
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start : start + batch_size], pad_id, model.padding_side)
+        batch = model.collate(encoded[start : start + batch_size], expand=False)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)
         rows.append(logits.float().log_softmax(-1)[:, ids.to(device)].cpu())

@@ -29,7 +29,9 @@ from promptkit.template import Template
 
 if TYPE_CHECKING:
     from promptkit.backbone import Backbone
+    from promptkit.placements.common_start import CommonStart
     from promptkit.placements.prefix import Prefix
+    from promptkit.placements.top_layer import TopLayer
 
 PROMPTING_KWARG = "promptkit"
 # Models that number positions from padding_idx + 1 (RoBERTa and its descendants).
@@ -45,13 +47,30 @@ class Prompting:
     hook to the vectors that replace the hidden states before that layer, and the positions
     that take them (``slot_ids`` ``[B, L]``: a row of ``vectors``, or -1); ``captured``, when
     given, receives each prefixable attention's own keys and values; ``frozen_below`` is how
-    many leading layers (``layers_in_order``) run without autograd."""
+    many leading layers (``layers_in_order``) run without autograd; ``common_start`` is how
+    many leading positions, alike in every row, run once (``start`` holds their outputs
+    while the rest of the batch runs); ``read_at`` (``[B, K]``) are the only positions the
+    top layer computes, and ``full_inputs`` gives its attention the input of every position
+    for its keys and values."""
 
     owner: object
     prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     captured: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
     frozen_below: int = 0
+    common_start: int = 0
+    start: object | None = None
+    read_at: torch.Tensor | None = None
+    full_inputs: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+
+
+def carried(kwargs: Mapping[str, object], owner: object) -> Prompting | None:
+    """The ``Prompting`` a call's keyword arguments carry, when ``owner`` made it (hooks of
+    other injectors on a shared backbone leave a forward alone)."""
+    prompting = kwargs.get(PROMPTING_KWARG)
+    if isinstance(prompting, Prompting) and prompting.owner is owner:
+        return prompting
+    return None
 
 
 class Injector:
@@ -94,6 +113,9 @@ class Injector:
         self.model = model
         self.backbone_layers = layers_in_order(model)
         self._without_autograd = WithoutAutograd(self.backbone_layers, self._frozen_below)
+        # placements whose forward they may speed up set these
+        self.common_start: CommonStart | None = None
+        self.top_layer: TopLayer | None = None
 
     @classmethod
     def check(cls, config: PromptsConfig, template: Template) -> None:
@@ -135,17 +157,29 @@ class Injector:
         return prompts
 
     def __call__(
-        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
+        self,
+        batch: Mapping[str, torch.Tensor],
+        vectors: torch.Tensor,
+        read_at: torch.Tensor | None = None,
     ) -> dict[str, object]:
-        """Forward kwargs of a batch with the prompt table's ``vectors`` injected."""
+        """Forward kwargs of a batch with the prompt table's ``vectors`` injected.
+
+        Args:
+            read_at: ``[B, K]`` positions, when nothing but their last hidden states is read
+                (the top layer may then run those only).
+        """
         if self.released:
             raise PromptkitError(
                 f"this {self.name} injector was released; build the model again to use it."
             )
         kwargs = self.forward_kwargs(batch, vectors)
         frozen = self.frozen_depth(vectors.requires_grad)
-        if frozen:
-            kwargs.setdefault(PROMPTING_KWARG, Prompting(owner=self)).frozen_below = frozen
+        shared = self.common_start.length(batch) if self.common_start else 0
+        narrowed = read_at if self.top_layer and self.top_layer.narrows() else None
+        if frozen or shared or narrowed is not None:
+            prompting = kwargs.setdefault(PROMPTING_KWARG, Prompting(owner=self))
+            prompting.frozen_below, prompting.common_start = frozen, shared
+            prompting.read_at = narrowed
         return kwargs
 
     def frozen_depth(self, prompts_train: bool) -> int:
@@ -158,10 +192,8 @@ class Injector:
         return min(first, self.first_prompted) if prompts_train else first
 
     def _frozen_below(self, kwargs: dict) -> int:
-        prompting = kwargs.get(PROMPTING_KWARG)
-        if isinstance(prompting, Prompting) and prompting.owner is self:
-            return prompting.frozen_below
-        return 0
+        prompting = carried(kwargs, self)
+        return 0 if prompting is None else prompting.frozen_below
 
     def forward_kwargs(
         self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
@@ -172,6 +204,9 @@ class Injector:
     def release(self) -> None:
         """Undo what the injector did to the backbone; using it afterwards is an error."""
         self._without_autograd.remove()
+        for speedup in (self.common_start, self.top_layer):
+            if speedup is not None:
+                speedup.remove()
         self.released = True
 
     def embedded(
@@ -215,10 +250,8 @@ def replaced_before_layer(key: int, owner: object) -> Callable:
     else's forward, or in a decoding step whose slots sit in the key/value cache)."""
 
     def replace(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        prompting = kwargs.get(PROMPTING_KWARG)
-        if not isinstance(prompting, Prompting) or prompting.owner is not owner:
-            return None
-        if key not in prompting.layers:
+        prompting = carried(kwargs, owner)
+        if prompting is None or key not in prompting.layers:
             return None
         vectors, slot_ids = prompting.layers[key]
         hidden = args[0] if args else kwargs["hidden_states"]

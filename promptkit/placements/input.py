@@ -7,9 +7,13 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
+from transformers import PreTrainedModel
 
 from promptkit.config import PromptsConfig
+from promptkit.placements.attention import use_promptkit_attention
 from promptkit.placements.base import Injector
+from promptkit.placements.common_start import CommonStart
+from promptkit.placements.top_layer import TopLayer
 
 
 class InputConfig(PromptsConfig):
@@ -19,10 +23,19 @@ class InputConfig(PromptsConfig):
 
 
 class InputInjector(Injector):
-    """Splices the prompt vectors into the input embeddings at the soft-slot positions."""
+    """Splices the prompt vectors into the input embeddings at the soft-slot positions. On a
+    causal decoder, the positions every row of a batch starts with run once
+    (``placements.common_start``); on an encoder, the top layer runs only the positions
+    read (``placements.top_layer``)."""
 
     name = "input"
     config = InputConfig
+
+    def __init__(self, config: InputConfig, model: PreTrainedModel) -> None:
+        super().__init__(config, model)
+        use_promptkit_attention(model, required=False)
+        self.common_start = CommonStart(model, self)
+        self.top_layer = TopLayer(model, self)
 
     def forward_kwargs(
         self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor

@@ -1,32 +1,29 @@
 """Prefix placement (prefix tuning, P-tuning v2): soft slots take no position; each selected
 layer's attention sees extra keys and values in front of the real ones.
 
-The prefixes enter through an attention function registered with transformers
-(``promptkit_sdpa`` / ``promptkit_eager``, on first use) that wraps the stock one: no cache,
-no position shift, no outside mask surgery, and activation checkpointing recomputes it like
-any other layer. It reads each call's prefix from the forward's ``promptkit`` argument, so it
-is the stock attention for every forward that carries none.
+The prefixes enter through promptkit's attention function (``placements.attention``), which
+reads each call's prefix from the forward's ``promptkit`` argument: no cache, no position
+shift, no outside mask surgery, and activation checkpointing recomputes it like any other
+layer.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
-from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import eager_mask, sdpa_mask
+from transformers import PreTrainedModel
 
 from promptkit.config import EncoderKind, LayeredPromptsConfig
 from promptkit.errors import ConfigError
 from promptkit.layers import n_layers, select_layers
+from promptkit.placements.attention import pluggable, use_promptkit_attention
 from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting
+from promptkit.placements.top_layer import TopLayer
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
 
@@ -107,15 +104,8 @@ class PrefixInjector(Injector):
             for index in select_layers(config.layers, len(modules))
         ]
         self.shapes = [_key_shape(module, model.config) for module in self.targets]
-        implementation = model.config._attn_implementation
-        if implementation.startswith("promptkit_"):  # another injector switched it already
-            return
-        if implementation not in ("sdpa", "eager"):
-            raise ConfigError(
-                f"prefixes run on sdpa or eager attention, not {implementation!r}: load "
-                "the backbone with attn_implementation='sdpa' (the default) or 'eager'."
-            )
-        model.set_attn_implementation(_registered(implementation))
+        use_promptkit_attention(model)
+        self.top_layer = TopLayer(model, self)
 
     @property
     def width(self) -> int:
@@ -278,43 +268,6 @@ def _prefix_mask_columns(
     return torch.cat([columns.to(mask.device), mask], dim=-1)
 
 
-def _stock_attention(implementation: str, module: nn.Module) -> Callable:
-    if implementation == "sdpa":
-        return sdpa_attention_forward
-    return sys.modules[type(module).__module__].eager_attention_forward
-
-
-@functools.cache
-def _registered(implementation: str) -> str:
-    """Register promptkit's wrapper of a stock attention (once); return its name."""
-
-    def attention(
-        module: nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        prompting = kwargs.pop(PROMPTING_KWARG, None)
-        prefix = prompting.prefixes.get(module) if isinstance(prompting, Prompting) else None
-        if isinstance(prompting, Prompting) and prompting.captured is not None:
-            prompting.captured[module] = (key, value)
-        if prefix is not None:
-            key, value, attention_mask = prefix.extend(
-                module, query, key, value, attention_mask, kwargs.get("is_causal")
-            )
-            if kwargs.get("position_bias") is not None:
-                kwargs["position_bias"] = prefix.bias(kwargs["position_bias"])
-        stock = _stock_attention(implementation, module)
-        return stock(module, query, key, value, attention_mask, **kwargs)
-
-    name = f"promptkit_{implementation}"
-    AttentionInterface.register(name, attention)
-    AttentionMaskInterface.register(name, sdpa_mask if implementation == "sdpa" else eager_mask)
-    return name
-
-
 def _attention_stacks(model: PreTrainedModel) -> dict[str, list[nn.Module]]:
     """The attention modules of each layer, by stack: "self" for a one-stack model; for an
     encoder-decoder, "encoder" (self-attention), "decoder" (causal self-attention) and
@@ -338,7 +291,7 @@ def _numbered(
     for module in root.modules():
         index = getattr(module, "layer_idx", None)
         inner = any(getattr(m, "layer_idx", None) is not None for m in module.children())
-        if isinstance(index, int) and not inner and _pluggable(module):
+        if isinstance(index, int) and not inner and pluggable(module):
             found.setdefault(index, []).append(module)
     count = len(found) if count is None else count
     per_layer = 2 if both else 1
@@ -353,12 +306,6 @@ def _numbered(
             "GPT-2, Llama, T5, BART and others do). Use `prompts.placement: input` or `deep`."
         )
     return [m for i in range(count) for m in found[i][:per_layer]]
-
-
-def _pluggable(module: nn.Module) -> bool:
-    """Whether an attention module looks its attention function up in transformers'
-    registry (so promptkit's can take its place)."""
-    return "ALL_ATTENTION_FUNCTIONS" in vars(sys.modules[type(module).__module__])
 
 
 def _key_shape(module: nn.Module, config: object) -> tuple[int, int]:
