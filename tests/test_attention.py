@@ -44,3 +44,27 @@ def test_grouped_query_attention_under_a_mask_shares_the_key_value_heads(monkeyp
     assert grouped == [True, True]
     torch.testing.assert_close(found[0], expected[0])
     torch.testing.assert_close(found[1], expected[1])
+
+
+def test_a_position_bias_goes_to_the_stock_attention():
+    from promptkit.placements.attention import _grouped_on_cpu
+
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2
+    query, mask = torch.zeros(1, 4, 3, 8), torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    assert _grouped_on_cpu(module, query, mask, {})
+    assert not _grouped_on_cpu(module, query, mask, {"position_bias": torch.zeros(1, 4, 3, 3)})
+
+
+def test_the_input_placement_switches_attention_only_for_shared_key_value_heads(model_dir):
+    from conftest import make_model
+
+    from promptkit.placements.input import InputConfig, InputInjector
+
+    gpt2 = make_model("gpt2")  # one key/value head per query head: nothing to gain
+    before = gpt2.config._attn_implementation
+    InputInjector(InputConfig(), gpt2)
+    assert gpt2.config._attn_implementation == before
+    llama = make_model("llama")
+    InputInjector(InputConfig(), llama)
+    assert llama.config._attn_implementation == "promptkit_sdpa"

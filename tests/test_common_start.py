@@ -7,10 +7,12 @@ import pytest
 import torch
 from conftest import REVIEWS, review_batch, seeded_step
 from torch import nn
+from transformers import AutoModelForCausalLM, Lfm2Config, LlamaConfig, MistralConfig, OPTConfig
 
 from promptkit.config import validate
 from promptkit.model import build_model
 from promptkit.placements.common_start import common_start
+from promptkit.placements.input import InputConfig, InputInjector
 from promptkit.recipe import ModelConfig
 
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
@@ -95,7 +97,7 @@ def test_it_stays_off_where_it_would_change_something(model_dir):
     batch = review_batch(gpt2)
     assert gpt2.injector.common_start.length(batch) == 0  # dropout, training
     with torch.no_grad():
-        assert gpt2.injector.common_start.length(batch) > 0
+        assert gpt2.injector.common_start.length(batch) == 0  # still drops out
     assert gpt2.eval().injector.common_start.length(batch) > 0
     llama = build(model_dir, "llama")
     llama.enable_checkpointing()
@@ -148,3 +150,48 @@ def test_the_common_start_is_counted_over_real_tokens(left):
 def test_slots_must_match_too():
     batch = rows([1, 1, 7, 8], [1, 1, 7, 9], slots=[[0, 1, -1, -1], [0, 2, -1, -1]])
     assert common_start(batch) == 1
+
+
+SMALL = dict(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    pad_token_id=0,
+)
+
+
+def injector_on(settings) -> InputInjector:
+    return InputInjector(InputConfig(), AutoModelForCausalLM.from_config(settings).eval())
+
+
+def test_models_it_would_change_are_left_alone():
+    dynamic = {"rope_type": "dynamic", "factor": 8.0, "rope_theta": 10000.0}
+    for settings in (
+        LlamaConfig(**SMALL, rope_parameters=dynamic),  # frequencies follow the length
+        Lfm2Config(**{**SMALL, "layer_types": ["conv", "full_attention"]}),  # a recurrent layer
+    ):
+        assert not injector_on(settings).common_start.applies, type(settings).__name__
+    layer_drop = OPTConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        layerdrop=0.5,
+        word_embed_proj_dim=32,
+    )
+    assert injector_on(layer_drop).common_start.dropout  # a dropped layer is dropout too
+
+
+def test_windowed_attention_is_not_reordered():
+    """Moving the left padding behind the common start would move a sliding window."""
+    injector = injector_on(MistralConfig(**SMALL, sliding_window=4))
+    assert injector.common_start.applies
+    assert injector.common_start.length(rows([5, 6, 7, 8], [5, 6, 9], left=True)) == 0
+    assert injector.common_start.length(rows([5, 6, 7, 8], [5, 6, 9])) == 2

@@ -50,6 +50,16 @@ def use_promptkit_attention(model: PreTrainedModel, required: bool = True) -> bo
     return True
 
 
+def shares_key_value_heads(model: PreTrainedModel) -> bool:
+    """Whether the backbone runs grouped-query attention on sdpa (where promptkit's attention
+    keeps the shared key/value heads under a mask, on CPU)."""
+    settings = model.config.get_text_config()
+    groups = getattr(settings, "num_key_value_heads", None)
+    heads = getattr(settings, "num_attention_heads", None)
+    grouped = isinstance(groups, int) and isinstance(heads, int) and groups < heads
+    return grouped and model.config._attn_implementation in ("sdpa", "promptkit_sdpa")
+
+
 def pluggable(module: nn.Module) -> bool:
     """Whether an attention module looks its attention function up in transformers'
     registry (so promptkit's can take its place)."""
@@ -128,7 +138,9 @@ def _grouped_on_cpu(
         and query.device.type == "cpu"
         and getattr(module, "num_key_value_groups", 1) > 1
         and query.shape[2] > 1
-        and not any(kwargs.get(k) for k in ("position_bias", "softcap", "output_attentions"))
+        and kwargs.get("position_bias") is None
+        and not kwargs.get("softcap")
+        and not kwargs.get("output_attentions")
     )
 
 

@@ -6,9 +6,12 @@ states in every row. They run once, as a batch of one, and the rest of the batch
 from a key/value cache: the same outputs and gradients, for less work and fewer saved
 activations. The backbone's output is put back together, so heads see every position.
 
-It is off where it would change anything: a backbone that is not a causal decoder, dropout
-in training (one shared start would share its noise), activation checkpointing (which drops
-the cache), or a forward that already has a cache (a decoding step).
+It is off where it would change anything: a backbone that is not one stack of causal
+self-attention (hybrids with recurrent layers), rotary scaling that depends on the length
+(dynamic, LongRoPE), dropout or layer drop in training (one shared start would share its
+noise), activation checkpointing (which drops the cache), a forward that already has a cache
+(a decoding step), and left-padded batches on models with windowed attention (moving the
+padding would move the window).
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 from transformers.utils import ModelOutput
 
 from promptkit.placements.base import PROMPTING_KWARG, carried
 
 _SPLIT = ("inputs_embeds", "attention_mask", "position_ids")
+_ATTENTION_KINDS = {"full_attention", "sliding_attention", "chunked_attention"}
+_LENGTH_DEPENDENT_ROPE = {"dynamic", "longrope"}
 
 
 def common_start(batch: Mapping[str, torch.Tensor]) -> int:
@@ -53,7 +59,9 @@ class CommonStart:
         self.owner = owner
         self.model = model
         base = model.base_model
-        self.applies = _causal_decoder(model)
+        settings = model.config.get_text_config()
+        self.applies = _causal_decoder(model) and not _length_dependent_rope(settings)
+        self.windowed = _windowed(settings)
         self.dropout = _has_dropout(model)
         self._handles = (
             [
@@ -68,7 +76,9 @@ class CommonStart:
         """How many leading positions of a batch to run once (0: none)."""
         if not self.applies or self.model.is_activation_checkpointing:
             return 0
-        if self.dropout and self.model.training and torch.is_grad_enabled():
+        if self.dropout and self.model.training:
+            return 0
+        if self.windowed and bool(batch["attention_mask"][:, 0].eq(0).any()):
             return 0
         return common_start(batch)
 
@@ -84,6 +94,8 @@ class CommonStart:
         # forward, not __call__: hooks on the base model (a head's gather) are for the whole
         start = base.forward(*args, **{**kwargs, **first, "use_cache": True, PROMPTING_KWARG: done})
         cache = start.past_key_values
+        if not _plain(cache):  # a kind of cache this does not know: run the forward whole
+            return None
         cache.batch_repeat_interleave(mask.shape[0])
         rest = {key: value[:, n:] for key, value in moved.items() if key != "attention_mask"}
         done.start = _Ran(start, back)
@@ -111,6 +123,8 @@ class CommonStart:
         for key in ("last_hidden_state", "hidden_states"):
             if output.get(key) is not None:
                 output[key] = _joined(ran.outputs[key], output[key], ran.back)
+        if output.get("past_key_values") is not None:
+            output["past_key_values"] = None  # repeated per row and reordered: no one's cache
         return output
 
     def remove(self) -> None:
@@ -175,18 +189,50 @@ def _tensors(kwargs: dict) -> list[str]:
 
 
 def _causal_decoder(model: PreTrainedModel) -> bool:
-    """Whether the backbone is one stack of causal self-attention."""
-    flags = {m.is_causal for m in model.base_model.modules() if hasattr(m, "is_causal")}
-    return not model.config.is_encoder_decoder and flags == {True}
+    """Whether the backbone is one stack of causal self-attention: one causal attention
+    per layer, and no layer of another kind (recurrent, convolutional)."""
+    settings = model.config.get_text_config()
+    flags = [m.is_causal for m in model.base_model.modules() if hasattr(m, "is_causal")]
+    kinds = set(getattr(settings, "layer_types", None) or ["full_attention"])
+    return (
+        not model.config.is_encoder_decoder
+        and len(flags) == settings.num_hidden_layers
+        and all(flag is True for flag in flags)
+        and kinds <= _ATTENTION_KINDS
+    )
+
+
+def _plain(cache: object) -> bool:
+    """Whether a cache holds plain keys and values per layer (what can be repeated)."""
+    return isinstance(cache, DynamicCache) and all(
+        isinstance(layer, DynamicLayer) for layer in cache.layers
+    )
+
+
+def _length_dependent_rope(settings: object) -> bool:
+    """Whether rotary positions are scaled by how long the input is (then the start, run
+    alone, would see other frequencies)."""
+    rope = getattr(settings, "rope_parameters", None) or getattr(settings, "rope_scaling", None)
+    if not isinstance(rope, dict):
+        return False
+    per_kind = [v for v in rope.values() if isinstance(v, dict)] or [rope]
+    return any(r.get("rope_type", r.get("type")) in _LENGTH_DEPENDENT_ROPE for r in per_kind)
+
+
+def _windowed(settings: object) -> bool:
+    """Whether some attention sees a window of positions (sliding or chunked)."""
+    kinds = set(getattr(settings, "layer_types", None) or [])
+    window = getattr(settings, "sliding_window", None) or getattr(
+        settings, "attention_chunk_size", None
+    )
+    return bool(window) or bool(kinds - {"full_attention"})
 
 
 def _has_dropout(model: PreTrainedModel) -> bool:
-    """Whether training would drop anything: a dropout module, or a dropout rate in the
-    config (attention dropout is often a rate the attention function reads)."""
+    """Whether training would drop anything: a dropout module, or a dropout or layer-drop
+    rate in the config (attention dropout is often a rate the attention function reads)."""
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
         return True
     settings = model.config.get_text_config().to_dict()
-    return any(
-        isinstance(value, float) and value > 0 and ("dropout" in key or "pdrop" in key)
-        for key, value in settings.items()
-    )
+    rates = (value for key, value in settings.items() if "drop" in key)
+    return any(isinstance(rate, float) and rate > 0 for rate in rates)

@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from promptkit.config import PromptsConfig
-from promptkit.placements.attention import use_promptkit_attention
+from promptkit.placements.attention import shares_key_value_heads, use_promptkit_attention
 from promptkit.placements.base import Injector
 from promptkit.placements.common_start import CommonStart
 from promptkit.placements.top_layer import TopLayer
@@ -33,7 +33,8 @@ class InputInjector(Injector):
 
     def __init__(self, config: InputConfig, model: PreTrainedModel) -> None:
         super().__init__(config, model)
-        use_promptkit_attention(model, required=False)
+        if shares_key_value_heads(model):
+            use_promptkit_attention(model, required=False)
         self.common_start = CommonStart(model, self)
         self.top_layer = TopLayer(model, self)
 

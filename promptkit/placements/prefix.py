@@ -258,14 +258,14 @@ def _prefix_mask_columns(
 ) -> torch.Tensor:
     """Prepend the prefix's columns to a 4D mask (boolean, or additive float for eager)."""
     batch = visible.shape[0]
-    columns = visible[:, None, None, :].expand(batch, 1, q_len, -1)
     if mask is None:
         mask = torch.ones(batch, 1, q_len, kv_len, dtype=torch.bool, device=visible.device)
+    columns = visible.to(mask.device)[:, None, None, :].expand(batch, 1, q_len, -1)
     mask = mask.expand(batch, -1, q_len, -1)
     if mask.dtype != torch.bool:
         blocked = torch.finfo(mask.dtype).min
-        columns = torch.zeros(columns.shape, dtype=mask.dtype).masked_fill(~columns, blocked)
-    return torch.cat([columns.to(mask.device), mask], dim=-1)
+        columns = torch.zeros_like(columns, dtype=mask.dtype).masked_fill(~columns, blocked)
+    return torch.cat([columns, mask], dim=-1)
 
 
 def _attention_stacks(model: PreTrainedModel) -> dict[str, list[nn.Module]]:

@@ -127,11 +127,13 @@ def _reads_its_input(layer: nn.Module, attention: nn.Module) -> bool:
         lambda _m, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]),
         with_kwargs=True,
     )
+    was_training = layer.training
+    layer.eval()  # no dropout: the probe draws no random numbers
     try:
-        with torch.random.fork_rng(devices=[]):  # the layer's dropout leaves the caller's RNG
-            layer(hidden)
-    except (TypeError, ValueError, RuntimeError):  # a layer that needs more to run
+        layer(hidden)
+    except Exception:  # a layer that cannot run alone is not narrowed
         return False
     finally:
         handle.remove()
+        layer.train(was_training)
     return len(seen) == 1 and torch.equal(seen[0], hidden)
