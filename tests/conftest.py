@@ -114,7 +114,8 @@ def make_tokenizer(masked: bool, seq2seq: bool = False) -> PreTrainedTokenizerFa
     )
 
 
-def _small(**extra) -> dict:
+def small_config(**extra) -> dict:
+    """The settings every tiny model shares, with ``extra``."""
     return dict(
         vocab_size=len(SPECIALS) + len(WORDS),
         hidden_size=HIDDEN,
@@ -130,19 +131,21 @@ def make_model(kind: str) -> torch.nn.Module:
     """A tiny randomly initialised model of one family."""
     torch.manual_seed(0)
     if kind == "bert":
-        return BertForMaskedLM(BertConfig(**_small(pad_token_id=0)))
+        return BertForMaskedLM(BertConfig(**small_config(pad_token_id=0)))
     if kind == "bert-nodropout":
         return BertForMaskedLM(
             BertConfig(
-                **_small(pad_token_id=0), hidden_dropout_prob=0, attention_probs_dropout_prob=0
+                **small_config(pad_token_id=0),
+                hidden_dropout_prob=0,
+                attention_probs_dropout_prob=0,
             )
         )
     if kind == "bert-encoder":
-        return BertModel(BertConfig(**_small(pad_token_id=0)))
+        return BertModel(BertConfig(**small_config(pad_token_id=0)))
     if kind == "roberta":
-        return RobertaForMaskedLM(RobertaConfig(**_small(pad_token_id=0)))
+        return RobertaForMaskedLM(RobertaConfig(**small_config(pad_token_id=0)))
     if kind == "gpt2":
-        cfg = _small()
+        cfg = small_config()
         return GPT2LMHeadModel(
             GPT2Config(
                 bos_token_id=5,
@@ -155,7 +158,7 @@ def make_model(kind: str) -> torch.nn.Module:
             )
         )
     if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(**_small(num_key_value_heads=2, pad_token_id=0)))
+        return LlamaForCausalLM(LlamaConfig(**small_config(num_key_value_heads=2, pad_token_id=0)))
     if kind == "t5":
         return T5ForConditionalGeneration(
             T5Config(

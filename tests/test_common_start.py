@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REVIEWS, review_batch, seeded_step
+from conftest import REVIEWS, review_batch, seeded_step, small_config
 from torch import nn
 from transformers import AutoModelForCausalLM, Lfm2Config, LlamaConfig, MistralConfig, OPTConfig
 
@@ -152,16 +152,7 @@ def test_slots_must_match_too():
     assert common_start(batch) == 1
 
 
-SMALL = dict(
-    vocab_size=50,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=128,
-    pad_token_id=0,
-)
+SMALL = small_config(num_key_value_heads=2, pad_token_id=0)
 
 
 def injector_on(settings) -> InputInjector:
@@ -175,17 +166,7 @@ def test_models_it_would_change_are_left_alone():
         Lfm2Config(**{**SMALL, "layer_types": ["conv", "full_attention"]}),  # a recurrent layer
     ):
         assert not injector_on(settings).common_start.applies, type(settings).__name__
-    layer_drop = OPTConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        ffn_dim=64,
-        dropout=0.0,
-        attention_dropout=0.0,
-        layerdrop=0.5,
-        word_embed_proj_dim=32,
-    )
+    layer_drop = OPTConfig(**SMALL, ffn_dim=64, dropout=0.0, attention_dropout=0.0, layerdrop=0.5)
     assert injector_on(layer_drop).common_start.dropout  # a dropped layer is dropout too
 
 
