@@ -111,3 +111,27 @@ def test_the_probe_leaves_the_random_state_alone(model_dir):
     state = torch.get_rng_state()
     _top_attention(model)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_position_read_twice_keeps_its_gradient():
+    from conftest import make_model
+
+    from promptkit.placements.input import InputConfig, InputInjector
+
+    backbone = make_model("bert-nodropout").eval().requires_grad_(False)
+    injector = InputInjector(InputConfig(), backbone)
+    ids = torch.arange(5, 17).view(2, 6)
+    slots = torch.full_like(ids, -1)
+    slots[:, 1] = 0
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "slot_ids": slots}
+    read = torch.tensor([[2, 2], [3, 3]])
+    results = []
+    for narrowed in (True, False):
+        injector.top_layer.applies = narrowed
+        vectors = torch.ones(1, backbone.config.hidden_size, requires_grad=True)
+        hidden = backbone.base_model(**injector(batch, vectors, read)).last_hidden_state
+        states = hidden.gather(1, read.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        states.square().sum().backward()
+        results.append((states.detach(), vectors.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=0)

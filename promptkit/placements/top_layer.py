@@ -67,7 +67,10 @@ class TopLayer:
         full = prompting.full_inputs.pop(self.attention)
         narrow = output[0] if isinstance(output, tuple) else output
         index = prompting.read_at.unsqueeze(-1).expand(-1, -1, narrow.shape[-1])
-        wide = narrow.new_zeros(full.shape).scatter(1, index, narrow)
+        # A position read twice ran twice, alike: the mean keeps its gradient from doubling.
+        wide = narrow.new_zeros(full.shape).scatter_reduce(
+            1, index, narrow, "mean", include_self=False
+        )
         return (wide, *output[1:]) if isinstance(output, tuple) else wide
 
     def remove(self) -> None:
