@@ -142,7 +142,6 @@ def whole_words(tokenizer: PreTrainedTokenizerBase, space: bool) -> dict[int, st
     return found
 
 
-@torch.inference_mode()
 def likelihood_ratios(
     log_probs: torch.Tensor, labels: torch.Tensor, n_classes: int
 ) -> torch.Tensor:

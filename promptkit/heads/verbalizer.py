@@ -110,6 +110,7 @@ def mask_logits(
         return model(**inputs).logits[:, 0]
 
 
+@torch.inference_mode()
 def vocabulary_log_probs(
     model: PromptModel,
     examples: Sequence[Mapping[str, Any]],
@@ -232,9 +233,8 @@ class VerbalizerHead(Head):
         multi-label, log-odds (each class's words at [MASK] or not)."""
         if self.decoder is not None:
             words = self.decoder.word_scores(outputs.logits, len(self.classes))
-            scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
         else:
             log_probs = outputs.logits[:, 0].float().log_softmax(-1)
             words = word_scores(log_probs, self.word_ids, self.word_mask, self.multi_token)
-            scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
+        scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
         return log_odds(scores) if self.task is MULTI_LABEL else scores
