@@ -312,3 +312,13 @@ def seeded_step(
         if p.requires_grad
     }
     return logits.detach(), grads
+
+
+def prompt_model(folder: Path, **recipe) -> torch.nn.Module:
+    """A prompt model on the tiny backbone in ``folder``, built from recipe keys, training."""
+    from promptkit.config import validate
+    from promptkit.model import build_model
+    from promptkit.recipe import ModelConfig
+
+    config = {"backbone": {"name": str(folder)}, "trainable": ["prompts", "head"], **recipe}
+    return build_model(validate(ModelConfig, config, "recipe")).train()

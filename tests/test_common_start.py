@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REVIEWS, review_batch, seeded_step, small_config
+from conftest import REVIEWS, prompt_model, review_batch, seeded_step, small_config
 from torch import nn
 from transformers import AutoModelForCausalLM, Lfm2Config, LlamaConfig, MistralConfig, OPTConfig
 
-from promptkit.config import validate
-from promptkit.model import build_model
 from promptkit.placements.common_start import common_start
 from promptkit.placements.input import InputConfig, InputInjector
-from promptkit.recipe import ModelConfig
 
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
 HEADS = {
@@ -27,14 +24,8 @@ HEADS = {
 
 
 def build(model_dir, family: str, **keys) -> nn.Module:
-    recipe = {
-        "backbone": {"name": str(model_dir(family))},
-        "template": "[P*3] Review: <x>",
-        "head": CLASSIFIER,
-        "trainable": ["prompts", "head"],
-        **keys,
-    }
-    return build_model(validate(ModelConfig, recipe, "recipe")).train()
+    recipe = {"template": "[P*3] Review: <x>", "head": CLASSIFIER, **keys}
+    return prompt_model(model_dir(family), **recipe)
 
 
 def first_layer_inputs(model: nn.Module, batch: dict) -> list[tuple[int, int]]:

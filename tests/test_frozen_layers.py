@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import review_batch, seeded_step
+from conftest import prompt_model, review_batch, seeded_step
 from torch import nn
 
-from promptkit.config import validate
 from promptkit.layers import WithoutAutograd, layers_in_order
-from promptkit.model import build_model
-from promptkit.recipe import ModelConfig
 
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
 # name: family, recipe keys, how many of the backbone's layers run without autograd (the tiny
@@ -51,13 +48,12 @@ CASES = {
 def build(model_dir, family: str, keys: dict) -> nn.Module:
     head = {"type": "generation"} if keys.get("head") == "generation" else CLASSIFIER
     recipe = {
-        "backbone": {"name": str(model_dir(family))},
         "template": "[P*3] <x>",
         "head": head,
         "trainable": ["prompts", "head"] if head is CLASSIFIER else ["prompts"],
         **{k: v for k, v in keys.items() if k != "head"},
     }
-    return build_model(validate(ModelConfig, recipe, "recipe")).train()
+    return prompt_model(model_dir(family), **recipe)
 
 
 def _first_leaf(layer: nn.Module) -> nn.Module:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REVIEWS, review_batch, seeded_step
+from conftest import REVIEWS, prompt_model, review_batch, seeded_step
 from torch import nn
 from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
 
-from promptkit.config import validate
-from promptkit.model import build_model
 from promptkit.placements.top_layer import _top_attention
-from promptkit.recipe import ModelConfig
 
 CLASSES = ["negative", "positive"]
 HEADS = {
@@ -27,14 +24,8 @@ HEADS = {
 
 
 def build(model_dir, family: str, head: dict, **keys) -> nn.Module:
-    recipe = {
-        "backbone": {"name": str(model_dir(family))},
-        "template": "[P*2] <x> It was [MASK].",
-        "head": head,
-        "trainable": ["prompts", "head"],
-        **keys,
-    }
-    return build_model(validate(ModelConfig, recipe, "recipe")).train()
+    recipe = {"template": "[P*2] <x> It was [MASK].", "head": head, **keys}
+    return prompt_model(model_dir(family), **recipe)
 
 
 def top_layer_rows(model: nn.Module, batch: dict) -> list[int]:
