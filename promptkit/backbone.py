@@ -34,7 +34,12 @@ _LOADERS = {
     "seq2seq_lm": AutoModelForSeq2SeqLM,
     "encoder": AutoModel,
 }
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 _FINGERPRINT_CHUNK = 1 << 22  # values hashed at a time
 FINGERPRINT_SCHEME = 2  # what a fingerprint hashes: see ``fingerprint``
 
@@ -134,7 +139,7 @@ def load_backbone(
     Args:
         name: hub id or path.
         kind: "auto" reads it from the config's architectures.
-        dtype: "float32", "bfloat16" or "float16".
+        dtype: "float32", "bfloat16", "float16" or "float64".
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a backbone is named by a folder or hub id, not {name!r}.")

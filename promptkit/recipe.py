@@ -23,7 +23,9 @@ class BackboneConfig(Strict):
 
     name: str = Field(description="hub id or local folder")
     kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        "float32", description="float64 for exact comparisons; bfloat16 or float16 halve the memory"
+    )
     compile: bool = Field(
         False,
         description="torch.compile each layer of the backbone (the first steps compile it: "

@@ -349,7 +349,7 @@ class Trainer:
     def _agreed_mean(self, value: float) -> float:
         if self.accelerator.num_processes == 1:
             return value
-        tensor = torch.tensor([value], device=self.accelerator.device)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(tensor, "mean").item())
 
     def _where(self) -> str:

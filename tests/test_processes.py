@@ -106,9 +106,13 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs, line, sig, co
 
 
 def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
+    # float64: batches of 8 and 16 reduce in another order, and AdamW passes that rounding
+    # straight through for gradients far under its eps; in float32 that reaches 1e-5 on some
+    # CPUs, in float64 it stays near 1e-14 (the bound below keeps a wide margin).
     base = run_config(
         model_dir("bert-nodropout"),
         sentiment_data,
+        backbone={"name": str(model_dir("bert-nodropout")), "dtype": "float64"},
         trainable=["prompts", "bias"],
         trainer={"epochs": 2, "batch_size": 16, "progress": False},
     )
@@ -135,6 +139,6 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, senti
     ]
     done = subprocess.run(launch, env=ENV, cwd=sentiment_data, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same(sentiment_data / "ranks", sentiment_data / "single", atol=1e-5)
+    assert_same(sentiment_data / "ranks", sentiment_data / "single", atol=1e-10)
     log = (sentiment_data / "ranks" / "train.log").read_text()
     assert log.count("epoch 2: validating") == 1  # one writer
