@@ -36,12 +36,14 @@ def outcome(run_dir: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     return metrics, load_file(str(run_dir / "prompt.safetensors"))
 
 
-def assert_same(got: Path, want: Path, atol: float = 0.0) -> None:
+def assert_same(got: Path, want: Path, atol: float = 0.0, loss_rtol: float = 0.0) -> None:
     (got_metrics, got_prompt), (want_metrics, want_prompt) = outcome(got), outcome(want)
     assert [m.keys() for m in got_metrics] == [m.keys() for m in want_metrics]
     for a, b in zip(got_metrics, want_metrics, strict=True):
         for key, value in b.items():
-            if isinstance(value, float):
+            if key == "train_loss":
+                assert a[key] == pytest.approx(value, abs=atol, rel=loss_rtol), key
+            elif isinstance(value, float):
                 assert a[key] == pytest.approx(value, abs=atol, rel=0), key
             else:
                 assert a[key] == value, key
@@ -139,6 +141,11 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, senti
     ]
     done = subprocess.run(launch, env=ENV, cwd=sentiment_data, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same(sentiment_data / "ranks", sentiment_data / "single", atol=1e-10)
+    # The class log-probabilities, and so the loss, are computed in float32 whatever the
+    # backbone's dtype: a mean over batches of 8 rather than 16 rounds within float32's
+    # precision for a mean of 16 terms.
+    float32_mean = 16 * torch.finfo(torch.float32).eps
+    ranks, single = sentiment_data / "ranks", sentiment_data / "single"
+    assert_same(ranks, single, atol=1e-10, loss_rtol=float32_mean)
     log = (sentiment_data / "ranks" / "train.log").read_text()
     assert log.count("epoch 2: validating") == 1  # one writer
