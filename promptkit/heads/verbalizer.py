@@ -16,6 +16,7 @@ from promptkit.encoding import EncodedPrompt, mask_token
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
 from promptkit.heads.word_decoding import WordDecoder
+from promptkit.progress import Report, track
 from promptkit.tasks import CLASSIFICATION, MULTI_LABEL
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer, class_scores, word_scores
@@ -116,16 +117,17 @@ def vocabulary_log_probs(
     examples: Sequence[Mapping[str, Any]],
     ids: torch.Tensor,
     batch_size: int = 32,
+    progress: bool | Report = False,
 ) -> torch.Tensor:
     """Each example's log-probabilities ``[N, len(ids)]`` of the tokens ``ids`` where [MASK]
-    is read (normalised over the whole vocabulary)."""
+    is read (normalised over the whole vocabulary); ``progress``: see ``promptkit.progress``."""
     device = model.lm.device
     lead = answer_lead(model.backbone.tokenizer)
     encoded = model.encode(examples)
     was_training = model.training
     model.eval()
     rows = []
-    for start in range(0, len(encoded), batch_size):
+    for start in track(range(0, len(encoded), batch_size), "reading [MASK]", progress):
         batch = model.collate(encoded[start : start + batch_size], expand=False)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)
