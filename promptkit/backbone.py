@@ -161,6 +161,22 @@ def load_backbone(
     return Backbone(model, tokenizer, kind, name)
 
 
+def parameter_count(name: str, kind: BackboneKind | Literal["auto"] = "auto") -> int:
+    """How many parameters a backbone has, from its config alone: the model is built on
+    the meta device, so no weight is read or allocated."""
+    with _loading(name) as options:
+        config = AutoConfig.from_pretrained(name, **options)
+        loader = _LOADERS[detect_kind(config) if kind == "auto" else kind]
+        with torch.device("meta"):
+            model = loader.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per parameter of a ``backbone.dtype``."""
+    return _DTYPES[dtype].itemsize
+
+
 def compile_layers(model: PreTrainedModel) -> None:
     """``torch.compile`` each transformer layer's forward, in place (layers compiled already
     are left as they are). The layers' hooks stay outside the compiled code, so prompts that

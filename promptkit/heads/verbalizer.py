@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
@@ -17,6 +17,7 @@ from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
 from promptkit.heads.word_decoding import WordDecoder
 from promptkit.progress import Report, track
+from promptkit.schema import absolute_if_local
 from promptkit.tasks import CLASSIFICATION, MULTI_LABEL
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer, class_scores, word_scores
@@ -35,6 +36,15 @@ class LabelWordsConfig(ClassesConfig):
     verbalizer: str | dict[str, list[str] | str] | None = Field(
         None, description="catalog name, YAML path or {class: [words]}"
     )
+
+    @field_validator("verbalizer")
+    @classmethod
+    def _absolute_file(cls, value: Any) -> Any:
+        """A verbalizer file, like every path of a config, is read from the working
+        directory; it is kept absolute, so that a saved run reads it from anywhere."""
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            return absolute_if_local(value)
+        return value
 
     def words(self) -> Verbalizer:
         """The label words the config names."""
