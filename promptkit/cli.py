@@ -304,10 +304,11 @@ def predict(
         rows = modality.read_inputs(input)
         _no_output_columns(rows, ("prediction", "scores") if task.has_classes else ("prediction",))
         if task.has_classes:
-            scored = predictor.predict_proba(rows)
+            shown = {} if is_ensemble(run_dir) else {"progress": True}  # a run's scoring
+            scored = predictor.predict_proba(rows, **shown)
             results = [{"prediction": task.chosen(p), "scores": p} for p in scored]
         else:
-            texts = predictor.generate(rows, **_key_values(decoding or []))
+            texts = predictor.generate(rows, progress=True, **_key_values(decoding or []))
             results = [{"prediction": text} for text in texts]
         lines = [
             json.dumps({**row, **result}, default=str) + "\n"
