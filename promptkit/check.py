@@ -92,7 +92,7 @@ def _local(key: str, value: str) -> bool:
     """Whether a config value names a local path (not a hub id, catalog name or split)."""
     if key == "head.verbalizer":
         return value.endswith((".yaml", ".yml"))
-    return Path(value).exists() or key.startswith("data.")
+    return key != "backbone.name" or Path(value).exists()
 
 
 def _check_text(config: Any, report: CheckReport) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ INTERVAL = 5.0  # seconds of work between plain lines (tests set 0: a line per s
 _stderr = Console(stderr=True)
 _shown: ContextVar[bool] = ContextVar("promptkit_console_progress", default=True)
 _Item = TypeVar("_Item")
+_live: list[Progress] = []  # the bar shown now: work inside other work adds its line to it
 
 
 @dataclass(frozen=True)
@@ -124,32 +125,27 @@ class Tracker:
         self.report = as_report(progress)
         self.interval = INTERVAL if self.report.interval is None else self.report.interval
         self._first = completed
-        self._bar = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=_stderr,
-                transient=transient,
-            )
-            if self.report.shows_bar
-            else None
-        )
-        self._lines_to_console = self.report.on_console and self._bar is None
+        self._transient = transient
+        self._bar: Progress | None = None
+        self._lines_to_console = self.report.on_console and not self.report.shows_bar
 
     def __enter__(self) -> Tracker:
         self._start = self._last = time.monotonic()
-        if self._bar is not None:
-            self._bar.start()
+        if self.report.shows_bar:
+            self._owns_bar = not _live
+            self._bar = _bar_shown(self._transient)
             self._task = self._bar.add_task(self.what, total=self.total, completed=self.done)
         self._line("")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        if self._bar is None:
+            return
+        if not self._owns_bar:  # work inside other work: its line goes
+            self._bar.remove_task(self._task)
+            return
+        self._bar.stop()
+        _live.clear()
 
     def advance(self, steps: int = 1, note: str = "") -> None:
         """``steps`` more steps done; ``note`` (e.g. the loss) is shown with them."""
@@ -179,16 +175,28 @@ class Tracker:
             print(line, file=sys.stderr, flush=True)
 
 
-def track(
-    items: Iterable[_Item],
-    what: str,
-    progress: bool | Report = True,
-    total: int | None = None,
-) -> Iterator[_Item]:
-    """``items``, with the progress of going through them reported (``total``: their
-    number, if ``items`` has no length)."""
-    count = len(items) if total is None else total  # type: ignore[arg-type]
-    with Tracker(what, count, progress) as tracker:
+def _bar_shown(transient: bool) -> Progress:
+    """The bar on the terminal: the one shown already (rich shows one at a time), else a
+    new one."""
+    if not _live:
+        _live.append(
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=_stderr,
+                transient=transient,
+            )
+        )
+        _live[0].start()
+    return _live[0]
+
+
+def track(items: Sequence[_Item], what: str, progress: bool | Report = True) -> Iterator[_Item]:
+    """``items``, with the progress of going through them reported."""
+    with Tracker(what, len(items), progress) as tracker:
         for item in items:
             yield item
             tracker.advance()

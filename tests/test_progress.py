@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -63,6 +64,28 @@ def test_timed_says_what_and_how_long(capsys):
     first, last = capsys.readouterr().err.splitlines()
     assert first == "loading backbone x"
     assert re.fullmatch(r"loading backbone x: done in \d\.\ds", last)
+
+
+def test_in_a_terminal_work_inside_work_shares_the_bar(monkeypatch):
+    """rich shows one live bar at a time: the validation inside training adds its line to
+    the training's bar, and plain lines go to the log only."""
+    from rich.console import Console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "_stderr", Console(file=screen, force_terminal=True))
+    kept: list[str] = []
+    with Tracker("training", 2, Report(log=kept.append, interval=0), transient=False) as outer:
+        outer.advance(note="loss 0.5000")
+        assert list(track(range(3), "scoring", Report(interval=0))) == [0, 1, 2]
+        outer.advance(note="loss 0.2500")
+    assert not progress._live
+    assert "training loss 0.2500" in screen.getvalue()
+    assert "scoring: " not in screen.getvalue()  # a bar, not lines
+    assert [line.split(",")[0] for line in kept] == [
+        "training: 0/2 (0%)",
+        "training: 1/2 (50%)",
+        "training: 2/2 (100%)",
+    ]
 
 
 def test_nothing_when_progress_is_false(capsys):
