@@ -68,7 +68,7 @@ def check_config(path: str | Path, overrides: Sequence[str] = ()) -> CheckReport
         absent = " (new)" if key == "output_dir" else " (no such file or folder)"
         report.add("config", f"{key}: {shown}{'' if shown.exists() else absent}")
     if modality.name == "text":
-        _check_text(config, report)
+        _check_text(config, modality, report)
     else:
         _check_vision(config, modality, report)
     return report
@@ -95,21 +95,21 @@ def _local(key: str, value: str) -> bool:
     return key != "backbone.name" or Path(value).exists()
 
 
-def _check_text(config: Any, report: CheckReport) -> None:
-    from promptkit.modalities.text import TextModality
+def _check_text(config: Any, modality: Any, report: CheckReport) -> None:
+    from promptkit.backbone import load_tokenizer
     from promptkit.model import check_recipe
 
     checked = report.attempt("recipe", check_recipe, config.recipe())
     if checked is None:
         return
     report.template = checked.template
-    loaded = _data(report, TextModality(), config, checked.task)
+    loaded = _data(report, modality, config, checked.task)
     if loaded is not None:
         splits, _ = loaded
         for example in splits.train.examples[:SHOWN_EXAMPLES]:
             report.rendered.append(checked.template.render(example))
     section = config.backbone
-    found = report.attempt("backbone", _tokenizer, section.name)
+    found = report.attempt("backbone", load_tokenizer, section.name)
     if found is None:
         return
     tokenizer, kind = found
@@ -173,12 +173,6 @@ def _class_counts(labels: Sequence[Any], classes: Sequence[str], task: Any) -> C
         else:
             counts[classes[label]] += 1
     return counts
-
-
-def _tokenizer(name: str) -> tuple[Any, str]:
-    from promptkit.backbone import load_tokenizer
-
-    return load_tokenizer(name)
 
 
 def _size(report: CheckReport, name: str, kind: str, dtype: str) -> None:

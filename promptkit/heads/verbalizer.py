@@ -137,7 +137,7 @@ def vocabulary_log_probs(
     was_training = model.training
     model.eval()
     rows = []
-    for start in track(range(0, len(encoded), batch_size), "reading [MASK]", progress):
+    for start in track(range(0, len(encoded), batch_size), "reading [MASK] predictions", progress):
         batch = model.collate(encoded[start : start + batch_size], expand=False)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)
