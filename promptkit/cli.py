@@ -168,11 +168,7 @@ def check(
     if report.rendered:
         console.print(Text("template, on the first training examples", style="bold"))
         for segments in report.rendered:
-            console.print(
-                Text("  ").append_text(
-                    Text.assemble(*(_show(s, report.template) for s in segments))
-                )
-            )
+            console.print(Text.assemble("  ", *(_show(s, report.template) for s in segments)))
     if report.ok:
         console.print(Text("ok: the config is ready to run", style="bold green"))
         return
