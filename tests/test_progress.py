@@ -114,6 +114,7 @@ def test_fit_logs_training_progress_and_the_test_split(
     monkeypatch.setattr(progress, "INTERVAL", 0)
     config = run_config(model_dir("bert"), sentiment_data)  # trainer.progress: false
     config["trainer"] = {**config["trainer"], "epochs": 2}
+    capsys.readouterr()  # what saving the tiny model showed
     result = fit(config)
     log = _log_lines(result.run_dir)
     training = [line for line in log if line.startswith("training: ")]
@@ -130,6 +131,7 @@ def test_fit_shows_plain_lines_off_a_terminal(model_dir, sentiment_data, capsys)
 
     config = run_config(model_dir("bert"), sentiment_data)
     config["trainer"] = {**config["trainer"], "epochs": 1, "progress": True}
+    capsys.readouterr()  # what saving the tiny model showed
     result = fit(config)
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("loading backbone ")
@@ -148,6 +150,7 @@ def test_a_zero_shot_run_logs_its_validation(model_dir, sentiment_data, capsys):
 
     config = run_config(model_dir("bert"), sentiment_data, trainable=[])
     config["trainer"] = {"epochs": 0, "progress": True}
+    capsys.readouterr()  # what saving the tiny model showed
     result = fit(config)
     err = capsys.readouterr().err.splitlines()
     shown = f"zero-shot: validation accuracy {result.validation['accuracy']:.4f}"
