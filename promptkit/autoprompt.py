@@ -18,6 +18,7 @@ import torch
 
 from promptkit.errors import ConfigError, DataError
 from promptkit.label_search import whole_words
+from promptkit.progress import Report, track
 from promptkit.template import SegmentKind, Template
 
 if TYPE_CHECKING:
@@ -45,9 +46,11 @@ def autoprompt(
     candidates: int = 10,
     batch_size: int = 16,
     seed: int = 13,
+    progress: bool | Report = False,
 ) -> FoundTemplate:
     """Search a word for each soft slot of ``model``'s template (input placement, no prompt
-    encoder, a classification head) on labelled ``examples`` (bound, with class indices)."""
+    encoder, a classification head) on labelled ``examples`` (bound, with class indices);
+    ``progress``: where the iterations done are reported (``promptkit.progress``)."""
     _check(model, examples, labels, iterations, candidates)
     vocabulary = whole_words(model.backbone.tokenizer, space=True)
     allowed = torch.tensor(sorted(vocabulary))
@@ -61,7 +64,7 @@ def autoprompt(
     table.requires_grad_(True)
     losses = []
     try:
-        for step in range(iterations):
+        for step in track(range(iterations), "AutoPrompt", progress):
             chosen = torch.randperm(len(encoded), generator=generator)[:batch_size].tolist()
             batch = model.collate([encoded[i] for i in chosen], [labels[i] for i in chosen])
             slot = step % len(tokens)

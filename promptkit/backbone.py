@@ -25,6 +25,7 @@ from transformers import (
 from promptkit import hub
 from promptkit.errors import ConfigError
 from promptkit.layers import layers_in_order
+from promptkit.progress import Report, timed
 from promptkit.tasks.base import IGNORED
 
 BackboneKind = Literal["masked_lm", "causal_lm", "seq2seq_lm", "encoder"]
@@ -143,7 +144,8 @@ def load_backbone(
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a backbone is named by a folder or hub id, not {name!r}.")
-    with _loading(name) as options:
+    loading = timed(f"loading backbone {name} ({dtype})")
+    with loading, _bars_as_shown(), _loading(name) as options:
         tokenizer, detected = load_tokenizer(name)
         if kind not in ("auto", "encoder", detected):
             raise ConfigError(
@@ -162,6 +164,22 @@ def load_backbone(
             "them, or another backbone.kind."
         )
     return Backbone(model, tokenizer, kind, name)
+
+
+def parameter_count(name: str, kind: BackboneKind | Literal["auto"] = "auto") -> int:
+    """How many parameters a backbone has, from its config alone: the model is built on
+    the meta device, so no weight is read or allocated."""
+    with _loading(name) as options:
+        config = AutoConfig.from_pretrained(name, **options)
+        loader = _LOADERS[detect_kind(config) if kind == "auto" else kind]
+        with torch.device("meta"):
+            model = loader.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per parameter of a ``backbone.dtype``."""
+    return _DTYPES[dtype].itemsize
 
 
 def compile_layers(model: PreTrainedModel) -> None:
@@ -184,6 +202,22 @@ def load_tokenizer(name: str) -> tuple[PreTrainedTokenizerBase, BackboneKind]:
     with _loading(name) as options:
         config = AutoConfig.from_pretrained(name, **options)
         return AutoTokenizer.from_pretrained(name, **options), detect_kind(config)
+
+
+@contextmanager
+def _bars_as_shown() -> Iterator[None]:
+    """transformers' own loading bar shows only where promptkit's bars show (in a
+    terminal); elsewhere the lines of ``timed`` say what loads."""
+    from transformers.utils import logging
+
+    hidden = logging.is_progress_bar_enabled() and not Report().shows_bar
+    if hidden:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hidden:
+            logging.enable_progress_bar()
 
 
 @contextmanager

@@ -7,6 +7,7 @@ never read as terminal markup. Heavy libraries load only in the commands that ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Iterator
@@ -34,6 +35,14 @@ app.add_typer(template_app, name="template")
 console = Console()
 err_console = Console(stderr=True)
 _options = {"debug": False}
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads torch computes with (default: torch's own, which OMP_NUM_THREADS sets)",
+    ),
+]
 
 _STYLE = {
     SegmentKind.TEXT: "white",
@@ -89,6 +98,17 @@ def _what_is_kept(resume_hint: str, run_dir: Path | None) -> str:
     return f"the run keeps its last checkpoint; continue it with {resume_hint} --resume"
 
 
+def _use_threads(threads: int | None) -> None:
+    """Have torch compute with ``threads`` CPU threads (None: leave torch's own choice)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # fixed once inter-op work has started
+        torch.set_num_interop_threads(threads)
+
+
 def _say(label: str, message: str) -> None:
     err_console.print(label, style="bold red", end=" ")
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -103,6 +123,7 @@ def fit(
     overwrite: Annotated[
         bool, typer.Option(help="replace an earlier promptkit run in the folder")
     ] = False,
+    threads: Threads = None,
 ) -> None:
     """Train a prompt as CONFIG says, then evaluate it on the test split. Ctrl-C stops at the
     next step and `--resume` continues exactly there; progress is also in the run's
@@ -114,6 +135,7 @@ def fit(
 
         loaded = load_config(config, overrides)  # config errors come before heavy imports
     with _reported(hint, Path(loaded.output_dir)):
+        _use_threads(threads)
         from promptkit.pipeline import fit as run_fit
 
         result = run_fit(loaded, resume=resume, overwrite=overwrite)
@@ -127,6 +149,34 @@ def fit(
         console.print(f"test: {json.dumps(result.test)}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+) -> None:
+    """Check CONFIG without training: the config, the data (columns, classes per split,
+    invalid rows), the template on the first examples, the label words' tokens, and the
+    backbone's size. Exit code 0 when all is well, 2 with the problems listed."""
+    with _reported():
+        from promptkit.check import check_config
+
+        report = check_config(config, set_ or [])
+    for section, lines in report.sections.items():
+        console.print(Text(section, style="bold"))
+        for line in lines:
+            console.print(Text(f"  {line}"), soft_wrap=True)
+    if report.rendered:
+        console.print(Text("template, on the first training examples", style="bold"))
+        for segments in report.rendered:
+            console.print(Text.assemble("  ", *(_show(s, report.template) for s in segments)))
+    if report.ok:
+        console.print(Text("ok: the config is ready to run", style="bold green"))
+        return
+    for problem in report.problems:
+        _say("problem:", problem)
+    raise typer.Exit(2)
+
+
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder")],
@@ -138,11 +188,13 @@ def evaluate(
         ),
     ],
     label_column: Annotated[str | None, typer.Option(help="default: the run's")] = None,
+    threads: Threads = None,
 ) -> None:
     """Score a trained prompt (or a saved ensemble) on labelled data: accuracy and macro-F1,
     entity-level precision, recall and F1 for a tagger, or BLEU, chrF, ROUGE-L and the loss
     for a generator (examples with the same input are one input with several references)."""
     with _reported():
+        _use_threads(threads)
         from promptkit.data import Split, label_indices, mapped_labels
         from promptkit.ensemble import Ensemble, is_ensemble
         from promptkit.pipeline import evaluate_split
@@ -224,11 +276,13 @@ def predict(
         list[str] | None,
         typer.Option("--decoding", help="generators: a decoding option, e.g. num_beams=4"),
     ] = None,
+    threads: Threads = None,
 ) -> None:
     """Label each example of INPUT, or write its answer (a generator); one JSON line per
     example: its fields, the prediction, and the class scores. RUN_DIR may be a saved
     ensemble."""
     with _reported():
+        _use_threads(threads)
         from promptkit.ensemble import Ensemble, is_ensemble
         from promptkit.modalities import modality_of
         from promptkit.predictor import load
@@ -246,10 +300,11 @@ def predict(
         rows = modality.read_inputs(input)
         _no_output_columns(rows, ("prediction", "scores") if task.has_classes else ("prediction",))
         if task.has_classes:
-            scored = predictor.predict_proba(rows)
+            shown = {} if is_ensemble(run_dir) else {"progress": True}  # a run's scoring
+            scored = predictor.predict_proba(rows, **shown)
             results = [{"prediction": task.chosen(p), "scores": p} for p in scored]
         else:
-            texts = predictor.generate(rows, **_key_values(decoding or []))
+            texts = predictor.generate(rows, progress=True, **_key_values(decoding or []))
             results = [{"prediction": text} for text in texts]
         lines = [
             json.dumps({**row, **result}, default=str) + "\n"
@@ -316,9 +371,11 @@ def serve(
     ] = 5.0,
     max_inputs: Annotated[int, typer.Option(help="most inputs in one request")] = 64,
     max_chars: Annotated[int, typer.Option(help="longest text of one input")] = 10_000,
+    threads: Threads = None,
 ) -> None:
     """Serve trained runs over HTTP, all on one backbone (docs at /docs once started)."""
     with _reported():
+        _use_threads(threads)
         from promptkit.host import load
         from promptkit.serve import Limits
         from promptkit.serve import serve as run_server
@@ -456,9 +513,11 @@ def template_search(
         typer.Option("--catalog", help="also every catalog hard template with the same inputs"),
     ] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+    threads: Threads = None,
 ) -> None:
     """Score candidate hard templates zero-shot on CONFIG's validation data, best first."""
     with _reported():
+        _use_threads(threads)
         from promptkit.config import load_config
         from promptkit.template_search import catalog_candidates, score_templates
 
@@ -481,10 +540,12 @@ def template_autoprompt(
     iterations: Annotated[int, typer.Option(min=1, help="search steps, one slot each")] = 20,
     candidates: Annotated[int, typer.Option(min=1, help="words tried per step")] = 10,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
+    threads: Threads = None,
 ) -> None:
     """Find a word for each soft slot of CONFIG's template on its training split (AutoPrompt)
     and print the hard template, and the template with soft slots started from the words."""
     with _reported():
+        _use_threads(threads)
         from promptkit.autoprompt import autoprompt
         from promptkit.config import load_config
         from promptkit.modalities import modality_of
@@ -500,6 +561,7 @@ def template_autoprompt(
             candidates,
             loaded.trainer.batch_size,
             loaded.seed,
+            progress=True,
         )
     console.print(Text(f"loss {found.losses[0]:.4f} -> {found.losses[-1]:.4f}"))
     console.print(Text(f"hard template:   {found.template}"))
@@ -599,16 +661,18 @@ def verbalizer_search(
     ] = 50,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a.b=value")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace OUTPUT if it exists")] = False,
+    threads: Threads = None,
 ) -> None:
     """Search label words for CONFIG's classes on its training split (LM-BFF's automatic
     label words, PETAL's likelihood ratio) and write them for `head.verbalizer: OUTPUT`."""
     with _reported():
+        _use_threads(threads)
         from promptkit.config import load_config
         from promptkit.label_search import check_output, search_config, write_verbalizer
 
         loaded = load_config(config, set_ or [])
         check_output(output, overwrite)
-        words = search_config(loaded, per_class, candidates)
+        words = search_config(loaded, per_class, candidates, progress=True)
         description = (
             f"label words searched on the training split of {config} "
             f"({per_class} per class, from {candidates} candidates)"

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.progress import track
 from torch import nn
 
 from promptkit.placements.base import PROMPTING_KWARG
+from promptkit.progress import track
 from promptkit.seeding import seeded
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     starts = range(0, len(order), batch_size)
-    for start in track(starts, description="writing", disable=not progress, transient=True):
+    for start in track(starts, "writing", progress):
         chunk = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in model.collate([encoded[i] for i in chunk]).items()}
         kwargs = model.injector(batch, model.prompts())

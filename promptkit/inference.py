@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from rich.progress import track
 
 from promptkit.data import Split
 from promptkit.policy import PolicyModule
 from promptkit.processes import processes
+from promptkit.progress import Report, track
 from promptkit.tasks import IGNORED
 
 
@@ -21,12 +21,13 @@ def predict_logits(
     encoded: Sequence[Any],
     batch_size: int = 64,
     device: torch.device | str | None = None,
-    progress: bool = False,
+    progress: bool | Report = False,
 ) -> torch.Tensor:
     """Logits in the order of ``encoded``: ``[N, C]``, or ``[N, W, C]`` for sequence
     labelling (W the most words of any example, zero-padded). Examples are batched by
     length, so that little is spent on padding. Under ``accelerate launch`` each process
-    scores its share and all of them get every row."""
+    scores its share and all of them get every row. ``progress``: where the batches done
+    are reported (``promptkit.progress``)."""
     device = device or next(model.parameters()).device
     state = processes()
     mine = range(state.process_index, len(encoded), state.num_processes)
@@ -35,7 +36,7 @@ def predict_logits(
     order = sorted(mine, key=lambda i: len(encoded[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     starts = range(0, len(order), batch_size)
-    for start in track(starts, description="scoring", disable=not progress, transient=True):
+    for start in track(starts, "scoring", progress):
         chunk = order[start : start + batch_size]
         batch = model.collate([encoded[i] for i in chunk])
         logits = model({k: v.to(device) for k, v in batch.items()}).float().cpu()
@@ -57,7 +58,7 @@ def evaluate(
     encoded: Sequence[Any] | None = None,
     batch_size: int = 64,
     device: torch.device | str | None = None,
-    progress: bool = False,
+    progress: bool | Report = False,
     wanted: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The model's metrics (its task's) on a labelled split; ``encoded``: the split already
@@ -73,15 +74,17 @@ def answer_loss(
     encoded: Sequence[Any],
     batch_size: int = 64,
     device: torch.device | str | None = None,
+    progress: bool | Report = False,
 ) -> float:
-    """The mean loss per answer token of encoded examples with their answers."""
+    """The mean loss per answer token of encoded examples with their answers
+    (``progress``: as in ``predict_logits``)."""
     device = device or next(model.parameters()).device
     state = processes()
     mine = list(range(state.process_index, len(encoded), state.num_processes))
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(mine), batch_size):
+    for start in track(range(0, len(mine), batch_size), "scoring answers", progress):
         batch = model.collate([encoded[i] for i in mine[start : start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         tokens = int((batch["labels"] != IGNORED).sum())

@@ -32,6 +32,7 @@ from promptkit.encoding import word_tokens
 from promptkit.errors import ConfigError, DataError, VerbalizerError
 from promptkit.heads import LABEL_WORD_HEADS
 from promptkit.heads.verbalizer import VerbalizerConfig, check_mask, vocabulary_log_probs
+from promptkit.progress import Report
 from promptkit.verbalizer import score_classes
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def search_label_words(
     per_class: int = 3,
     candidates: int = 50,
     batch_size: int = 32,
+    progress: bool | Report = False,
 ) -> dict[str, list[str]]:
     """Label words for each of ``model.classes``, found on labelled examples.
 
@@ -56,6 +58,7 @@ def search_label_words(
         per_class: the most words a class gets.
         candidates: how many of its best words by likelihood ratio a class chooses from.
         batch_size: examples per forward.
+        progress: where the forwards done are reported (``promptkit.progress``).
 
     Returns:
         class -> its words, in the order they were chosen (what ``head.verbalizer``
@@ -67,7 +70,7 @@ def search_label_words(
     width = model.lm.get_output_embeddings().weight.shape[0]
     vocabulary = {i: w for i, w in vocabulary.items() if i < width}
     ids = torch.tensor(list(vocabulary), dtype=torch.long)
-    log_probs = vocabulary_log_probs(model, examples, ids, batch_size)
+    log_probs = vocabulary_log_probs(model, examples, ids, batch_size, progress)
     chosen = choose_words(
         log_probs, torch.tensor([int(y) for y in labels]), len(model.classes), per_class, candidates
     )
@@ -248,7 +251,11 @@ def named_classes(recipe: ModelConfig) -> list[str] | None:
 
 
 def search_config(
-    config: RunConfig, per_class: int = 3, candidates: int = 50, batch_size: int = 32
+    config: RunConfig,
+    per_class: int = 3,
+    candidates: int = 50,
+    batch_size: int = 32,
+    progress: bool | Report = False,
 ) -> dict[str, list[str]]:
     """Search label words on a run config's training split (as the run would train on it:
     few-shot sampled, validation held out), with its template, backbone and prompts as they
@@ -283,7 +290,7 @@ def search_config(
     model = build_model(with_classes(recipe, classes, placeholders), classes, backbone)
     train = splits.train
     return search_label_words(
-        model, train.examples, train.labels, per_class, candidates, batch_size
+        model, train.examples, train.labels, per_class, candidates, batch_size, progress
     )
 
 

@@ -19,6 +19,7 @@ from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
 from promptkit.predictor import Predictor
 from promptkit.processes import processes
+from promptkit.progress import Report, console_shown, metrics_text, say
 from promptkit.run_folder import RunFolder
 from promptkit.train import Trainer
 
@@ -36,11 +37,11 @@ class FitResult:
 
 
 def evaluate_split(
-    model: PolicyModule, split: Split, batch_size: int = 64, progress: bool = False
+    model: PolicyModule, split: Split, batch_size: int = 64, progress: bool | Report = False
 ) -> dict[str, float]:
     """The model's metrics on a labelled split (its task's: accuracy and macro-F1,
     entity-level precision, recall and F1 for tagging, the loss and BLEU, chrF and ROUGE-L
-    for text answers)."""
+    for text answers); ``progress``: see ``promptkit.progress``."""
     return evaluate(model, split, None, batch_size, None, progress)
 
 
@@ -80,7 +81,9 @@ def fit(
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
     if resume:
         run.check_resumed_config(config.model_dump(mode="json"))
-    prepared = modality_of(config.model_dump()).prepare(config, backbone)
+    shown = config.trainer.progress and state.is_main_process
+    with console_shown(shown):
+        prepared = modality_of(config.model_dump()).prepare(config, backbone)
     with run.lock() if run.writer else contextlib.nullcontext():
         run.prepare(resume, overwrite)
         state.wait_for_everyone()
@@ -88,8 +91,11 @@ def fit(
         model, splits = prepared.model, prepared.splits
         if getattr(model, "demonstrations", None) is not None:
             run.save_demonstrations(model.demonstrations.records(model.classes))
+        report = Report(shown, run.log)
         if config.trainer.epochs == 0:
+            say(f"zero-shot: validating ({len(splits.validation)} examples)", report)
             saved = _untrained(model, config, splits.validation, run, prepared.fingerprint)
+            say(f"zero-shot: validation {metrics_text(saved['validation'])}", shown)
             best = {"best_epoch": 0, **saved["validation"]}
         else:
             trainer = Trainer(
@@ -109,9 +115,10 @@ def fit(
             run.save_model(model, config.recipe(), prepared.fingerprint, info)
         test = None
         if splits.test is not None:
-            progress = config.trainer.progress and run.writer
-            test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, progress)
+            say(f"test: scoring {len(splits.test)} examples", report)
+            test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, report)
             run.append_metrics({"split": "test", **test})
+            say(f"test: {metrics_text(test)}", report)
         run.mark("finished")
     return FitResult(
         run.path,

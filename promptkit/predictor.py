@@ -14,6 +14,7 @@ from promptkit.errors import BackboneMismatchError, ConfigError, PromptkitError
 from promptkit.inference import predict_logits
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
+from promptkit.progress import Report
 from promptkit.run_folder import RunFolder
 
 
@@ -48,24 +49,34 @@ class Predictor:
             return self.generate(items, min(batch_size, 16))
         return [self.model.task.chosen(p) for p in self.predict_proba(items, batch_size)]
 
-    def generate(self, items: Sequence[Any], batch_size: int = 16, **decoding: Any) -> list[str]:
+    def generate(
+        self,
+        items: Sequence[Any],
+        batch_size: int = 16,
+        progress: bool | Report = False,
+        **decoding: Any,
+    ) -> list[str]:
         """The text a generator writes for each item; ``decoding`` replaces the run's decoding
-        options (``num_beams=4``, ``max_new_tokens=32``, ``do_sample=True``, ``stop=[...]``)."""
+        options (``num_beams=4``, ``max_new_tokens=32``, ``do_sample=True``, ``stop=[...]``);
+        ``progress``: see ``promptkit.progress``."""
         if self.model.task.has_classes:
             raise PromptkitError(
                 "this run's model labels classes, it does not write text: use predict."
             )
         items = checked_items(items, batch_size)
-        return self.model.generate(self.model.examples(items), batch_size, **decoding)
+        return self.model.generate(self.model.examples(items), batch_size, progress, **decoding)
 
-    def predict_proba(self, items: Sequence[Any], batch_size: int = 64) -> list[Any]:
-        """Class probabilities of each item (of each word, for a tagger)."""
+    def predict_proba(
+        self, items: Sequence[Any], batch_size: int = 64, progress: bool | Report = False
+    ) -> list[Any]:
+        """Class probabilities of each item (of each word, for a tagger); ``progress``: see
+        ``promptkit.progress``."""
         self._classes_only()
         items = checked_items(items, batch_size)
         if not items:
             return []
         examples = self.model.examples(items)
-        logits = predict_logits(self.model, self.model.encode(examples), batch_size)
+        logits = predict_logits(self.model, self.model.encode(examples), batch_size, None, progress)
         probs = self.model.task.probabilities(logits)
         return self.model.task.named(probs, self.classes, self.model.answer_counts(examples))
 

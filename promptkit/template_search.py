@@ -15,6 +15,7 @@ from typing import Any
 from promptkit import catalog
 from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
+from promptkit.progress import Report, say
 from promptkit.template import SegmentKind, Template
 
 ZERO_SHOT_HEADS = ("verbalizer",)  # a soft verbalizer's class vectors are trained
@@ -31,7 +32,7 @@ class TemplateScore:
 
 
 def score_templates(
-    config: Any, candidates: Sequence[str], backbone: Any = None, progress: bool = False
+    config: Any, candidates: Sequence[str], backbone: Any = None, progress: bool | Report = False
 ) -> list[TemplateScore]:
     """The candidates' zero-shot scores on ``config``'s validation data, best first (by
     ``trainer.metric``, default the task's first metric; ties keep the candidates' order).
@@ -41,6 +42,7 @@ def score_templates(
             each candidate, and nothing trains.
         candidates: template texts or catalog names.
         backbone: the config's backbone already loaded (default: loaded once here).
+        progress: where each candidate's scoring is reported (``promptkit.progress``).
     """
     from promptkit.modalities import modality_of
     from promptkit.pipeline import evaluate_split
@@ -49,6 +51,7 @@ def score_templates(
     modality = modality_of(config.model_dump())
     scores = []
     for number, (template, candidate) in enumerate(zip(candidates, configs, strict=True), 1):
+        say(f"candidate {number} of {len(candidates)}: {template}", progress)
         try:
             prepared = modality.prepare(candidate, backbone)
             backbone = prepared.model.backbone

@@ -28,7 +28,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from pydantic import BaseModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
@@ -38,6 +37,7 @@ from promptkit.errors import ConfigError, TrainingError, TrainingInterrupted
 from promptkit.inference import evaluate
 from promptkit.interrupts import StopRequest, stop_signals
 from promptkit.policy import PolicyModule
+from promptkit.progress import Report, Tracker, metrics_text, say
 from promptkit.run_folder import RunFolder
 
 
@@ -97,6 +97,7 @@ class Trainer:
             mixed_precision=_mixed_precision(config.mixed_precision, run),
             cpu=not torch.cuda.is_available(),
         )
+        self.report = Report(config.progress and self.accelerator.is_main_process, run.log)
         if config.gradient_checkpointing:
             model.enable_checkpointing()
         self.train_set = EncodedDataset(model.encode(train.examples, train.labels), train.labels)
@@ -150,14 +151,15 @@ class Trainer:
 
     def _loop(self, stop: StopRequest) -> None:
         cfg, state = self.config, self.state
-        with _progress_bar(cfg.progress and self.accelerator.is_main_process) as bar:
-            task = bar.add_task(
-                "training",
-                total=cfg.epochs * self.batches_per_epoch,
-                completed=state.epoch * self.batches_per_epoch + state.step_in_epoch,
-            )
+        with Tracker(
+            "training",
+            cfg.epochs * self.batches_per_epoch,
+            self.report,
+            completed=state.epoch * self.batches_per_epoch + state.step_in_epoch,
+            transient=False,
+        ) as tracker:
             while state.epoch < cfg.epochs and not state.stopped_early:
-                if not self._train_epoch(bar, task, stop):
+                if not self._train_epoch(tracker, stop):
                     self._commit()
                     raise TrainingInterrupted(self._where(), stop.signal)
                 state.epoch += 1
@@ -179,7 +181,7 @@ class Trainer:
     def _collate(self, items: list[tuple[object, Any]]) -> dict[str, torch.Tensor]:
         return self._unwrapped.collate([x for x, _ in items], [y for _, y in items])
 
-    def _train_epoch(self, bar: Progress, task: Any, stop: StopRequest) -> bool:
+    def _train_epoch(self, tracker: Tracker, stop: StopRequest) -> bool:
         """One epoch from where the state stands; False when a stop was asked for (the
         state then stands at the step boundary where it stopped)."""
         state = self.state
@@ -199,9 +201,7 @@ class Trainer:
                 self.optimizer.zero_grad()
             state.step_in_epoch += 1
             state.epoch_loss += loss.item()
-            bar.update(
-                task, advance=1, description=f"epoch {state.epoch + 1} loss {loss.item():.4f}"
-            )
+            tracker.advance(note=f"epoch {state.epoch + 1} loss {loss.item():.4f}")
             if self.accelerator.sync_gradients:
                 self._log_step(loss.item())
                 if self._agreed(stop.requested):
@@ -236,7 +236,7 @@ class Trainer:
         state, cfg = self.state, self.config
         train_loss = self._agreed_mean(state.epoch_loss / max(state.step_in_epoch, 1))
         state.step_in_epoch, state.epoch_loss = 0, 0.0
-        self.run.log(f"epoch {state.epoch}: validating")
+        say(f"epoch {state.epoch}: validating ({len(self.validation)} examples)", self.report)
         metrics = self.evaluate()
         score = metrics[self.metric]
         improved = self._unwrapped.task.improves(self.metric, score, state.best)
@@ -262,10 +262,11 @@ class Trainer:
             "best": improved,
         }
         self.run.append_metrics(record)
-        self.run.log(
+        say(
             f"epoch {state.epoch}: train loss {train_loss:.4f}, validation "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            + (" (best)" if improved else "")
+            + metrics_text(metrics)
+            + (" (best)" if improved else ""),
+            self.report,
         )
         state.metrics_lines += 1
         state.stopped_early = cfg.patience is not None and state.stale_epochs >= cfg.patience
@@ -279,6 +280,7 @@ class Trainer:
             self.validation_encoded,
             self.config.eval_batch_size,
             self.accelerator.device,
+            self.report,
             wanted=[self.metric],
         )
 
@@ -377,16 +379,6 @@ def _mixed_precision(requested: str, run: RunFolder) -> str:
         print("note: trainer.mixed_precision fp16 needs a GPU; training in full precision")
         return "no"
     return requested
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def _rng_state() -> dict[str, Any]:

@@ -86,6 +86,23 @@ def test_fit_eval_predict(model_dir, sentiment_data):
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-5
 
 
+def test_threads_sets_the_cpu_threads_torch_computes_with(model_dir, sentiment_data):
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    config = sentiment_data / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    zero_shot = ["--set", "trainer.epochs=0", "--set", "trainable=[]"]
+    try:
+        result = invoke("fit", str(config), *zero_shot, "--threads", str(wanted))
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+    assert invoke("fit", str(config), "--threads", "0").exit_code == 2  # at least 1
+
+
 def test_fit_with_an_unknown_key_fails_early(sentiment_data):
     config = sentiment_data / "bad.yaml"
     config.write_text(

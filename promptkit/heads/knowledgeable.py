@@ -122,7 +122,7 @@ class KnowledgeableVerbalizerHead(VerbalizerHead):
         """Each word's log prior ``[C, W]``: its log-probability at [MASK] under the mean
         prediction over ``examples``."""
         pieces = self.word_ids.unique()
-        log_probs = vocabulary_log_probs(model, examples, pieces)
+        log_probs = vocabulary_log_probs(model, examples, pieces, progress=True)
         mean = torch.full((1, int(pieces.max()) + 1), -math.inf, device=pieces.device)
         mean[0, pieces] = (log_probs.logsumexp(0) - math.log(len(examples))).to(pieces.device)
         prior = word_scores(mean, self.word_ids, self.word_mask, self.multi_token)[0]

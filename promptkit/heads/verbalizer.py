@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from promptkit import catalog
@@ -16,6 +16,8 @@ from promptkit.encoding import EncodedPrompt, mask_token
 from promptkit.errors import ConfigError, TemplateError
 from promptkit.heads.base import Head, Outputs
 from promptkit.heads.word_decoding import WordDecoder
+from promptkit.progress import Report, track
+from promptkit.schema import absolute_if_local
 from promptkit.tasks import CLASSIFICATION, MULTI_LABEL
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer, class_scores, word_scores
@@ -34,6 +36,15 @@ class LabelWordsConfig(ClassesConfig):
     verbalizer: str | dict[str, list[str] | str] | None = Field(
         None, description="catalog name, YAML path or {class: [words]}"
     )
+
+    @field_validator("verbalizer")
+    @classmethod
+    def _absolute_file(cls, value: Any) -> Any:
+        """A verbalizer file, like every path of a config, is read from the working
+        directory; it is kept absolute, so that a saved run reads it from anywhere."""
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            return absolute_if_local(value)
+        return value
 
     def words(self) -> Verbalizer:
         """The label words the config names."""
@@ -116,16 +127,17 @@ def vocabulary_log_probs(
     examples: Sequence[Mapping[str, Any]],
     ids: torch.Tensor,
     batch_size: int = 32,
+    progress: bool | Report = False,
 ) -> torch.Tensor:
     """Each example's log-probabilities ``[N, len(ids)]`` of the tokens ``ids`` where [MASK]
-    is read (normalised over the whole vocabulary)."""
+    is read (normalised over the whole vocabulary); ``progress``: see ``promptkit.progress``."""
     device = model.lm.device
     lead = answer_lead(model.backbone.tokenizer)
     encoded = model.encode(examples)
     was_training = model.training
     model.eval()
     rows = []
-    for start in range(0, len(encoded), batch_size):
+    for start in track(range(0, len(encoded), batch_size), "reading [MASK] predictions", progress):
         batch = model.collate(encoded[start : start + batch_size], expand=False)
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = mask_logits(model.lm, model.injector(batch, model.prompts()), batch, lead)

@@ -41,6 +41,11 @@ class Modality:
         """The recipe of a run's promptkit.json (of any format this promptkit wrote)."""
         return self.recipe_schema().model_validate(document["recipe"])
 
+    def load_data(self, config: Any) -> tuple[Splits, list[str]]:
+        """Check the config's recipe, read and split its data, as ``prepare`` does without
+        loading a model: the splits and the class names."""
+        raise NotImplementedError
+
     def prepare(self, config: Any, backbone: Any = None) -> Prepared:
         """Check the config, read and split its data, build its model (``backbone``: an
         already loaded one, where the modality takes it)."""

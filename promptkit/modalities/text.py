@@ -45,26 +45,16 @@ class TextModality(Modality):
             recipe["prompts"] = {k: v for k, v in prompts.items() if k in known}
         return self.recipe_schema().model_validate(recipe)
 
+    def load_data(self, config: Any) -> tuple[Any, list[str]]:
+        from promptkit.model import check_recipe
+
+        return _data(config, check_recipe(config.recipe()))
+
     def prepare(self, config: Any, backbone: Any = None) -> Prepared:
-        from promptkit.data import load_splits
         from promptkit.model import build_model, check_recipe
-        from promptkit.template import Template
 
         checked = check_recipe(config.recipe())  # before any model is loaded
-        _label_hidden(checked.template, config.inputs, config.data.label_column)
-        target = getattr(config.head, "target", None)
-        splits, classes = load_splits(
-            config.data,
-            checked.task,
-            checked.classes,
-            config.inputs,
-            checked.template.inputs,
-            config.seed,
-            Template(target, "head.target") if target else None,
-        )
-        for split in (splits.train, splits.validation, splits.test):
-            for example in split.examples if split else ():  # render errors before loading
-                checked.template.render(example)
+        splits, classes = _data(config, checked)
         demonstrations = _demonstrations(config, checked.template, splits.train, classes)
         _no_float16_on_cpu(config.backbone.dtype)
         backbone = _the_configs(config.backbone, _backbone(config.backbone, backbone))
@@ -88,6 +78,29 @@ class TextModality(Modality):
         from promptkit.readers import read_rows
 
         return read_rows(spec), data.label_column
+
+
+def _data(config: Any, checked: Any) -> tuple[Any, list[str]]:
+    """The splits and classes of a config whose recipe is ``checked``; every example is
+    rendered, so that a template error shows before any model loads."""
+    from promptkit.data import load_splits
+    from promptkit.template import Template
+
+    _label_hidden(checked.template, config.inputs, config.data.label_column)
+    target = getattr(config.head, "target", None)
+    splits, classes = load_splits(
+        config.data,
+        checked.task,
+        checked.classes,
+        config.inputs,
+        checked.template.inputs,
+        config.seed,
+        Template(target, "head.target") if target else None,
+    )
+    for split in (splits.train, splits.validation, splits.test):
+        for example in split.examples if split else ():
+            checked.template.render(example)
+    return splits, classes
 
 
 def _demonstrations(config: Any, template: Any, train: Any, classes: Sequence[str]) -> Any:

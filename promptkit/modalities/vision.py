@@ -28,11 +28,15 @@ class VisionModality(Modality):
 
         return VisionModelConfig
 
-    def prepare(self, config: Any, backbone: Any = None) -> Prepared:
+    def load_data(self, config: Any) -> tuple[Any, list[str]]:
         from promptkit.vision.data import load_image_splits
+
+        return load_image_splits(config.data, config.seed)
+
+    def prepare(self, config: Any, backbone: Any = None) -> Prepared:
         from promptkit.vision.model import build_vision_model
 
-        splits, classes = load_image_splits(config.data, config.seed)
+        splits, classes = self.load_data(config)
         model = build_vision_model(config.recipe(), classes)
         return Prepared(model, splits, model.fingerprint())
 

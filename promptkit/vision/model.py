@@ -17,6 +17,7 @@ from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint
 from promptkit.errors import ConfigError, DataError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
+from promptkit.progress import timed
 from promptkit.prompts import SoftPrompts
 from promptkit.seeding import seeded
 from promptkit.tasks import CLASSIFICATION
@@ -210,7 +211,8 @@ def build_vision_model(recipe: VisionModelConfig, classes: Sequence[str]) -> Vis
     """
     vpt = recipe.vpt
     with seeded(recipe.seed) as generator:
-        adapter = adapter_for(load_vision_backbone(recipe.backbone))
+        with timed(f"loading backbone {recipe.backbone.name}"):
+            adapter = adapter_for(load_vision_backbone(recipe.backbone))
         layers = select_layers(vpt.layers, len(adapter.blocks)) if vpt.deep else [0]
         prompts = SoftPrompts(len(layers) * vpt.tokens, adapter.dim, dropout=vpt.dropout)
         # VPT's initialisation: uniform, bounded as Xavier for a patch projection.

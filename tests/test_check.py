@@ -1,0 +1,168 @@
+"""`promptkit check`: a config checked without training, on tiny models and data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_model, run_config
+from typer.testing import CliRunner
+from vision_helpers import vision_config, write_images
+
+from promptkit.check import check_config
+from promptkit.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(folder: Path, config: dict) -> Path:
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["check", *args], catch_exceptions=False)
+
+
+def test_a_good_config_is_reported_and_passes(model_dir, sentiment_data):
+    path = write_config(sentiment_data, run_config(model_dir("bert"), sentiment_data))
+    report = check_config(path)
+    assert report.ok, report.problems
+    assert report.sections["data"] == [
+        "classes (2): negative, positive",
+        "train: 64 examples (negative 32, positive 32)",
+        "validation: 24 examples (negative 12, positive 12)",
+        "test: 24 examples (negative 12, positive 12)",
+    ]
+    assert report.sections["label words"] == [
+        "negative: terrible -> terrible (1 token); bad -> bad (1 token)",
+        "positive: great -> great (1 token); good -> good (1 token)",
+    ]
+    parameters = sum(p.numel() for p in make_model("bert").parameters())
+    assert (
+        f"{parameters / 1e6:.1f}M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+    )
+    assert len(report.rendered) == 3
+    texts = ["".join(s.text for s in segments) for segments in report.rendered]
+    assert texts[0].startswith("the movie was ")
+
+
+def test_the_cli_prints_the_report_and_exits_0(model_dir, sentiment_data):
+    path = write_config(sentiment_data, run_config(model_dir("bert"), sentiment_data))
+    result = invoke(str(path))
+    assert result.exit_code == 0, result.output
+    assert "train: 64 examples (negative 32, positive 32)" in result.output
+    assert "the movie was " in result.output and "<P1><P2> <MASK>." in result.output
+    assert "ok: the config is ready to run" in result.output
+
+
+def test_the_cli_lists_every_problem_and_exits_2(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data)
+    config["head"] = {"verbalizer": {"positive": ["great", "superb"], "negative": ["bad"]}}
+    config["data"]["label_map"] = {"1": "positive", "0": "negative"}
+    path = write_config(sentiment_data, config)
+    result = invoke(str(path))
+    assert result.exit_code == 2
+    assert "problem: label words: 'superb' (positive) is not in the tokenizer's" in result.output
+    assert "train: 64 examples" in result.output  # the other checks still ran
+
+
+def test_a_missing_column_and_a_bad_key(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, inputs={"x": "sentence"})
+    report = check_config(write_config(sentiment_data, config))
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("data: ") and "no column 'sentence'" in report.problems[0]
+    config["trainer"]["epoch"] = 3
+    report = check_config(write_config(sentiment_data, config))
+    assert (
+        report.problems[0].startswith("config: ") and "did you mean 'epochs'" in report.problems[0]
+    )
+
+
+def _with_an_empty_cell(folder: Path) -> None:
+    path = folder / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[4]["text"] = " "
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_invalid_rows_are_a_problem_or_counted_when_dropped(model_dir, sentiment_data):
+    _with_an_empty_cell(sentiment_data)
+    config = run_config(model_dir("bert"), sentiment_data)
+    report = check_config(write_config(sentiment_data, config))
+    assert report.problems == [
+        f"data: {sentiment_data / 'train.jsonl'}: row 5, column 'text': empty (' '). Fix the "
+        "data, or set `data.invalid: drop` to leave such rows out (1 rows in all)."
+    ]
+    report = check_config(write_config(sentiment_data, config), ["data.invalid=drop"])
+    assert report.ok, report.problems
+    assert "left out 1 of 64 rows" in report.sections["data"][0]
+    assert "train: 63 examples (negative 31, positive 32)" in report.sections["data"]
+
+
+def test_a_vision_config_checks_its_images_and_backbone(tmp_path):
+    train = write_images(tmp_path / "train", 6)
+    config = vision_config(train, None, tmp_path / "run")
+    report = check_config(write_config(tmp_path, config))
+    assert report.ok, report.problems
+    assert report.sections["data"][0] == "classes (2): bright, dark"
+    assert "M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+    assert "label words" not in report.sections and not report.rendered
+
+
+def test_paths_are_read_from_the_working_directory(model_dir, sentiment_data, monkeypatch):
+    """One rule for every path of a config: relative to where promptkit runs, not to the
+    config file. A path that is relative to the config file only is not found."""
+    (sentiment_data / "configs").mkdir()
+    (sentiment_data / "words.yaml").write_text(
+        yaml.safe_dump({"positive": ["great"], "negative": ["bad"]})
+    )
+    backbone = model_dir("bert")
+    os.symlink(backbone, sentiment_data / "tiny-bert")
+    config = run_config(Path("tiny-bert"), Path("."), head={"verbalizer": "words.yaml"})
+    config["output_dir"] = "runs/here"
+    path = write_config(sentiment_data / "configs", config)
+    monkeypatch.chdir(sentiment_data)
+    report = check_config(path)
+    assert report.ok, report.problems
+    shown = "\n".join(report.sections["config"])
+    for key, value in (
+        ("data.train", sentiment_data / "train.jsonl"),
+        ("backbone.name", backbone.resolve()),  # the link, followed
+        ("head.verbalizer", sentiment_data / "words.yaml"),
+        ("output_dir", sentiment_data / "runs" / "here"),
+    ):
+        assert f"{key}: {value}" in shown
+
+    from promptkit.config import load_config
+
+    loaded = load_config(path)  # the paths a saved run reads again are kept absolute
+    assert loaded.head.verbalizer == str(sentiment_data / "words.yaml")
+    assert loaded.backbone.name == str(backbone.resolve())
+
+    monkeypatch.chdir(sentiment_data / "configs")  # relative to the config: not found
+    report = check_config("run.yaml")
+    configs = sentiment_data / "configs"
+    assert (
+        f"data.train: {configs / 'train.jsonl'} (no such file or folder)"
+        in (report.sections["config"])
+    )
+    assert report.problems == ["recipe: words.yaml: no such verbalizer file."]
+
+
+@pytest.mark.slow
+def test_the_sentiment_example_with_smollm2(monkeypatch):
+    if not (ROOT / ".assets" / "smollm2-135m").is_dir():
+        pytest.skip("needs .assets (make test fetches them)")
+    monkeypatch.chdir(ROOT)
+    result = invoke("examples/sentiment/ptuning_cloze.yaml")
+    assert result.exit_code == 0, result.output
+    assert "134.5M parameters x 4 bytes (float32) = 0.50 GiB" in result.output
+    assert "positive: great -> Ġgreat (1 token); good -> Ġgood (1 token)" in result.output
+    assert "train: 64 examples (positive 32, negative 32)" in result.output
+    assert "It was <P1><P2> <MASK>." in result.output
