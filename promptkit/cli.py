@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -324,7 +325,10 @@ def serve(
         from promptkit.serve import serve as run_server
 
         limits = Limits(max_batch, max_wait_ms, max_inputs, max_chars)
-        hosted = load(_named_runs(runs), device=device)  # a mapping: always a Host
+        named = _named_runs(runs)
+        _warn_unfinished(named.values())
+        _check_port(host, port)  # before minutes of loading
+        hosted = load(named, device=device)  # a mapping: always a Host
         err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
     run_server(hosted, host, port, limits)
 
@@ -341,6 +345,35 @@ def _named_runs(runs: list[str]) -> dict[str, str]:
             )
         named[name] = folder
     return named
+
+
+def _warn_unfinished(folders: Iterable[str]) -> None:
+    """A run whose marker says it is training is served with a warning: its prompt is that of
+    its best epoch so far."""
+    from promptkit.run_folder import RunFolder
+
+    for folder in folders:
+        if RunFolder(folder).status() == "training":
+            _say(
+                "warning",
+                f"{folder} has not finished training (a fit is writing it, or stopped before "
+                "the end): serving its best epoch so far. Finish it with `promptkit fit CONFIG "
+                "--resume`.",
+            )
+
+
+def _check_port(host: str, port: int) -> None:
+    """That the server can listen on ``host``:``port`` (the socket is closed at once)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as err:
+        raise PromptkitError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "
+            "or --host, or stop what uses it."
+        ) from None
 
 
 def _check_output(output: Path, source: Path, run_dir: Path, overwrite: bool) -> None:

@@ -356,25 +356,27 @@ def load(
             return Ensemble.load(runs, device)
         return load_run(runs, backbone, device)
     named = _named(runs)
+    for run in named.values():  # every run, before any loads
+        _shareable(run)
     models: dict[str, PromptModel] = {}
     for name, run in named.items():
-        _shareable(run)
-        model = load_run(run, backbone, device).model
-        if not isinstance(model, PromptModel):
-            what = "an ensemble trained jointly" if hasattr(model, "members") else "a vision run"
-            raise PromptkitError(
-                f"{run} is {what}: hosting several runs on one backbone takes single text "
-                "prompts; load it alone with promptkit.load(run)."
-            )
-        backbone = model.backbone
-        models[name] = model
+        models[name] = load_run(run, backbone, device).model
+        backbone = models[name].backbone
     return Host(models)
 
 
 def _shareable(run: str | Path) -> None:
-    """A run that trained the backbone's own weights cannot share it (checked before its
-    weights are loaded into the shared backbone)."""
-    trained = RunFolder(run).read_recipe()["recipe"].get("trainable", [])
+    """A run shares the backbone as a single text prompt that did not train the backbone's
+    own weights (checked on its recipe, before anything loads)."""
+    recipe = RunFolder(run).read_recipe()["recipe"]
+    joint, vision = recipe.get("ensemble"), recipe.get("modality") == "vision"
+    if joint or vision:
+        what = "an ensemble trained jointly" if joint else "a vision run"
+        raise PromptkitError(
+            f"{run} is {what}: hosting several runs on one backbone takes single text "
+            "prompts; load it alone with promptkit.load(run)."
+        )
+    trained = recipe.get("trainable", [])
     own = [group for group in _BACKBONE_GROUPS if group in trained]
     if own:
         raise PromptkitError(
