@@ -518,11 +518,12 @@ def template_autoprompt(
     """Find a word for each soft slot of CONFIG's template on its training split (AutoPrompt)
     and print the hard template, and the template with soft slots started from the words."""
     with _reported():
-        from promptkit.autoprompt import autoprompt
+        from promptkit.autoprompt import autoprompt, check_config
         from promptkit.config import load_config
         from promptkit.modalities import modality_of
 
         loaded = load_config(config, set_ or [])
+        check_config(loaded)
         prepared = modality_of(loaded.model_dump()).prepare(loaded)
         train = prepared.splits.train
         found = autoprompt(

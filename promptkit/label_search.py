@@ -267,6 +267,11 @@ def search_config(
             f"label words are searched for a verbalizer head; this config's head is a "
             f"{recipe.head.type}: set `head: {{type: verbalizer}}`."
         )
+    if getattr(recipe.head, "multi_label", False):
+        raise ConfigError(
+            "label words are searched on examples of one class each, and this config's head "
+            "is multi-label: search them on single-label data."
+        )
     template = compile_template(recipe.template)
     check_mask(template, "verbalizer")
     splits, classes = load_splits(

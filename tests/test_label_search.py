@@ -281,3 +281,12 @@ def test_a_config_without_a_verbalizer_head_is_named(model_dir, sentiment_data):
     )
     with pytest.raises(ConfigError, match="this config's head is a classifier"):
         search_config(config)
+
+
+def test_a_multi_label_config_is_refused_before_loading(sentiment_data, tmp_path):
+    from promptkit.label_search import search_config
+
+    config = run_config(tmp_path / "no-such-model", sentiment_data)
+    config["head"] = {**config["head"], "multi_label": True}
+    with pytest.raises(ConfigError, match="this config's head is multi-label"):
+        search_config(validate_config(config))
