@@ -261,3 +261,10 @@ def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
     monkeypatch.setattr(promptkit.host, "load_run", lambda *args: pytest.fail("a run loaded"))
     with pytest.raises(promptkit.PromptkitError, match="is an ensemble trained jointly"):
         promptkit.load({"mood": runs["mood"], "joint": joint})
+
+
+def test_an_empty_input_is_answered_as_predict_answers_it(server, runs):
+    inputs = ["", "so bad"]
+    response = server.post(task="mood", inputs=inputs)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == promptkit.load(runs["mood"]).predict(inputs)
