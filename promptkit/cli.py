@@ -309,7 +309,9 @@ def ensemble(
 def serve(
     runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a task")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on", min=0, max=65535)] = 8000,
+    port: Annotated[
+        int, typer.Option(help="port to listen on (0: a free one)", min=0, max=65535)
+    ] = 8000,
     device: Annotated[str, typer.Option(help="where the backbone runs, e.g. cuda")] = "cpu",
     max_batch: Annotated[int, typer.Option(help="most rows in one shared batch")] = 32,
     max_wait_ms: Annotated[
@@ -327,7 +329,7 @@ def serve(
         limits = Limits(max_batch, max_wait_ms, max_inputs, max_chars)
         named = _named_runs(runs)
         _warn_unfinished(named.values())
-        _check_port(host, port)  # before minutes of loading
+        port = _listenable(host, port)  # before minutes of loading
         hosted = load(named, device=device)  # a mapping: always a Host
         err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
     run_server(hosted, host, port, limits)
@@ -362,13 +364,15 @@ def _warn_unfinished(folders: Iterable[str]) -> None:
             )
 
 
-def _check_port(host: str, port: int) -> None:
-    """That the server can listen on ``host``:``port`` (the socket is closed at once)."""
+def _listenable(host: str, port: int) -> int:
+    """The port the server can listen on at ``host`` (``port``, or a free one for 0); the
+    socket that checked it is closed at once."""
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind(address)
+            return probe.getsockname()[1]
     except OSError as err:
         raise PromptkitError(
             f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "

@@ -226,7 +226,8 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
         return SimpleNamespace(tasks=list(named))
 
     monkeypatch.setattr(promptkit.host, "load", load)
-    monkeypatch.setattr(promptkit.serve, "serve", lambda *args: None)
+    served = []
+    monkeypatch.setattr(promptkit.serve, "serve", lambda *args: served.append(args))
 
     def serve(*args: str):
         return CliRunner().invoke(app, ["serve", *args], catch_exceptions=False)
@@ -246,6 +247,9 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
     warned = serve(str(unfinished), "--port", str(_port()))
     assert warned.exit_code == 0 and "has not finished training" in warned.output
     assert "serving its best epoch so far" in warned.output and loaded
+    any_port = serve(str(runs["mood"]), "--port", "0")
+    port = served[-1][2]
+    assert any_port.exit_code == 0 and port > 0 and f"127.0.0.1:{port}" in any_port.output
 
 
 def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
