@@ -368,6 +368,13 @@ def load(
 def _shareable(run: str | Path) -> None:
     """A run shares the backbone as a single text prompt that did not train the backbone's
     own weights (checked on its recipe, before anything loads)."""
+    from promptkit.ensemble import is_ensemble
+
+    if is_ensemble(run):
+        raise PromptkitError(
+            f"{run} is an ensemble of runs: hosting shares one backbone among single text "
+            "prompts; host its runs (NAME=RUN ...), or load it alone with promptkit.load(run)."
+        )
     recipe = RunFolder(run).read_recipe()["recipe"]
     joint, vision = recipe.get("ensemble"), recipe.get("modality") == "vision"
     if joint or vision:

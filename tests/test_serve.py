@@ -20,6 +20,7 @@ from conftest import run_config, sentiment_rows
 
 import promptkit
 from promptkit.config import validate_config
+from promptkit.ensemble import ENSEMBLE_FILE
 from promptkit.pipeline import fit
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
@@ -265,6 +266,11 @@ def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
     monkeypatch.setattr(promptkit.host, "load_run", lambda *args: pytest.fail("a run loaded"))
     with pytest.raises(promptkit.PromptkitError, match="is an ensemble trained jointly"):
         promptkit.load({"mood": runs["mood"], "joint": joint})
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / ENSEMBLE_FILE).write_text("{}")
+    with pytest.raises(promptkit.PromptkitError, match=r"is an ensemble of runs: .* \(NAME=RUN"):
+        promptkit.load({"mood": runs["mood"], "saved": saved})
 
 
 def test_an_empty_input_is_answered_as_predict_answers_it(server, runs):
