@@ -357,7 +357,7 @@ def load(
         return load_run(runs, backbone, device)
     named = _named(runs)
     for run in named.values():  # every run, before any loads
-        _shareable(run)
+        _hostable(run, shared=len(named) > 1)
     models: dict[str, PromptModel] = {}
     for name, run in named.items():
         models[name] = load_run(run, backbone, device).model
@@ -365,9 +365,10 @@ def load(
     return Host(models)
 
 
-def _shareable(run: str | Path) -> None:
-    """A run shares the backbone as a single text prompt that did not train the backbone's
-    own weights (checked on its recipe, before anything loads)."""
+def _hostable(run: str | Path, shared: bool) -> None:
+    """A run is hosted as a single text prompt and, when it shares the backbone with other
+    runs (``shared``), one that did not train the backbone's own weights (checked on its
+    recipe, before anything loads)."""
     from promptkit.ensemble import is_ensemble
 
     if is_ensemble(run):
@@ -385,7 +386,7 @@ def _shareable(run: str | Path) -> None:
         )
     trained = recipe.get("trainable", [])
     own = [group for group in _BACKBONE_GROUPS if group in trained]
-    if own:
+    if own and shared:
         raise PromptkitError(
             f"{run} trained the backbone's own weights ({', '.join(own)}), so it cannot share "
             f"the backbone with other runs: load it alone, promptkit.load({str(run)!r})."
