@@ -23,6 +23,7 @@ from promptkit.template import SegmentKind, Template
 
 if TYPE_CHECKING:
     from promptkit.model import PromptModel
+    from promptkit.tasks import Task
 
 _ESCAPED = str.maketrans({c: "\\" + c for c in "[]<>\\"})
 
@@ -90,6 +91,36 @@ def autoprompt(
     )
 
 
+def check_config(config: Any) -> None:
+    """What AutoPrompt needs of a run config, checked before any model loads."""
+    from promptkit.model import check_recipe
+
+    if getattr(config, "modality", "text") != "text":
+        raise ConfigError(
+            "AutoPrompt searches trigger words for text runs: this config is not one."
+        )
+    checked = check_recipe(config.recipe())
+    encoder = config.prompts.encoder != "none"
+    _check_setup(checked.template, checked.placement.name, encoder, checked.task)
+
+
+def _check_setup(template: Template, placement: str, encoder: bool, task: Task) -> None:
+    """Trigger slots in a template without Jinja, on the input without a prompt encoder, for
+    a classification head."""
+    if not template.n_slots or template.uses_jinja:
+        raise ConfigError(
+            f"{template.name}: AutoPrompt searches a word for each soft slot of a template "
+            "without Jinja: put trigger slots in it, e.g. '<x> [P*3] [MASK].'."
+        )
+    if placement != "input" or encoder:
+        raise ConfigError(
+            "AutoPrompt's triggers are input words: use `prompts: {placement: input, "
+            "encoder: none}`."
+        )
+    if not task.has_classes or task.name != "classification":
+        raise ConfigError("AutoPrompt searches triggers for a classifier's labels.")
+
+
 def _check(
     model: PromptModel,
     examples: Sequence[Any],
@@ -97,19 +128,8 @@ def _check(
     iterations: int,
     candidates: int,
 ) -> None:
-    template = model.template
-    if not template.n_slots or template.uses_jinja:
-        raise ConfigError(
-            f"{template.name}: AutoPrompt searches a word for each soft slot of a template "
-            "without Jinja: put trigger slots in it, e.g. '<x> [P*3] [MASK].'."
-        )
-    if model.injector.name != "input" or model.prompts.encoder is not None:
-        raise ConfigError(
-            "AutoPrompt's triggers are input words: use `prompts: {placement: input, "
-            "encoder: none}`."
-        )
-    if not model.task.has_classes or model.task.name != "classification":
-        raise ConfigError("AutoPrompt searches triggers for a classifier's labels.")
+    encoder = model.prompts.encoder is not None
+    _check_setup(model.template, model.injector.name, encoder, model.task)
     if len(examples) != len(labels) or len(set(labels)) < 2:
         raise DataError(
             f"AutoPrompt needs labelled examples of two or more classes ({len(examples)} "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -363,7 +364,9 @@ def ensemble(
 def serve(
     runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a task")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on", min=0, max=65535)] = 8000,
+    port: Annotated[
+        int, typer.Option(help="port to listen on (0: a free one)", min=0, max=65535)
+    ] = 8000,
     device: Annotated[str, typer.Option(help="where the backbone runs, e.g. cuda")] = "cpu",
     max_batch: Annotated[int, typer.Option(help="most rows in one shared batch")] = 32,
     max_wait_ms: Annotated[
@@ -381,7 +384,10 @@ def serve(
         from promptkit.serve import serve as run_server
 
         limits = Limits(max_batch, max_wait_ms, max_inputs, max_chars)
-        hosted = load(_named_runs(runs), device=device)  # a mapping: always a Host
+        named = _named_runs(runs)
+        _warn_unfinished(named.values())
+        port = _listenable(host, port)  # before minutes of loading
+        hosted = load(named, device=device)  # a mapping: always a Host
         err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
     run_server(hosted, host, port, limits)
 
@@ -398,6 +404,37 @@ def _named_runs(runs: list[str]) -> dict[str, str]:
             )
         named[name] = folder
     return named
+
+
+def _warn_unfinished(folders: Iterable[str]) -> None:
+    """A run whose marker says it is training is served with a warning: its prompt is that of
+    its best epoch so far."""
+    from promptkit.run_folder import RunFolder
+
+    for folder in folders:
+        if RunFolder(folder).status() == "training":
+            _say(
+                "warning",
+                f"{folder} has not finished training (a fit is writing it, or stopped before "
+                "the end): serving its best epoch so far. Finish it with `promptkit fit CONFIG "
+                "--resume`.",
+            )
+
+
+def _listenable(host: str, port: int) -> int:
+    """The port the server can listen on at ``host`` (``port``, or a free one for 0); the
+    socket that checked it is closed at once."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+            return probe.getsockname()[1]
+    except OSError as err:
+        raise PromptkitError(
+            f"cannot listen on {host}:{port} ({err.strerror or err}): choose another --port "
+            "or --host, or stop what uses it."
+        ) from None
 
 
 def _check_output(output: Path, source: Path, run_dir: Path, overwrite: bool) -> None:
@@ -546,11 +583,12 @@ def template_autoprompt(
     and print the hard template, and the template with soft slots started from the words."""
     with _reported():
         _use_threads(threads)
-        from promptkit.autoprompt import autoprompt
+        from promptkit.autoprompt import autoprompt, check_config
         from promptkit.config import load_config
         from promptkit.modalities import modality_of
 
         loaded = load_config(config, set_ or [])
+        check_config(loaded)
         prepared = modality_of(loaded.model_dump()).prepare(loaded)
         train = prepared.splits.train
         found = autoprompt(

@@ -47,9 +47,10 @@ def missing(value: Any) -> bool:
 
 
 def not_text(value: Any) -> str | None:
-    """What is wrong with an input cell, if it is not a text or a list of words: "empty",
-    "a list with an empty word", "a mapping"... (None: nothing)."""
-    if missing(value):
+    """What is wrong with an input cell, if it is not a text or a list of words: "empty"
+    (None, NaN, no words), "a list with an empty word", "a mapping"... (None: nothing). An
+    empty or blank text is a text: the prompt still holds its template's."""
+    if missing(value) and not isinstance(value, str):
         return f"empty ({_shown(value)})"
     if isinstance(value, Mapping):
         return "a mapping, not a text"

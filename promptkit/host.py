@@ -356,27 +356,37 @@ def load(
             return Ensemble.load(runs, device)
         return load_run(runs, backbone, device)
     named = _named(runs)
+    for run in named.values():  # every run, before any loads
+        _hostable(run, shared=len(named) > 1)
     models: dict[str, PromptModel] = {}
     for name, run in named.items():
-        _shareable(run)
-        model = load_run(run, backbone, device).model
-        if not isinstance(model, PromptModel):
-            what = "an ensemble trained jointly" if hasattr(model, "members") else "a vision run"
-            raise PromptkitError(
-                f"{run} is {what}: hosting several runs on one backbone takes single text "
-                "prompts; load it alone with promptkit.load(run)."
-            )
-        backbone = model.backbone
-        models[name] = model
+        models[name] = load_run(run, backbone, device).model
+        backbone = models[name].backbone
     return Host(models)
 
 
-def _shareable(run: str | Path) -> None:
-    """A run that trained the backbone's own weights cannot share it (checked before its
-    weights are loaded into the shared backbone)."""
-    trained = RunFolder(run).read_recipe()["recipe"].get("trainable", [])
+def _hostable(run: str | Path, shared: bool) -> None:
+    """A run is hosted as a single text prompt and, when it shares the backbone with other
+    runs (``shared``), one that did not train the backbone's own weights (checked on its
+    recipe, before anything loads)."""
+    from promptkit.ensemble import is_ensemble
+
+    if is_ensemble(run):
+        raise PromptkitError(
+            f"{run} is an ensemble of runs: hosting shares one backbone among single text "
+            "prompts; host its runs (NAME=RUN ...), or load it alone with promptkit.load(run)."
+        )
+    recipe = RunFolder(run).read_recipe()["recipe"]
+    joint, vision = recipe.get("ensemble"), recipe.get("modality") == "vision"
+    if joint or vision:
+        what = "an ensemble trained jointly" if joint else "a vision run"
+        raise PromptkitError(
+            f"{run} is {what}: hosting several runs on one backbone takes single text "
+            "prompts; load it alone with promptkit.load(run)."
+        )
+    trained = recipe.get("trainable", [])
     own = [group for group in _BACKBONE_GROUPS if group in trained]
-    if own:
+    if own and shared:
         raise PromptkitError(
             f"{run} trained the backbone's own weights ({', '.join(own)}), so it cannot share "
             f"the backbone with other runs: load it alone, promptkit.load({str(run)!r})."

@@ -99,13 +99,24 @@ def check_search(
             f"{model.backbone.name} is loaded as an encoder without an LM head: label words "
             "are searched in an LM's predictions. Use an LM backbone."
         )
+    check_labels(model.classes, examples, labels, per_class, candidates)
+
+
+def check_labels(
+    classes: Sequence[str],
+    examples: Sequence[Any],
+    labels: Sequence[Any],
+    per_class: int,
+    candidates: int,
+) -> None:
+    """What a search needs of its labelled examples and counts (checked before loading)."""
     if not 1 <= per_class <= candidates:
         raise ConfigError(
             f"per_class {per_class} and candidates {candidates}: give 1 <= per_class <= candidates."
         )
     if len(examples) != len(labels):
         raise DataError(f"{len(examples)} examples but {len(labels)} labels: give one each.")
-    n_classes = len(model.classes)
+    n_classes = len(classes)
     outside = [y for y in labels if _index(y) not in range(n_classes)]
     if outside:
         raise DataError(
@@ -113,7 +124,7 @@ def check_search(
             f"(e.g. {outside[0]!r})."
         )
     counts = Counter(int(y) for y in labels)
-    few = {c: counts[i] for i, c in enumerate(model.classes) if counts[i] < 2}
+    few = {c: counts[i] for i, c in enumerate(classes) if counts[i] < 2}
     if few:
         shown = ", ".join(f"{c}: {n}" for c, n in few.items())
         raise DataError(
@@ -274,6 +285,11 @@ def search_config(
             f"label words are searched for a verbalizer head; this config's head is a "
             f"{recipe.head.type}: set `head: {{type: verbalizer}}`."
         )
+    if getattr(recipe.head, "multi_label", False):
+        raise ConfigError(
+            "label words are searched on examples of one class each, and this config's head "
+            "is multi-label: search them on single-label data."
+        )
     template = compile_template(recipe.template)
     check_mask(template, "verbalizer")
     splits, classes = load_splits(
@@ -284,11 +300,12 @@ def search_config(
         template.inputs,
         config.seed,
     )
+    train = splits.train
+    check_labels(classes, train.examples, train.labels, per_class, candidates)
     section = recipe.backbone
     backbone = load_backbone(section.name, section.kind, section.dtype)
     placeholders = list(whole_words(backbone.tokenizer, template.space_before_mask).values())
     model = build_model(with_classes(recipe, classes, placeholders), classes, backbone)
-    train = splits.train
     return search_label_words(
         model, train.examples, train.labels, per_class, candidates, batch_size, progress
     )

@@ -11,11 +11,16 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from promptkit import catalog
 from promptkit.config import load_config, validate_config
 from promptkit.data import Split
 from promptkit.errors import ConfigError
+from promptkit.heads import HEADS
+from promptkit.heads.classifier import ClassifierHead
 from promptkit.inference import evaluate
+from promptkit.joint import member_recipes
 from promptkit.modalities import modality_of
+from promptkit.placements.prefix import PrefixConfig
 from promptkit.policy import PolicyModule
 from promptkit.predictor import Predictor
 from promptkit.processes import processes
@@ -76,6 +81,8 @@ def fit(
             f"trainable is [], so nothing trains in trainer.epochs {config.trainer.epochs}: set "
             "trainer.epochs: 0 for a zero-shot run, or name what trains."
         )
+    if config.trainer.epochs == 0:
+        _nothing_random(config)
     state = processes()  # under `accelerate launch`, only the main process writes
     run = RunFolder(config.output_dir, writer=state.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
@@ -130,6 +137,53 @@ def fit(
     )
 
 
+def _nothing_random(config: Any) -> None:
+    """A zero-shot run scores the model as built: a part that would start at random (and
+    score chance) is an error."""
+    recipes = member_recipes(config.recipe()) if getattr(config, "ensemble", None) else [config]
+    for recipe in recipes:
+        found = _random_part(recipe)
+        if found:
+            what, fix = found
+            raise ConfigError(
+                f"trainer.epochs is 0, so nothing trains, but {what}: its scores would be "
+                f"chance. Train it (trainer.epochs: 1 or more){f', or {fix}' if fix else ''}."
+            )
+
+
+def _random_part(recipe: Any) -> tuple[str, str | None] | None:
+    """What in a recipe starts at random (and how a zero-shot run avoids it), if anything."""
+    if recipe.modality == "vision":
+        return "a vision run's head is a new linear layer", None
+    if issubclass(HEADS[recipe.head.type], ClassifierHead):
+        return (
+            f"the {recipe.head.type} head is a new linear layer",
+            "score label words instead (head: {type: verbalizer})",
+        )
+    template = catalog.template(recipe.template)
+    prompts = recipe.prompts
+    if (
+        template.slots
+        and isinstance(prompts, PrefixConfig)
+        and (prompts.start != "activations" or prompts.encoder != "none")
+    ):
+        return (
+            "the prefix's keys and values start at random",
+            "start them from the slots' words (prompts.start: activations, no encoder, "
+            "and [P1:word] slots)",
+        )
+    for slot in template.slots:
+        init = slot.init or f"@{prompts.init}"
+        if init in ("@random", "@vocab"):
+            name = "a [P*n] soft slot" if slot.name.startswith("P*") else f"soft slot [{slot.name}]"
+            how = "at random" if init == "@random" else "as a token sampled from the vocabulary"
+            return (
+                f"{name} starts {how}",
+                "initialise the slots from words ([P1:great], [P*4:it was good])",
+            )
+    return None
+
+
 def _untrained(
     model: Any, config: Any, validation: Split, run: RunFolder, fingerprint: str
 ) -> dict[str, Any]:
@@ -138,8 +192,9 @@ def _untrained(
     batch_size = config.trainer.eval_batch_size
     metrics = evaluate_split(model, validation, batch_size, config.trainer.progress and run.writer)
     run.append_metrics({"epoch": 0, "split": "validation", **metrics})
+    untrained = f" (trainable {config.trainable} stays as built)" if config.trainable else ""
     run.log(
-        "zero-shot (no training): validation "
+        f"zero-shot (no training{untrained}): validation "
         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     )
     info = {"validation": metrics, "epoch": 0}

@@ -13,7 +13,8 @@
     .promptkit-lock      held while a process writes the run
 
 Every file is replaced atomically (a temporary file, then a rename), so a crash never leaves
-a half-written file. promptkit writes only into a folder that is new, empty, or a run of its
+a half-written file; the temporary file of a killed save is removed when the folder is next
+prepared for a fit. promptkit writes only into a folder that is new, empty, or a run of its
 own, and ``clear`` removes only the files above.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import glob
 import json
 import os
 import tempfile
@@ -47,6 +49,7 @@ RESUMABLE = (
     "trainer.eval_batch_size",
     "output_dir",
 )
+TEMP_SUFFIX = ".promptkit-tmp"
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -61,9 +64,11 @@ def _writes(method: _Method) -> _Method:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write a file through ``write(tmp_path)`` then rename it into place."""
+    """Write a file through ``write(tmp_path)`` then rename it into place. The temporary file
+    is ``.NAME.RANDOM.promptkit-tmp`` beside it (what a killed save leaves: a run folder
+    removes its own when it is next prepared)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -152,8 +157,23 @@ class RunFolder:
         return target in own or self.file(self.RESUME).parent.resolve() in target.parents
 
     def is_empty(self) -> bool:
-        """Whether the folder does not exist or holds nothing (but promptkit's lock)."""
-        return not self.path.exists() or all(p.name == self.LOCK for p in self.path.iterdir())
+        """Whether the folder does not exist or holds nothing (but promptkit's lock and the
+        temporary files of killed saves)."""
+        if not self.path.exists():
+            return True
+        leftovers = set(self.leftover_temps())
+        return all(p.name == self.LOCK or p in leftovers for p in self.path.iterdir())
+
+    def leftover_temps(self) -> list[Path]:
+        """The temporary files that saves of the run's own files left when their process was
+        killed (``atomic_write``'s, named after the file they were to replace)."""
+        return [
+            temp
+            for name in (*self.FILES, self.RESUME)
+            for temp in self.file(name).parent.glob(
+                f".{glob.escape(Path(name).name)}.*{TEMP_SUFFIX}"
+            )
+        ]
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Whether a fit may write here: to continue its run (``resume``), to replace its run
@@ -188,11 +208,13 @@ class RunFolder:
 
     @_writes
     def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Check the folder (see ``check``), then clear an earlier run when replacing it and
-        mark the folder as a run in training."""
+        """Check the folder (see ``check``), then clear an earlier run when replacing it,
+        remove what killed saves left, and mark the folder as a run in training."""
         self.check(resume, overwrite)
         if not resume and self.is_run():
             self.clear()
+        for temp in self.leftover_temps():  # a save that was killed
+            temp.unlink(missing_ok=True)
         self.mark("training")
 
     def status(self) -> str | None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
 import jinja2
 import jinja2.meta
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.nodes import FilterBlock
 from jinja2.sandbox import SandboxedEnvironment
 
 from promptkit.errors import TemplateError
@@ -36,8 +39,10 @@ _JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _JINJA_OPENING = re.compile(r"\{\{|\{%|\{#")
 MAX_SOFT_SLOTS = 1024  # per template: more is a typo, not a prompt
 _ESCAPABLE = "[]<>\\"
-# What Jinja inserts is wrapped in these (private-use) characters, so it is read as data.
-_DATA_OPEN, _DATA_CLOSE = "\ue000", "\ue001"
+# While a template renders, what Jinja inserts is wrapped in two private-use characters, so
+# that it is read as data: two that neither the template nor the example holds.
+_PRIVATE_USE = (range(0xE000, 0xF900), range(0xF0000, 0xFFFFE), range(0x100000, 0x10FFFE))
+_data_marks: ContextVar[tuple[str, str]] = ContextVar("_data_marks")
 _MAX_RENDERED = 100_000  # characters a Jinja expression may build (a typo, not a prompt)
 _INPUT = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 _SOFT = re.compile(r"\[P(?:(\d+)|\*(\d+))(?::([^\]]*))?\]")
@@ -88,6 +93,7 @@ class _Parser:
 
     source: str
     template_name: str
+    marks: tuple[str, str] | None = None  # around Jinja's data, in a rendered text
     slots: list[SoftSlot] = field(default_factory=list)
     by_name: dict[str, int] = field(default_factory=dict)
     groups: list[int] = field(default_factory=list)
@@ -140,9 +146,9 @@ class _Parser:
                 pos = self._bracket(pos, segments)
             elif ch in "]>":
                 raise self.error(pos, f"unmatched '{ch}'", f"Write \\{ch} for a literal '{ch}'.")
-            elif ch == _DATA_OPEN:
+            elif self.marks and ch == self.marks[0]:
                 flush()
-                end = src.index(_DATA_CLOSE, pos)
+                end = src.index(self.marks[1], pos)
                 segments.append(Segment(SegmentKind.TEXT, src[pos + 1 : end], data=True))
                 pos = end + 1
             else:
@@ -236,17 +242,62 @@ class _Parser:
         return self.by_name[name]
 
 
-def _as_data(value: object) -> str:
+@jinja2.pass_context  # so Jinja calls it at render time only, when the marks are chosen
+def _as_data(context: object, value: object) -> str:
     """Jinja finalizer: what ``{{ ... }}`` inserts (a text, or a number, list or mapping
-    written out) is marked as data, which the parser takes as it is."""
-    text = str(value).replace(_DATA_OPEN, "").replace(_DATA_CLOSE, "")
-    return _DATA_OPEN + text + _DATA_CLOSE if text else ""
+    written out) is marked as data, which the parser takes as it is. Marks already in it
+    are those of data Jinja built before (a ``{% set %}`` block, a macro)."""
+    opening, closing = _data_marks.get()
+    text = str(value).replace(opening, "").replace(closing, "")
+    return opening + text + closing if text else ""
+
+
+def _free_marks(source: str, example: Mapping[str, object]) -> tuple[str, str]:
+    """Two private-use characters that neither the template nor the example holds."""
+    used = set(source)
+    _add_characters(example, used)
+    free = (c for c in map(chr, itertools.chain(*_PRIVATE_USE)) if c not in used)
+    marks = tuple(itertools.islice(free, 2))
+    if len(marks) < 2:
+        raise TemplateError("The example holds every private-use character: it is not text.")
+    return marks
+
+
+def _add_characters(value: object, into: set[str]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _add_characters(key, into)
+            _add_characters(item, into)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _add_characters(item, into)
+    else:
+        into.update(str(value))
+
+
+class _FilterBlocksGiveData(CodeGenerator):
+    """Jinja's code generator, with what a ``{% filter %}`` block outputs finalized as what
+    ``{{ }}`` outputs is: text a filter builds is data, never markup."""
+
+    def visit_FilterBlock(self, node: FilterBlock, frame: Frame) -> None:
+        filter_frame = frame.inner()
+        filter_frame.symbols.analyze_node(node)
+        self.enter_frame(filter_frame)
+        self.buffer(filter_frame)
+        self.blockvisit(node.body, filter_frame)
+        self.start_write(frame, node)
+        self.write("environment.finalize(context, ")
+        self.visit_Filter(node.filter, filter_frame)
+        self.write(")")
+        self.end_write(frame)
+        self.leave_frame(filter_frame)
 
 
 class _BoundedSandbox(SandboxedEnvironment):
     """Jinja's sandbox, with a bound on what ``*`` and ``**`` may build."""
 
     intercepted_binops = frozenset({"*", "**"})
+    code_generator_class = _FilterBlocksGiveData
 
     def call_binop(self, context: object, operator: str, left: object, right: object) -> object:
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
@@ -270,8 +321,8 @@ _JINJA = _BoundedSandbox(
 
 
 @lru_cache(maxsize=4096)
-def _parse(source: str, name: str) -> _Parsed:
-    return _Parser(source, name).parse()
+def _parse(source: str, name: str, marks: tuple[str, str] | None = None) -> _Parsed:
+    return _Parser(source, name, marks).parse()
 
 
 class Template:
@@ -340,7 +391,9 @@ class Template:
         """
         segments = self._static
         if self._jinja is not None:
-            segments = self._relabel(_parse(self._render_jinja(example), f"{self.name} (rendered)"))
+            marks = _free_marks(self.source, example)
+            rendered = self._render_jinja(example, marks)
+            segments = self._relabel(_parse(rendered, f"{self.name} (rendered)", marks))
         missing = [
             s.name for s in segments if s.kind is SegmentKind.INPUT and s.name not in example
         ]
@@ -362,7 +415,8 @@ class Template:
             )
         return "".join(s.text for s in segments)
 
-    def _render_jinja(self, example: Mapping[str, object]) -> str:
+    def _render_jinja(self, example: Mapping[str, object], marks: tuple[str, str]) -> str:
+        token = _data_marks.set(marks)
         try:
             return self._jinja.render(example)
         except jinja2.UndefinedError as err:
@@ -376,6 +430,8 @@ class Template:
             raise TemplateError(
                 f"{self.name}: Jinja failed on this example: {type(err).__name__}: {err}"
             ) from err
+        finally:
+            _data_marks.reset(token)
 
     def _relabel(self, parsed: _Parsed) -> tuple[Segment, ...]:
         """Map the soft slots of a rendered text onto the compiled template's slot ids."""

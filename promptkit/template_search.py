@@ -15,6 +15,7 @@ from typing import Any
 from promptkit import catalog
 from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
+from promptkit.heads import HEADS
 from promptkit.progress import Report, say
 from promptkit.template import SegmentKind, Template
 
@@ -48,6 +49,12 @@ def score_templates(
     from promptkit.pipeline import evaluate_split
 
     configs = _candidate_configs(config, candidates)
+    task = HEADS[config.head.type].task_of(config.head)
+    metric = config.trainer.metric or task.default_metric
+    if metric not in task.metric_names:  # before any model loads
+        raise ConfigError(
+            f"trainer.metric {metric!r} is not measured: choose one of {list(task.metric_names)}."
+        )
     modality = modality_of(config.model_dump())
     scores = []
     for number, (template, candidate) in enumerate(zip(candidates, configs, strict=True), 1):
@@ -60,13 +67,8 @@ def score_templates(
             )
         except PromptkitError as err:
             raise type(err)(f"candidate {number} ({template!r}): {err}") from None
-        metric = config.trainer.metric or prepared.model.task.default_metric
-        if metric not in metrics:
-            raise ConfigError(
-                f"trainer.metric {metric!r} is not measured: choose one of {sorted(metrics)}."
-            )
         scores.append(TemplateScore(template, metric, metrics[metric], metrics))
-    lower_is_better = metric in prepared.model.task.lower_is_better
+    lower_is_better = metric in task.lower_is_better
     return sorted(scores, key=lambda s: s.score if lower_is_better else -s.score)
 
 

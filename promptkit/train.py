@@ -19,6 +19,7 @@ steps.
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from pydantic import BaseModel
 from torch.utils.data import DataLoader, RandomSampler
@@ -92,11 +94,7 @@ class Trainer:
         self.recipe, self.config = recipe, config
         self.validation, self.run = validation, run
         self.fingerprint, self.seed = fingerprint, seed
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=config.grad_accum,
-            mixed_precision=_mixed_precision(config.mixed_precision, run),
-            cpu=not torch.cuda.is_available(),
-        )
+        self.accelerator = _accelerator(config, run)
         self.report = Report(config.progress and self.accelerator.is_main_process, run.log)
         if config.gradient_checkpointing:
             model.enable_checkpointing()
@@ -370,6 +368,19 @@ class Trainer:
         self.run.log(message)
         if self.accelerator.is_main_process:
             print(message, flush=True)
+
+
+def _accelerator(config: TrainerConfig, run: RunFolder) -> Accelerator:
+    """This trainer's Accelerator. accelerate keeps one state per process, so a process that
+    fits again (with another mixed precision, say) starts it afresh, unless `accelerate
+    launch` made it: then it is the launcher's."""
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:  # set by every `accelerate launch`
+        AcceleratorState._reset_state()
+    return Accelerator(
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision=_mixed_precision(config.mixed_precision, run),
+        cpu=not torch.cuda.is_available(),
+    )
 
 
 def _mixed_precision(requested: str, run: RunFolder) -> str:

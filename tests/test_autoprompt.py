@@ -77,3 +77,26 @@ def test_the_command_prints_both_templates(model_dir, sentiment_data, tmp_path, 
         app, ["template", "autoprompt", str(path), "--set", "template=<x> [MASK]."]
     )
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["prompts.placement=prefix"], "triggers are input words"),
+        (["prompts.encoder=mlp"], "triggers are input words"),
+        (['template="{{ x }} [P1] [MASK]"', "inputs={}"], "put trigger slots in it"),
+        (["head.multi_label=true"], "a classifier's labels"),
+    ],
+)
+def test_the_command_checks_the_config_before_loading(sentiment_data, tmp_path, settings, message):
+    import yaml
+    from conftest import run_config
+    from typer.testing import CliRunner
+
+    from promptkit.cli import app
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(tmp_path / "no-such-model", sentiment_data)))
+    options = [item for setting in settings for item in ("--set", setting)]
+    result = CliRunner().invoke(app, ["template", "autoprompt", str(path), *options])
+    assert result.exit_code == 2 and message in result.output

@@ -135,3 +135,11 @@ def test_calibration_sees_the_demonstrations(model_dir, sentiment_data):
     loaded = promptkit.load(fit(validate_config(config)).run_dir)
     (probabilities,) = loaded.predict_proba(["N/A"])
     assert all(abs(p - 1 / 2) < 1e-5 for p in probabilities.values())
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_an_empty_input_is_predicted_as_the_content_free_input_calibration_reads(model_dir, blank):
+    model = zero_shot(model_dir)
+    (scores,) = Predictor(model).predict_proba([blank])
+    bias = model.calibrate([blank])  # the mean of log-probabilities, exponentiated
+    torch.testing.assert_close(torch.tensor(list(scores.values())), bias)

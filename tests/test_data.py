@@ -6,7 +6,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from promptkit.data import Split, as_examples, collate, label_indices
+from promptkit.data import Split, as_examples, collate, label_indices, validate_rows
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import DataError
 from promptkit.readers import read_rows
@@ -101,3 +101,12 @@ def test_dataset_splits_by_name(tmp_path):
     for split in ("train", "test"):
         pd.DataFrame(ROWS).to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
     assert read_rows("test", dataset=str(tmp_path)) == ROWS
+
+
+def test_an_empty_text_is_an_input_and_no_value_is_not():
+    rows = [{"x": "", "label": "p"}, {"x": "  ", "label": "n"}]
+    assert validate_rows(rows, "f.jsonl", ["x"], "label", "error") == rows
+    assert as_examples(rows, {}, ["x"])[0]["x"] == ""
+    for absent in (None, float("nan"), []):
+        with pytest.raises(DataError, match=r"row 1, column 'x': empty"):
+            validate_rows([{"x": absent, "label": "p"}], "f.jsonl", ["x"], "label", "error")

@@ -73,6 +73,21 @@ def test_input_text_is_data_never_markup_or_special_tokens(text):
     assert tokenizer.mask_token_id not in words and tokenizer.sep_token_id not in words
 
 
+characters = st.sampled_from("\ue000\ue001\ue002\U000f0000") | st.characters(
+    exclude_characters="{\r"
+)
+
+
+@FAST
+@given(text=st.lists(characters, max_size=12).map("".join), jinja=st.booleans())
+def test_any_character_in_a_template_or_its_data_is_text(text, jinja):
+    escaped = "".join("\\" + c if c in "[]<>\\" else c for c in text)
+    template = Template(("{{ v }}" if jinja else "") + escaped + " <x> [MASK]")
+    rendered = template.render({"v": text, "x": text})
+    texts = [s.text for s in rendered if s.kind is not SegmentKind.MASK]
+    assert "".join(texts) == (text if jinja else "") + text + " " + text + " "
+
+
 @FAST
 @given(value=values)
 def test_jinja_output_is_data(value):

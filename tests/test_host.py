@@ -216,6 +216,8 @@ def test_load_refuses_runs_that_cannot_share(model_dir, sentiment_data):
     tuned = _fitted(model_dir, sentiment_data, "tuned", trainable=["prompts", "all"])
     with pytest.raises(PromptkitError, match=r"tuned trained the backbone's own weights \(all\)"):
         promptkit.load([plain, tuned])
+    alone = promptkit.load([tuned])  # as `promptkit serve RUN` hosts it: nothing to share
+    assert alone.predict_proba(TEXTS, "tuned") == promptkit.load(tuned).predict_proba(TEXTS)
     other = run_config(model_dir("llama"), sentiment_data, output_dir=str(sentiment_data / "o"))
     other["trainer"]["epochs"] = 1
     llama = str(fit(validate_config(other)).run_dir)

@@ -281,3 +281,29 @@ def test_a_config_without_a_verbalizer_head_is_named(model_dir, sentiment_data):
     )
     with pytest.raises(ConfigError, match="this config's head is a classifier"):
         search_config(config)
+
+
+def test_a_multi_label_config_is_refused_before_loading(sentiment_data, tmp_path):
+    from promptkit.label_search import search_config
+
+    config = run_config(tmp_path / "no-such-model", sentiment_data)
+    config["head"] = {**config["head"], "multi_label": True}
+    with pytest.raises(ConfigError, match="this config's head is multi-label"):
+        search_config(validate_config(config))
+
+
+def test_counts_and_examples_are_checked_before_loading(sentiment_data, tmp_path):
+    from promptkit.label_search import search_config
+
+    config = validate_config(run_config(tmp_path / "no-such-model", sentiment_data))
+    with pytest.raises(ConfigError, match="per_class 10000000000 and candidates 50"):
+        search_config(config, per_class=10**10)
+    few = validate_config(
+        run_config(
+            tmp_path / "no-such-model",
+            sentiment_data,
+            data={**config.data.model_dump(), "few_shot": 1},
+        )
+    )
+    with pytest.raises(DataError, match="at least 2 examples per class"):
+        search_config(few)

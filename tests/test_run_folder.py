@@ -3,6 +3,9 @@ and runs saved by an earlier promptkit."""
 
 import json
 import multiprocessing
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -130,3 +133,39 @@ def test_a_damaged_run_folder_is_named(model_dir, sentiment_data):
     recipe.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="promptkit.json is damaged"):
         load(run.path)
+
+
+_SAVE_THAT_HANGS = """
+import sys, time
+from pathlib import Path
+from promptkit.run_folder import RunFolder, atomic_write
+
+run = RunFolder(sys.argv[1])
+run.mark("training")
+
+def write(path):
+    path.write_bytes(b"half a prompt")
+    Path(sys.argv[2]).touch()  # the save is under way
+    time.sleep(600)
+
+atomic_write(run.file(run.PROMPT), write)
+"""
+
+
+def test_a_save_killed_midway_leaves_a_temp_that_the_next_fit_removes(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    started = tmp_path / "started"
+    saving = subprocess.Popen([sys.executable, "-c", _SAVE_THAT_HANGS, str(run.path), str(started)])
+    try:
+        while not started.exists():
+            assert saving.poll() is None, "the save ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        saving.kill()
+        saving.wait()
+    (run.path / ".prompt.safetensors.mine").write_text("not promptkit's")
+    (left,) = run.leftover_temps()
+    assert left.name.startswith(".prompt.safetensors.") and left.read_bytes() == b"half a prompt"
+    run.prepare(resume=False, overwrite=True)
+    names = sorted(p.name for p in run.path.iterdir())
+    assert names == [".prompt.safetensors.mine", run.MARKER]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from conftest import run_config, sentiment_rows
 
 import promptkit
 from promptkit.config import validate_config
+from promptkit.ensemble import ENSEMBLE_FILE
 from promptkit.pipeline import fit
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
@@ -207,3 +210,71 @@ def test_serve_reports_mistakes_without_a_traceback(runs, tmp_path):
         assert waits.exit_code == 2 and f"finite 0 or more, not {wait}" in waits.output
     port = serve(str(runs["mood"]), "--port", "99999")
     assert port.exit_code == 2 and "Traceback" not in port.output
+
+
+def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import promptkit.host
+    import promptkit.serve
+    from promptkit.cli import app
+    from promptkit.run_folder import RunFolder
+
+    loaded = []
+
+    def load(named, device):
+        loaded.append(named)
+        return SimpleNamespace(tasks=list(named))
+
+    monkeypatch.setattr(promptkit.host, "load", load)
+    served = []
+    monkeypatch.setattr(promptkit.serve, "serve", lambda *args: served.append(args))
+
+    def serve(*args: str):
+        return CliRunner().invoke(app, ["serve", *args], catch_exceptions=False)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = serve(str(runs["mood"]), "--port", port)
+    assert busy.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.output
+    nowhere = serve(str(runs["mood"]), "--host", "no-such-host.invalid")
+    assert nowhere.exit_code == 2 and "cannot listen on no-such-host.invalid" in nowhere.output
+    assert not loaded
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(runs["mood"], unfinished)
+    RunFolder(unfinished).mark("training")
+    warned = serve(str(unfinished), "--port", str(_port()))
+    assert warned.exit_code == 0 and "has not finished training" in warned.output
+    assert "serving its best epoch so far" in warned.output and loaded
+    any_port = serve(str(runs["mood"]), "--port", "0")
+    port = served[-1][2]
+    assert any_port.exit_code == 0 and port > 0 and f"127.0.0.1:{port}" in any_port.output
+
+
+def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
+    runs, tmp_path, monkeypatch
+):
+    import promptkit.host
+
+    joint = tmp_path / "joint"
+    shutil.copytree(runs["writer"], joint)
+    document = json.loads((joint / "promptkit.json").read_text())
+    document["recipe"]["ensemble"] = {"members": [{}, {}]}
+    (joint / "promptkit.json").write_text(json.dumps(document))
+    monkeypatch.setattr(promptkit.host, "load_run", lambda *args: pytest.fail("a run loaded"))
+    with pytest.raises(promptkit.PromptkitError, match="is an ensemble trained jointly"):
+        promptkit.load({"mood": runs["mood"], "joint": joint})
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / ENSEMBLE_FILE).write_text("{}")
+    with pytest.raises(promptkit.PromptkitError, match=r"is an ensemble of runs: .* \(NAME=RUN"):
+        promptkit.load({"mood": runs["mood"], "saved": saved})
+
+
+def test_an_empty_input_is_answered_as_predict_answers_it(server, runs):
+    inputs = ["", "so bad"]
+    response = server.post(task="mood", inputs=inputs)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == promptkit.load(runs["mood"]).predict(inputs)

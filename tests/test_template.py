@@ -78,6 +78,24 @@ def test_jinja_renders_first_and_inserts_data_not_markup():
     assert [s.kind for s in no_title] == ["input", "text", "mask"]
 
 
+def test_private_use_characters_are_text_in_templates_and_data():
+    plain = Template("<x> \ue000 \ue001 [MASK]").render({"x": "a\ue000"})
+    assert [(s.kind, s.text) for s in plain] == [
+        ("input", "a\ue000"),
+        ("text", " \ue000 \ue001 "),
+        ("mask", ""),
+    ]
+    jinja = Template("{{ v }} \ue000 [MASK]").render({"v": "b\ue001\ue000"})
+    assert [(s.text, s.data) for s in jinja[:2]] == [("b\ue001\ue000", True), (" \ue000 ", False)]
+
+
+def test_what_a_jinja_filter_block_builds_is_data():
+    t = Template('{% filter replace("x", "[P9]") %}x{% endfilter %} [P1] <x> [MASK]')
+    rendered = t.render({"x": "a"})
+    assert [(s.kind, s.text) for s in rendered[:2]] == [("text", "[P9]"), ("text", " ")]
+    assert rendered[0].data and [s.slot for s in rendered if s.kind == "soft"] == [0]
+
+
 def test_jinja_named_slots_keep_their_ids():
     t = Template("{% if a %}[P1]{% endif %}[P2] <x>")
     rendered = t.render({"x": "v", "a": False})

@@ -51,6 +51,13 @@ def test_candidates_are_checked_before_any_model_loads(model_dir, sentiment_data
         score_templates(config, ["<x> [MASK]", "[MASK] <x>"])  # a causal LM reads nothing
 
 
+def test_an_unmeasured_metric_is_refused_before_any_model_loads(sentiment_data, tmp_path):
+    trainer = {"metric": "bleu", "progress": False}
+    config = validate_config(run_config(tmp_path / "nowhere", sentiment_data, trainer=trainer))
+    with pytest.raises(ConfigError, match=r"trainer.metric 'bleu' is not measured: choose one"):
+        score_templates(config, ["<x> it was [MASK]."])
+
+
 def test_the_catalog_offers_its_hard_templates_with_the_same_inputs(model_dir, sentiment_data):
     config = config_for(model_dir, sentiment_data)
     found = catalog_candidates(config)

@@ -6,10 +6,12 @@ import signal
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from conftest import run_config
 from safetensors.torch import load_file
 
-from promptkit.config import validate_config
+from promptkit.config import TrainerConfig, validate_config
 from promptkit.errors import (
     BackboneMismatchError,
     ConfigError,
@@ -20,6 +22,7 @@ from promptkit.model import PromptModel
 from promptkit.pipeline import fit
 from promptkit.predictor import load
 from promptkit.run_folder import RunFolder
+from promptkit.train import _accelerator
 
 
 def metrics_lines(run_dir):
@@ -251,3 +254,28 @@ def test_fp16_on_the_cpu_says_it_is_not_used(model_dir, sentiment_data):
     )
     result = fit(validate_config(config))
     assert "fp16 needs a GPU: not used" in (result.run_dir / "train.log").read_text()
+
+
+def test_fits_with_other_mixed_precisions_run_in_one_process(model_dir, sentiment_data):
+    first = run_config(model_dir("bert"), sentiment_data, trainer={"epochs": 1})
+    first["trainer"]["mixed_precision"] = "fp16"  # on the CPU: full precision, with a note
+    fit(validate_config(first))
+    second = {**first, "output_dir": str(sentiment_data / "bf16")}
+    second["trainer"] = {**first["trainer"], "mixed_precision": "bf16"}
+    result = fit(validate_config(second))
+    assert AcceleratorState().mixed_precision == "bf16"
+    assert result.run_dir.joinpath("prompt.safetensors").is_file()
+
+
+@pytest.mark.parametrize("launched", [False, True])
+def test_accelerate_state_is_started_afresh_unless_accelerate_launch_made_it(
+    launched, monkeypatch, tmp_path
+):
+    if launched:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    else:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    Accelerator(cpu=True)
+    AcceleratorState._shared_state["made_before"] = True
+    _accelerator(TrainerConfig(), RunFolder(tmp_path))
+    assert ("made_before" in AcceleratorState._shared_state) is launched

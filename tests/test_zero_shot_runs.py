@@ -7,9 +7,11 @@ import json
 
 import pytest
 from conftest import run_config
+from vision_helpers import vision_config
 
 import promptkit
 from promptkit.config import validate_config
+from promptkit.errors import ConfigError
 from promptkit.pipeline import fit
 
 TEXTS = ["the movie was great", "so bad"]
@@ -36,3 +38,57 @@ def test_a_zero_shot_run_is_scored_saved_and_loaded(model_dir, sentiment_data):
     pairs = zip(loaded.predict_proba(TEXTS), result.predictor.predict_proba(TEXTS), strict=True)
     for got, want in pairs:
         assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"head": {"type": "classifier"}, "template": "<x>"}, "the classifier head"),
+        ({"template": "<x> [P*4] [MASK]"}, r"a \[P\*n\] soft slot starts as a token sampled"),
+        ({"template": "<x> [P1:@random] [MASK]"}, r"soft slot \[P1\] starts at random"),
+        ({"prompts": {"placement": "prefix"}}, "the prefix's keys and values"),
+        (
+            {
+                "template": "<x> it was [MASK].",
+                "ensemble": {"members": [{}, {"head": {"type": "classifier"}, "template": "<x>"}]},
+            },
+            "the classifier head",
+        ),
+    ],
+)
+def test_a_zero_shot_run_of_what_starts_random_is_refused_before_loading(
+    tmp_path, sentiment_data, overrides, named
+):
+    config = run_config(tmp_path / "no-such-model", sentiment_data, trainable=["prompts", "head"])
+    config.update(overrides)
+    config["trainer"]["epochs"] = 0
+    with pytest.raises(ConfigError, match=f"trainer.epochs is 0.*{named}.*trainer.epochs: 1"):
+        fit(validate_config(config))
+    assert not (sentiment_data / "run").exists()
+
+
+def test_a_zero_shot_run_from_words_is_scored_and_notes_what_stays_untrained(
+    model_dir, sentiment_data
+):
+    config = run_config(
+        model_dir("bert"),
+        sentiment_data,
+        template="<x> [P1:it was] [MASK]",
+        head={
+            "type": "soft_verbalizer",
+            "verbalizer": {"positive": ["great"], "negative": ["bad"]},
+        },
+        trainable=["prompts", "head"],
+    )
+    config["trainer"]["epochs"] = 0
+    result = fit(validate_config(config))
+    log = (result.run_dir / "train.log").read_text()
+    assert "zero-shot (no training (trainable ['prompts', 'head'] stays as built))" in log
+
+
+def test_a_zero_shot_vision_run_is_refused_before_loading(tmp_path):
+    config = vision_config(tmp_path / "images", None, tmp_path / "run")
+    config["trainer"]["epochs"] = 0
+    with pytest.raises(ConfigError, match="a vision run's head is a new linear layer"):
+        fit(config)
+    assert not (tmp_path / "run").exists()
