@@ -278,7 +278,7 @@ def search_config(
         config.seed,
     )
     section = recipe.backbone
-    backbone = load_backbone(section.name, section.kind, section.dtype)
+    backbone = load_backbone(section.name, section.kind, section.dtype, section.quantization)
     placeholders = list(whole_words(backbone.tokenizer, template.space_before_mask).values())
     model = build_model(with_classes(recipe, classes, placeholders), classes, backbone)
     train = splits.train
