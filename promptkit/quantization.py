@@ -155,9 +155,12 @@ def quantized_layer_parameters(model: nn.Module) -> set[int]:
 
 def stored_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor a quantized model stores, by name: packed weights and their scales (a
-    quantized tensor subclass opened into its plain parts)."""
-    for name, tensor in model.state_dict().items():
-        yield from _plain_parts(name, tensor)
+    quantized tensor subclass opened into its plain parts); a tied weight once."""
+    seen: set[int] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield from _plain_parts(name, tensor.detach())
 
 
 def _plain_parts(name: str, tensor: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:

@@ -218,10 +218,12 @@ def test_two_runs_share_one_quantized_backbone_in_a_host(model_dir, sentiment_da
 def test_a_checkpoint_quantized_already_loads_as_it_is(model_dir, tmp_path):
     source = str(model_dir("llama"))
     saved = tmp_path / "nf4"
-    load_backbone(source, quantization=validate_quantization(NF4)).model.save_pretrained(saved)
+    quantized = load_backbone(source, quantization=validate_quantization(NF4))
+    quantized.model.save_pretrained(saved)
     make_tokenizer(masked=False).save_pretrained(saved)
     backbone = load_backbone(str(saved))
     assert backbone.quantization == "bitsandbytes"
+    assert backbone.fingerprint() == quantized.fingerprint()
     with pytest.raises(ConfigError, match="quantized already"):
         load_backbone(str(saved), quantization=validate_quantization(NF4))
     model = prompt_model(saved, head={"verbalizer": SENTIMENT}, **PLACEMENTS["input"])
