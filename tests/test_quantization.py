@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tokenizer, prompt_model, review_batch, run_config
+from fastapi.testclient import TestClient
 
 import promptkit
 from promptkit.backbone import load_backbone
@@ -16,6 +17,7 @@ from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.pipeline import fit
 from promptkit.quantization import stored_tensors
 from promptkit.recipe import BackboneConfig
+from promptkit.serve import create_app
 
 NF4 = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
 INT8 = {"method": "bitsandbytes", "bits": 8}
@@ -213,6 +215,9 @@ def test_two_runs_share_one_quantized_backbone_in_a_host(model_dir, sentiment_da
         promptkit.load(prefix).predict(texts[1:])[0],
     ]
     assert host.predict([("plain", texts[0]), ("prefix", texts[1])]) == alone
+    with TestClient(create_app(host)) as client:  # what `promptkit serve` runs
+        answer = client.post("/predict", json={"task": "prefix", "inputs": texts[1:]})
+    assert answer.json()["predictions"] == alone[1:]
 
 
 def test_a_checkpoint_quantized_already_loads_as_it_is(model_dir, tmp_path):
