@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from promptkit.errors import ConfigError
@@ -49,7 +49,7 @@ class BitsAndBytesQuantization(Strict):
             ]
             if given:
                 raise ValueError(
-                    f"{', '.join(given)} apply to 4-bit weights only: drop them, or set bits: 4."
+                    f"for 4-bit weights only: {', '.join(given)}; drop it, or set bits: 4."
                 )
         return self
 
@@ -75,7 +75,6 @@ class TorchAoQuantization(Strict):
     method: Literal["torchao"] = "torchao"
     quant_type: str = Field(
         "Int8WeightOnlyConfig",
-        pattern=r"^[A-Za-z0-9_]+Config$",
         description="a torchao.quantization config class, e.g. Int8WeightOnlyConfig, "
         "Int4WeightOnlyConfig (GPU)",
     )
@@ -83,6 +82,16 @@ class TorchAoQuantization(Strict):
         default_factory=dict, description="its keyword arguments, e.g. {group_size: 32}"
     )
     modules_to_not_convert: list[str] | None = Field(None, description="modules left unquantized")
+
+    @field_validator("quant_type")
+    @classmethod
+    def _a_config_class(cls, value: str) -> str:
+        if not value.isidentifier() or not value.endswith("Config"):
+            raise ValueError(
+                "name a torchao.quantization config class, e.g. Int8WeightOnlyConfig or "
+                "Int4WeightOnlyConfig"
+            )
+        return value
 
     def to_transformers(self, dtype: str) -> Any:
         """transformers' ``TorchAoConfig``; ``dtype`` is the backbone's (torchao keeps it)."""
