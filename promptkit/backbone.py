@@ -180,7 +180,7 @@ def load_backbone(
 def _quantized(name: str, quantization: QuantizationConfigs, dtype: str) -> dict[str, object]:
     """The ``quantization_config`` option to load ``name`` with; a checkpoint that is
     quantized already cannot be quantized again."""
-    options = {"quantization_config": quantization.to_transformers(dtype)}
+    options = {"quantization_config": quantization.to_transformers(_DTYPES[dtype])}
     with _loading(name) as local:
         stored = getattr(AutoConfig.from_pretrained(name, **local), "quantization_config", None)
     if stored is not None:

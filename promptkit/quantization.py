@@ -18,7 +18,6 @@ from torch import nn
 from promptkit.errors import ConfigError
 from promptkit.schema import Strict, tagged_union
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # torchao configs measured to run on the CPU (torchao 0.18); the others need a GPU.
 TORCHAO_ON_CPU = ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig")
 
@@ -53,17 +52,23 @@ class BitsAndBytesQuantization(Strict):
                 )
         return self
 
-    def to_transformers(self, dtype: str) -> Any:
+    def to_transformers(self, dtype: torch.dtype) -> Any:
         """transformers' ``BitsAndBytesConfig``; ``dtype`` is the backbone's."""
         _installed("bitsandbytes")
         from transformers import BitsAndBytesConfig
 
         if self.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=self.skip_modules)
+        compute_dtype = getattr(torch, self.compute_dtype) if self.compute_dtype else dtype
+        if compute_dtype == torch.float16 and not torch.cuda.is_available():
+            raise ConfigError(
+                "backbone.quantization.compute_dtype float16 runs on a GPU only, and there is "
+                "none here: use float32 or bfloat16."
+            )
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=self.quant_type or "nf4",
-            bnb_4bit_compute_dtype=_DTYPES[self.compute_dtype or dtype],
+            bnb_4bit_compute_dtype=compute_dtype,
             bnb_4bit_use_double_quant=self.use_double_quant,
             llm_int8_skip_modules=self.skip_modules,
         )
@@ -93,7 +98,7 @@ class TorchAoQuantization(Strict):
             )
         return value
 
-    def to_transformers(self, dtype: str) -> Any:
+    def to_transformers(self, dtype: torch.dtype) -> Any:
         """transformers' ``TorchAoConfig``; ``dtype`` is the backbone's (torchao keeps it)."""
         del dtype
         _installed("torchao")

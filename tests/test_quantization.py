@@ -119,10 +119,19 @@ def test_quantization_options_that_do_not_fit_are_refused_at_loading(model_dir):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
-def test_a_gpu_only_quantization_is_refused_on_the_cpu(model_dir):
-    int4 = {"method": "torchao", "quant_type": "Int4WeightOnlyConfig"}
-    with pytest.raises(ConfigError, match="Int4WeightOnlyConfig needs a GPU.*Int8WeightOnly"):
-        quantized_model(model_dir("llama"), int4)
+@pytest.mark.parametrize(
+    ("quantization", "message"),
+    [
+        (
+            {"method": "torchao", "quant_type": "Int4WeightOnlyConfig"},
+            "Int4WeightOnlyConfig needs a GPU.*Int8WeightOnly",
+        ),
+        ({"bits": 4, "compute_dtype": "float16"}, "compute_dtype float16 runs on a GPU only"),
+    ],
+)
+def test_a_gpu_only_quantization_is_refused_on_the_cpu(model_dir, quantization, message):
+    with pytest.raises(ConfigError, match=message):
+        quantized_model(model_dir("llama"), quantization)
 
 
 def test_a_missing_package_is_named(model_dir, monkeypatch):
@@ -201,7 +210,9 @@ def test_a_config_that_asks_for_quantization_refuses_a_full_backbone(model_dir, 
     folder = model_dir("llama")
     backbone = {"name": str(folder), "quantization": NF4}
     config = run_config(folder, sentiment_data, backbone=backbone)
-    with pytest.raises(BackboneMismatchError, match="not quantized but backbone.quantization"):
+    with pytest.raises(
+        BackboneMismatchError, match="quantized with nothing, but backbone.quantization asks"
+    ):
         fit(validate_config(config), backbone=load_backbone(str(folder)))
 
 

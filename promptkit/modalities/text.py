@@ -137,10 +137,6 @@ def _backbone(section: Any, given: Any) -> Any:
     )
 
 
-def _quantized_as(method: str | None) -> str:
-    return "not quantized" if method is None else f"quantized with {method}"
-
-
 def _the_configs(section: Any, backbone: Any) -> Any:
     """``backbone``, checked to be the one ``section`` names (the run records that name):
     by its name, else by fingerprint."""
@@ -150,7 +146,7 @@ def _the_configs(section: Any, backbone: Any) -> Any:
     wanted = section.quantization.method if section.quantization else None
     if wanted is not None and backbone.quantization != wanted:
         raise BackboneMismatchError(
-            f"the backbone given is {_quantized_as(backbone.quantization)} but "
+            f"the backbone given is quantized with {backbone.quantization or 'nothing'}, but "
             f"backbone.quantization asks for {wanted}: pass a backbone loaded with it, or "
             "drop backbone.quantization."
         )
