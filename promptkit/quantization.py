@@ -141,8 +141,8 @@ def _installed(package: str) -> None:
 def method_of(model: nn.Module) -> str | None:
     """How a loaded model's weights are quantized ("bitsandbytes", "torchao", ...), whether
     by a config or by its checkpoint; None when they are not."""
-    config = getattr(model.config, "quantization_config", None)
-    if not getattr(model, "is_quantized", False) or config is None:
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    if not getattr(model, "is_quantized", False) or config is None:  # a timm model has neither
         return None
     method = config.get("quant_method") if isinstance(config, dict) else config.quant_method
     return str(getattr(method, "value", method))
