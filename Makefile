@@ -12,7 +12,7 @@ SEED ?= 20261203
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,examples]"
+	$(BIN)/pip install -q -e ".[dev,examples,quantization]"
 	touch $(STAMP)
 
 assets: $(STAMP)

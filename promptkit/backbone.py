@@ -26,6 +26,7 @@ from promptkit import hub
 from promptkit.errors import ConfigError
 from promptkit.layers import layers_in_order
 from promptkit.progress import Report, timed
+from promptkit.quantization import QuantizationConfigs, method_of, stored_tensors
 from promptkit.tasks.base import IGNORED
 
 BackboneKind = Literal["masked_lm", "causal_lm", "seq2seq_lm", "encoder"]
@@ -88,7 +89,9 @@ class Backbone:
     def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
         """A hash of the architecture and every weight: the same only for the same backbone,
         so trained prompts are never loaded onto another one unnoticed (``scheme`` 1, of
-        runs saved by promptkit 0.1, hashed the input embeddings only)."""
+        runs saved by promptkit 0.1, hashed the input embeddings only). A quantized
+        backbone's hashes its quantization method and its weights as stored, so it never
+        matches the full backbone it was quantized from."""
         config = self.model.config
         tag = ";".join(
             f"{key}={getattr(config, key, None)}"
@@ -96,7 +99,15 @@ class Backbone:
         )
         if scheme == 1:
             return fingerprint(tag, [("", self.model.get_input_embeddings().weight)], scheme)
-        return fingerprint(f"{type(self.model).__name__};{tag}", self.model.named_parameters())
+        tag = f"{type(self.model).__name__};{tag}"
+        if self.quantization is not None:  # the weights as stored: packed, with their scales
+            return fingerprint(f"{tag};quantized={self.quantization}", stored_tensors(self.model))
+        return fingerprint(tag, self.model.named_parameters())
+
+    @property
+    def quantization(self) -> str | None:
+        """How the weights are quantized ("bitsandbytes", "torchao", ...), None if not."""
+        return method_of(self.model)
 
 
 def fingerprint(
@@ -133,7 +144,10 @@ def detect_kind(config: PretrainedConfig) -> BackboneKind:
 
 
 def load_backbone(
-    name: str, kind: BackboneKind | Literal["auto"] = "auto", dtype: str = "float32"
+    name: str,
+    kind: BackboneKind | Literal["auto"] = "auto",
+    dtype: str = "float32",
+    quantization: QuantizationConfigs | None = None,
 ) -> Backbone:
     """Load a backbone from a hub id or a local folder.
 
@@ -141,9 +155,13 @@ def load_backbone(
         name: hub id or path.
         kind: "auto" reads it from the config's architectures.
         dtype: "float32", "bfloat16", "float16" or "float64".
+        quantization: how to quantize the weights while loading (a
+            ``promptkit.quantization`` config); a checkpoint quantized already loads as it
+            is, without one.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a backbone is named by a folder or hub id, not {name!r}.")
+    quantized = {} if quantization is None else _quantized(name, quantization, dtype)
     loading = timed(f"loading backbone {name} ({dtype})")
     with loading, _bars_as_shown(), _loading(name) as options:
         tokenizer, detected = load_tokenizer(name)
@@ -154,7 +172,7 @@ def load_backbone(
             )
         kind = detected if kind == "auto" else kind
         model, info = _LOADERS[kind].from_pretrained(
-            name, dtype=_DTYPES[dtype], output_loading_info=True, **options
+            name, dtype=_DTYPES[dtype], output_loading_info=True, **quantized, **options
         )
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -180,6 +198,21 @@ def parameter_count(name: str, kind: BackboneKind | Literal["auto"] = "auto") ->
 def dtype_bytes(dtype: str) -> int:
     """Bytes per parameter of a ``backbone.dtype``."""
     return _DTYPES[dtype].itemsize
+
+
+def _quantized(name: str, quantization: QuantizationConfigs, dtype: str) -> dict[str, object]:
+    """The ``quantization_config`` option to load ``name`` with; a checkpoint that is
+    quantized already cannot be quantized again."""
+    options = {"quantization_config": quantization.to_transformers(_DTYPES[dtype])}
+    with _loading(name) as local:
+        stored = getattr(AutoConfig.from_pretrained(name, **local), "quantization_config", None)
+    if stored is not None:
+        method = stored["quant_method"] if isinstance(stored, dict) else stored.quant_method
+        raise ConfigError(
+            f"backbone {name!r} is quantized already ({method}, by its checkpoint): drop "
+            "backbone.quantization, it loads quantized as it is."
+        )
+    return options
 
 
 def compile_layers(model: PreTrainedModel) -> None:
@@ -243,6 +276,8 @@ def _loading(name: str) -> Iterator[dict[str, bool]]:
         yield options
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"backbone {name!r} cannot be loaded: {err}") from None
+    except ImportError as err:  # a quantized checkpoint whose package is not installed
+        raise ConfigError(f"backbone {name!r} needs a package to load: {err}") from None
 
 
 def _cached(name: str) -> bool:

@@ -303,7 +303,7 @@ def search_config(
     train = splits.train
     check_labels(classes, train.examples, train.labels, per_class, candidates)
     section = recipe.backbone
-    backbone = load_backbone(section.name, section.kind, section.dtype)
+    backbone = load_backbone(section.name, section.kind, section.dtype, section.quantization)
     placeholders = list(whole_words(backbone.tokenizer, template.space_before_mask).values())
     model = build_model(with_classes(recipe, classes, placeholders), classes, backbone)
     return search_label_words(

@@ -306,8 +306,9 @@ def build_model(
         raise ConfigError(
             f"a {config.head.type} head needs its labels: set head.classes or give data."
         )
+    section = config.backbone
     backbone = backbone or load_backbone(
-        config.backbone.name, config.backbone.kind, config.backbone.dtype
+        section.name, section.kind, section.dtype, section.quantization
     )
     if config.backbone.compile:
         compile_layers(backbone.model)

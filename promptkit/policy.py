@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from promptkit.errors import ConfigError
+from promptkit.quantization import quantized_layer_parameters
 
 if TYPE_CHECKING:
     from promptkit.tasks import Task
@@ -46,6 +47,7 @@ def parameter_groups(
     }
     claimed: set[int] = set()
     chosen: dict[str, list[nn.Parameter]] = {}
+    quantized = quantized_layer_parameters(backbone)
     for group, params in candidates.items():
         if group not in policy:
             continue
@@ -55,6 +57,8 @@ def parameter_groups(
             del chosen[group]
         elif not chosen[group]:
             raise ConfigError(_EMPTY[group])
+        elif any(id(p) in quantized for p in chosen[group]):
+            raise ConfigError(_ON_QUANTIZED.format(group=group))
     for module in (prompts, head, backbone):
         module.requires_grad_(False)
     for params in chosen.values():
@@ -173,6 +177,11 @@ class PolicyModule(nn.Module):
         return sum(p.numel() for params in self.groups.values() for p in params)
 
 
+_ON_QUANTIZED = (
+    "trainable includes {group!r}, which would train the backbone's quantized layers (their "
+    "weights, or the biases beside them), and quantized layers stay frozen: train prompts, a "
+    "head or norm instead, or load the backbone unquantized (drop backbone.quantization)."
+)
 _EMPTY = {
     "prompts": "trainable includes 'prompts' but there are none (no soft slot [P1], [P*n] in "
     "the template, or vpt.tokens: 0): add some, or drop 'prompts'.",

@@ -136,7 +136,7 @@ def load(
         raise BackboneMismatchError(
             f"{run_dir} was trained on {document['backbone']['name']} (fingerprint {expected}), "
             f"but the backbone given has fingerprint {found}: load it onto the backbone it was "
-            "trained on."
+            f"trained on.{_quantized_hint(recipe)}"
         )
     model.load_trained_state(run.read_prompt())
     if getattr(recipe, "demonstrations", None) is not None:
@@ -145,6 +145,18 @@ def load(
             recipe, model.template, records, model.classes
         )
     return Predictor(model.to(device).eval())
+
+
+def _quantized_hint(recipe: Any) -> str:
+    """What a mismatch means for a run trained on a backbone quantized while loading."""
+    quantization = getattr(getattr(recipe, "backbone", None), "quantization", None)
+    if quantization is None:
+        return ""
+    return (
+        f" It was trained on that backbone quantized with {quantization.method}: the same "
+        "backbone quantized otherwise, or not at all, computes with other weights and counts "
+        "as another one (leave backbone= out to load it quantized as the run's recipe says)."
+    )
 
 
 def _device(device: Any) -> torch.device:

@@ -15,6 +15,7 @@ from promptkit.heads.verbalizer import VerbalizerConfig
 from promptkit.joint import JointEnsembleConfig
 from promptkit.placements import PlacementConfigs
 from promptkit.placements.input import InputConfig
+from promptkit.quantization import QuantizationConfigs
 from promptkit.schema import Strict, absolute_if_local
 
 
@@ -30,6 +31,11 @@ class BackboneConfig(Strict):
         False,
         description="torch.compile each layer of the backbone (the first steps compile it: "
         "worth it only for long runs where it is measured to pay)",
+    )
+    quantization: QuantizationConfigs | None = Field(
+        None,
+        description="quantize the frozen weights while loading (bitsandbytes or torchao); a "
+        "checkpoint quantized already needs none",
     )
 
     _absolute_name = field_validator("name")(absolute_if_local)

@@ -145,7 +145,9 @@ def _backbone(section: Any, given: Any) -> Any:
             "backbone= takes a loaded backbone (promptkit.backbone.load_backbone) or a model's "
             f"folder or hub id, not a {type(given).__name__}."
         )
-    return load_backbone(str(given or section.name), section.kind, section.dtype)
+    return load_backbone(
+        str(given or section.name), section.kind, section.dtype, section.quantization
+    )
 
 
 def _the_configs(section: Any, backbone: Any) -> Any:
@@ -154,9 +156,16 @@ def _the_configs(section: Any, backbone: Any) -> Any:
     from promptkit.backbone import load_backbone
     from promptkit.schema import absolute_if_local
 
+    wanted = section.quantization.method if section.quantization else None
+    if wanted is not None and backbone.quantization != wanted:
+        raise BackboneMismatchError(
+            f"the backbone given is quantized with {backbone.quantization or 'nothing'}, but "
+            f"backbone.quantization asks for {wanted}: pass a backbone loaded with it, or "
+            "drop backbone.quantization."
+        )
     if absolute_if_local(backbone.name) == section.name:
         return backbone
-    named = load_backbone(section.name, section.kind, section.dtype)
+    named = load_backbone(section.name, section.kind, section.dtype, section.quantization)
     if named.fingerprint() != backbone.fingerprint():
         raise BackboneMismatchError(
             f"the backbone given ({backbone.name}) is not the one backbone.name names "
