@@ -134,7 +134,7 @@ def _installed(package: str) -> None:
     if importlib.util.find_spec(package) is None:
         raise ConfigError(
             f"backbone.quantization with {package} needs the {package} package, which is not "
-            f"installed: pip install \"promptkit[quantization]\" (or drop backbone.quantization)."
+            f'installed: pip install "promptkit[quantization]" (or drop backbone.quantization).'
         )
 
 

@@ -141,7 +141,7 @@ def test_a_missing_package_is_named(model_dir, monkeypatch):
         "find_spec",
         lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a),
     )
-    with pytest.raises(ConfigError, match="pip install bitsandbytes"):
+    with pytest.raises(ConfigError, match=r"pip install \"promptkit\[quantization\]\""):
         quantized_model(model_dir("llama"), NF4)
 
 
