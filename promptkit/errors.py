@@ -33,6 +33,10 @@ class DataWarning(UserWarning):
     """Data that promptkit used in part (rows left out, examples cut)."""
 
 
+class EmptyAnswersWarning(UserWarning):
+    """Answers a generator wrote empty, counted with their likely cause and its fix."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal (Ctrl-C, SIGTERM) after saving its resume state.
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from promptkit.config import load_config, validate_config
 from promptkit.data import Split
-from promptkit.errors import ConfigError
+from promptkit.errors import ConfigError, EmptyAnswersWarning
 from promptkit.inference import evaluate
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
@@ -110,7 +110,8 @@ def fit(
         test = None
         if splits.test is not None:
             progress = config.trainer.progress and run.writer
-            test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, progress)
+            with run.logging(EmptyAnswersWarning, "test"):
+                test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, progress)
             run.append_metrics({"split": "test", **test})
         run.mark("finished")
     return FitResult(
@@ -127,9 +128,13 @@ def _untrained(
     model: Any, config: Any, validation: Split, run: RunFolder, fingerprint: str
 ) -> dict[str, Any]:
     """A zero-shot run (``trainer.epochs: 0``): the prompt as built (with what its head
-    estimated from the data) is scored on the validation split and saved."""
+    estimated from the data) is scored on the validation split and saved. A generator
+    writes answers only when ``trainer.metric`` scores them (as a trained run's epochs do)."""
     batch_size = config.trainer.eval_batch_size
-    metrics = evaluate_split(model, validation, batch_size, config.trainer.progress and run.writer)
+    progress = config.trainer.progress and run.writer
+    wanted = [config.trainer.metric or model.task.default_metric]
+    with run.logging(EmptyAnswersWarning, "zero-shot validation"):
+        metrics = evaluate(model, validation, None, batch_size, None, progress, wanted)
     run.append_metrics({"epoch": 0, "split": "validation", **metrics})
     run.log(
         "zero-shot (no training): validation "
