@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -163,8 +163,16 @@ def evaluate(
             columns = model.data_columns()
             rows, column, data_config = _labelled(run_dir, data, label_column, columns, model.task)
             labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
-            metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
+            with _empty_answers_said():
+                metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
     console.print(json.dumps(metrics), markup=False, soft_wrap=True)
+
+
+def _empty_answers_said() -> AbstractContextManager[None]:
+    """Within the block, a generator's count of empty answers is a line on stderr."""
+    from promptkit.errors import EmptyAnswersWarning, diverted
+
+    return diverted(EmptyAnswersWarning, lambda line: _say("warning:", line))
 
 
 def _labelled(
@@ -259,7 +267,8 @@ def predict(
             scored = predictor.predict_proba(rows)
             results = [{"prediction": task.chosen(p), "scores": p} for p in scored]
         else:
-            texts = predictor.generate(rows, **_key_values(decoding or []))
+            with _empty_answers_said():
+                texts = predictor.generate(rows, **_key_values(decoding or []))
             results = [{"prediction": text} for text in texts]
         lines = [
             json.dumps({**row, **result}, default=str) + "\n"

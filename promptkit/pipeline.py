@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from promptkit.config import load_config, validate_config
 from promptkit.data import Split
-from promptkit.errors import ConfigError, EmptyAnswersWarning
+from promptkit.errors import ConfigError, EmptyAnswersWarning, diverted
 from promptkit.inference import evaluate
 from promptkit.modalities import modality_of
 from promptkit.policy import PolicyModule
@@ -110,7 +110,7 @@ def fit(
         test = None
         if splits.test is not None:
             progress = config.trainer.progress and run.writer
-            with run.logging(EmptyAnswersWarning, "test"):
+            with diverted(EmptyAnswersWarning, lambda line: run.log(f"test: {line}")):
                 test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, progress)
             run.append_metrics({"split": "test", **test})
         run.mark("finished")
@@ -133,7 +133,7 @@ def _untrained(
     batch_size = config.trainer.eval_batch_size
     progress = config.trainer.progress and run.writer
     wanted = [config.trainer.metric or model.task.default_metric]
-    with run.logging(EmptyAnswersWarning, "zero-shot validation"):
+    with diverted(EmptyAnswersWarning, lambda line: run.log(f"validation: {line}")):
         metrics = evaluate(model, validation, None, batch_size, None, progress, wanted)
     run.append_metrics({"epoch": 0, "split": "validation", **metrics})
     run.log(

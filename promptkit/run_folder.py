@@ -26,7 +26,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -393,21 +392,6 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.file(self.LOG), "a", encoding="utf-8") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}\n")
-
-    @contextlib.contextmanager
-    def logging(self, category: type[Warning], where: str) -> Iterator[None]:
-        """Within the block, warnings of ``category`` go to train.log (each line starting
-        with ``where``) instead of to the user; other warnings pass."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-        for warning in caught:
-            if issubclass(warning.category, category):
-                self.log(f"{where}: {warning.message}")
-            else:
-                warnings.warn_explicit(
-                    warning.message, warning.category, warning.filename, warning.lineno
-                )
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The lines of metrics.jsonl so far."""

@@ -34,7 +34,13 @@ from transformers import get_scheduler
 
 from promptkit.config import TrainerConfig
 from promptkit.data import EncodedDataset, Split
-from promptkit.errors import ConfigError, EmptyAnswersWarning, TrainingError, TrainingInterrupted
+from promptkit.errors import (
+    ConfigError,
+    EmptyAnswersWarning,
+    TrainingError,
+    TrainingInterrupted,
+    diverted,
+)
 from promptkit.inference import evaluate
 from promptkit.interrupts import StopRequest, stop_signals
 from promptkit.policy import PolicyModule
@@ -237,7 +243,9 @@ class Trainer:
         train_loss = self._agreed_mean(state.epoch_loss / max(state.step_in_epoch, 1))
         state.step_in_epoch, state.epoch_loss = 0, 0.0
         self.run.log(f"epoch {state.epoch}: validating")
-        with self.run.logging(EmptyAnswersWarning, f"epoch {state.epoch} validation"):
+        with diverted(
+            EmptyAnswersWarning, lambda line: self.run.log(f"epoch {state.epoch}: {line}")
+        ):
             metrics = self.evaluate()
         score = metrics[self.metric]
         improved = self._unwrapped.task.improves(self.metric, score, state.best)
