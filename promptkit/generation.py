@@ -111,7 +111,7 @@ def write(
     return [_answer(text, config.stop) for text in texts]
 
 
-def answer_in(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+def _answer_in(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """The answer in a written text: from its first non-whitespace character up to the
     first stop string from there on; and whether a stop string ended it."""
     text = text.lstrip()
@@ -121,14 +121,14 @@ def answer_in(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def _answer(text: str, stop: Sequence[str]) -> Written:
     """The answer in a written text (without the special tokens), and why it is empty."""
-    answer, _ = answer_in(text, stop)
+    answer, _ = _answer_in(text, stop)
     if answer:
         return Written(answer)
     return Written("", "end" if not text else "whitespace" if not text.strip() else "stop")
 
 
 class StopInAnswer(StoppingCriteria):
-    """Ends a row once its answer holds a stop string, by the rule of ``answer_in`` (unlike
+    """Ends a row once its answer holds a stop string, by the rule of ``_answer_in`` (unlike
     transformers' ``stop_strings``, whitespace before the first word does not end it). The
     rows are what generate() writes: the injectors give the prompt as embeddings, so only
     the new tokens, after an encoder-decoder's special start token.
@@ -143,7 +143,7 @@ class StopInAnswer(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
-        ended = [answer_in(text, self.stop)[1] for text in texts]
+        ended = [_answer_in(text, self.stop)[1] for text in texts]
         return torch.tensor(ended, dtype=torch.bool, device=input_ids.device)
 
 

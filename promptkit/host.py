@@ -195,8 +195,8 @@ class Host:
             answers[i] = Answer(self._list[rows[i].task].task.chosen(probs), probs)
         written = sorted(set(range(len(rows))) - set(scored))
         texts = self._written([rows[i] for i in written], min(batch_size, 16), decoding or {})
-        for i, text in zip(written, texts, strict=True):
-            answers[i] = Answer(text.text, empty=text.empty)
+        for i, answer in zip(written, texts, strict=True):
+            answers[i] = Answer(answer.text, empty=answer.empty)
         return answers
 
     def _all_of(self, rows: Sequence[Row], classes: bool) -> None:

@@ -26,6 +26,7 @@ from promptkit.cli import app
 from promptkit.config import validate_config
 from promptkit.errors import EmptyAnswersWarning
 from promptkit.host import Host
+from promptkit.modalities import modality_of
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
 from promptkit.serve import create_app
@@ -127,8 +128,12 @@ SUBJECTS = ["the movie", "the film", "the plot", "the story"]
 def text_data(folder, targets):
     """train / validation / test jsonl files whose rows (distinct inputs) have the given
     targets."""
+    rows = [{"text": text, "target": t} for text, t in zip(SUBJECTS, targets, strict=False)]
+    write_rows(folder, rows)
+
+
+def write_rows(folder, rows):
     for name in ("train", "validation", "test"):
-        rows = [{"text": text, "target": t} for text, t in zip(SUBJECTS, targets)]
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -280,20 +285,14 @@ def test_predict_and_eval_count_empty_answers_on_stderr(tmp_path):
 def test_a_list_of_references_is_one_input_with_several_answers(model_dir, tmp_path):
     """Lists of targets, and the same rows written one reference per row, train on the
     same examples and score the same."""
-    text_data(tmp_path, [["it was great", "so great"], "bad", ["fun", "fun", "it was fun"]])
+    references = [["it was great", "so great"], ["bad"], ["fun", "fun", "it was fun"]]
+    text_data(tmp_path, [*references[:1], "bad", *references[2:]])
     listed = validate_config(generator_config(model_dir("gpt2"), tmp_path, metric="bleu"))
     flat = tmp_path / "flat"
     flat.mkdir()
-    rows = [
-        {"text": text, "target": t}
-        for text, targets in zip(SUBJECTS, [["it was great", "so great"], ["bad"], ["fun"] * 2])
-        for t in targets
-    ] + [{"text": SUBJECTS[2], "target": "it was fun"}]
-    for name in ("train", "validation", "test"):
-        (flat / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = zip(SUBJECTS, references, strict=False)
+    write_rows(flat, [{"text": text, "target": t} for text, refs in pairs for t in refs])
     spread = validate_config(generator_config(model_dir("gpt2"), flat, metric="bleu"))
-    from promptkit.modalities import modality_of
-
     prepared = [modality_of(c.model_dump()).prepare(c).splits for c in (listed, spread)]
     assert [len(s.train) for s in prepared] == [6, 6]
     assert prepared[0].train.labels == prepared[1].train.labels
