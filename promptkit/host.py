@@ -130,9 +130,13 @@ class Host:
                 without, ``(task, item)`` pairs (plain items when one task is hosted).
             task: the task of every item.
             batch_size: rows per backbone forward.
+
+        Empty written answers are counted in an ``EmptyAnswersWarning``.
         """
         rows = self.bind(checked_items(items, batch_size), task)
-        return [answer.value for answer in self.answer(rows, batch_size)]
+        answers = self.answer(rows, batch_size)
+        self._warn_empty(rows, answers)
+        return [answer.value for answer in answers]
 
     def predict_proba(
         self, items: Sequence[Any], task: str | None = None, batch_size: int = 64
@@ -152,7 +156,7 @@ class Host:
         rows = self.bind(checked_items(items, batch_size), task)
         self._all_of(rows, classes=False)
         answers = self.answer(rows, batch_size, decoding)
-        warn_empty([answer.empty for answer in answers])
+        self._warn_empty(rows, answers)
         return [answer.value for answer in answers]
 
     def bind(self, items: Sequence[Any], task: str | None = None) -> list[Row]:
@@ -198,6 +202,11 @@ class Host:
         for i, answer in zip(written, texts, strict=True):
             answers[i] = Answer(answer.text, empty=answer.empty)
         return answers
+
+    def _warn_empty(self, rows: Sequence[Row], answers: Sequence[Answer]) -> None:
+        """An ``EmptyAnswersWarning`` when some of the written answers are empty."""
+        texts = [not self._list[row.task].task.has_classes for row in rows]
+        warn_empty([a.empty for a, text in zip(answers, texts, strict=True) if text])
 
     def _all_of(self, rows: Sequence[Row], classes: bool) -> None:
         for row in rows:

@@ -101,8 +101,11 @@ def test_an_empty_answer_is_counted_with_its_cause(tmp_path, cause):
     host = Host({"writer": model})
     rows = host.bind(["the movie", "a film"])
     assert [a.empty for a in host.answer(rows)] == [cause, cause]
-    with pytest.warns(EmptyAnswersWarning, match=said):
-        host.generate(["the movie"])
+    for answer in (host.generate, host.predict):
+        with pytest.warns(
+            EmptyAnswersWarning, match=f"^1 of 1 answers are empty: 1 because {said}"
+        ):
+            answer(["the movie"])
     with TestClient(create_app(host)) as client:
         body = client.post("/predict", json={"task": "writer", "inputs": ["the movie"]}).json()
     assert body["predictions"] == [""] and body["empty"] == [cause]
