@@ -12,7 +12,7 @@ import json
 import signal
 import socket
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,7 +193,8 @@ def evaluate(
 ) -> None:
     """Score a trained prompt (or a saved ensemble) on labelled data: accuracy and macro-F1,
     entity-level precision, recall and F1 for a tagger, or BLEU, chrF, ROUGE-L and the loss
-    for a generator (examples with the same input are one input with several references)."""
+    for a generator (examples with the same input, or a list of texts as the label, are one
+    input with several references; empty answers are counted on stderr)."""
     with _reported():
         _use_threads(threads)
         from promptkit.data import Split, label_indices, mapped_labels
@@ -212,11 +213,19 @@ def evaluate(
         else:
             predictor = load(run_dir)
             model = predictor.model
-            columns, empty = model.data_columns(), model.task.empty_label
-            rows, column, data_config = _labelled(run_dir, data, label_column, columns, empty)
+            columns = model.data_columns()
+            rows, column, data_config = _labelled(run_dir, data, label_column, columns, model.task)
             labels = label_indices(rows, model.classes, model.task, column, data_config.label_map)
-            metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
+            with _empty_answers_said():
+                metrics = evaluate_split(model, Split(model.examples(rows), labels), progress=True)
     console.print(json.dumps(metrics), markup=False, soft_wrap=True)
+
+
+def _empty_answers_said() -> AbstractContextManager[None]:
+    """Within the block, a generator's count of empty answers is a line on stderr."""
+    from promptkit.errors import EmptyAnswersWarning, diverted
+
+    return diverted(EmptyAnswersWarning, lambda line: _say("warning:", line))
 
 
 def _labelled(
@@ -224,13 +233,17 @@ def _labelled(
     data: str,
     label_column: str | None,
     columns: list[str],
-    empty_label: bool = False,
+    task: Any = None,
 ) -> tuple[list[dict[str, Any]], str, Any]:
     """Labelled rows read as the run reads data (its label column, label_map, invalid rows,
-    a generator's target template), with the input ``columns``; the label column and the
-    run's data settings."""
-    from promptkit.data import validate_rows, with_targets
+    a generator's target template and lists of references), with the input ``columns``;
+    the label column and the run's data settings. ``task``: the run's (default:
+    classification)."""
+    from promptkit.data import one_row_per_answer, validate_rows, with_targets
+    from promptkit.tasks import CLASSIFICATION
     from promptkit.template import Template
+
+    task = task or CLASSIFICATION
 
     modality, data_config, recipe = _run_data(run_dir)
     if label_column:
@@ -239,8 +252,8 @@ def _labelled(
     target = recipe.get("head", {}).get("target")
     if target:
         rows = with_targets(rows, data, Template(target, "head.target"), column)
-    rows = validate_rows(rows, data, columns, column, data_config.invalid, empty_label)
-    return rows, column, data_config
+    rows = validate_rows(rows, data, columns, column, data_config.invalid, task.empty_label)
+    return one_row_per_answer(rows, data, task, column), column, data_config
 
 
 def _run_data(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -279,9 +292,9 @@ def predict(
     ] = None,
     threads: Threads = None,
 ) -> None:
-    """Label each example of INPUT, or write its answer (a generator); one JSON line per
-    example: its fields, the prediction, and the class scores. RUN_DIR may be a saved
-    ensemble."""
+    """Label each example of INPUT, or write its answer (a generator: empty answers are
+    counted on stderr, with their cause); one JSON line per example: its fields, the
+    prediction, and the class scores. RUN_DIR may be a saved ensemble."""
     with _reported():
         _use_threads(threads)
         from promptkit.ensemble import Ensemble, is_ensemble
@@ -298,6 +311,11 @@ def predict(
             predictor = load(run_dir)
             task = predictor.model.task
             modality = modality_of(RunFolder(run_dir).read_recipe()["recipe"])
+        if decoding and task.has_classes:
+            raise PromptkitError(
+                f"--decoding sets how a generator writes text, but {run_dir} labels classes: "
+                "drop --decoding."
+            )
         rows = modality.read_inputs(input)
         _no_output_columns(rows, ("prediction", "scores") if task.has_classes else ("prediction",))
         if task.has_classes:
@@ -305,7 +323,8 @@ def predict(
             scored = predictor.predict_proba(rows, **shown)
             results = [{"prediction": task.chosen(p), "scores": p} for p in scored]
         else:
-            texts = predictor.generate(rows, progress=True, **_key_values(decoding or []))
+            with _empty_answers_said():
+                texts = predictor.generate(rows, progress=True, **_key_values(decoding or []))
             results = [{"prediction": text} for text in texts]
         lines = [
             json.dumps({**row, **result}, default=str) + "\n"

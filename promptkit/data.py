@@ -292,7 +292,8 @@ def load_splits(
         rows = read_rows(spec, data.dataset, data.subset)
         if target is not None:
             rows = with_targets(rows, spec, target, data.label_column)
-        return validate_rows(rows, spec, columns, data.label_column, data.invalid, task.empty_label)
+        rows = validate_rows(rows, spec, columns, data.label_column, data.invalid, task.empty_label)
+        return one_row_per_answer(rows, spec, task, data.label_column)
 
     rows = read_splits(data, read)
     names = mapped_labels(rows["train"], task, data.label_column, data.label_map)
@@ -309,6 +310,25 @@ def load_splits(
         template_inputs,
     )
     return splits, classes
+
+
+def one_row_per_answer(rows: Rows, source: str, task: Task, column: str) -> Rows:
+    """For a task that writes text, a row whose label is a list of references becomes one
+    row per reference (one input with several answers: learned from each, scored against
+    all); other rows stay as they are."""
+    if task.has_classes:
+        return rows
+    spread: Rows = []
+    for number, row in enumerate(rows, 1):
+        answers = row[column] if isinstance(row[column], list | tuple) else [row[column]]
+        bad = next((a for a in answers if not isinstance(a, str) or not a.strip()), None)
+        if bad is not None:
+            raise DataError(
+                f"{source}: row {number}, column {column!r}: a reference is {bad!r}; a list "
+                "of references holds non-empty texts only."
+            )
+        spread += [{**row, column: answer} for answer in answers]
+    return spread
 
 
 def with_targets(rows: Rows, source: str, target: Template, column: str) -> Rows:

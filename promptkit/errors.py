@@ -1,5 +1,9 @@
 """The errors promptkit raises for bad input: each says what is wrong and how to fix it."""
 
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class PromptkitError(Exception):
     """Base class of every error promptkit raises on purpose."""
@@ -31,6 +35,27 @@ class TrainingError(PromptkitError):
 
 class DataWarning(UserWarning):
     """Data that promptkit used in part (rows left out, examples cut)."""
+
+
+class EmptyAnswersWarning(UserWarning):
+    """Answers a generator wrote empty, counted with their likely cause and its fix."""
+
+
+@contextmanager
+def diverted(category: type[Warning], say: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, each warning of ``category`` goes to ``say`` (a line on the
+    command line's stderr, a run's train.log) instead of Python's warning output; other
+    warnings pass as they would."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, category):
+            say(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 class TrainingInterrupted(KeyboardInterrupt):

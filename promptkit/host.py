@@ -26,7 +26,7 @@ from promptkit.backbone import encoder_states, first_answer_logits, reading_at
 from promptkit.data import collate
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import PromptkitError
-from promptkit.generation import write
+from promptkit.generation import Written, warn_empty, write
 from promptkit.heads.base import Outputs
 from promptkit.model import PromptModel
 from promptkit.placements.mixed import MixedInjector
@@ -54,10 +54,12 @@ class Row:
 @dataclass(frozen=True)
 class Answer:
     """The answer to one row: a label, tags or a text, and the class probabilities behind
-    a label or tags (None for a text)."""
+    a label or tags (None for a text); for a text that is empty, why (a key of
+    ``promptkit.generation.EMPTY_CAUSES``)."""
 
     value: Any
     probabilities: Any = None
+    empty: str | None = None
 
 
 class Host:
@@ -128,9 +130,13 @@ class Host:
                 without, ``(task, item)`` pairs (plain items when one task is hosted).
             task: the task of every item.
             batch_size: rows per backbone forward.
+
+        Empty written answers are counted in an ``EmptyAnswersWarning``.
         """
         rows = self.bind(checked_items(items, batch_size), task)
-        return [answer.value for answer in self.answer(rows, batch_size)]
+        answers = self.answer(rows, batch_size)
+        self._warn_empty(rows, answers)
+        return [answer.value for answer in answers]
 
     def predict_proba(
         self, items: Sequence[Any], task: str | None = None, batch_size: int = 64
@@ -145,10 +151,13 @@ class Host:
         self, items: Sequence[Any], task: str | None = None, batch_size: int = 16, **decoding: Any
     ) -> list[str]:
         """The text each item's generator writes; ``decoding`` replaces every run's decoding
-        options (``num_beams=4``, ...). Items as in ``predict``, all of generators."""
+        options (``num_beams=4``, ...). Items as in ``predict``, all of generators. Empty
+        answers are counted in an ``EmptyAnswersWarning``."""
         rows = self.bind(checked_items(items, batch_size), task)
         self._all_of(rows, classes=False)
-        return [answer.value for answer in self.answer(rows, batch_size, decoding)]
+        answers = self.answer(rows, batch_size, decoding)
+        self._warn_empty(rows, answers)
+        return [answer.value for answer in answers]
 
     def bind(self, items: Sequence[Any], task: str | None = None) -> list[Row]:
         """Each item bound to its task and encoded by that task's model (errors in an item
@@ -190,9 +199,14 @@ class Host:
             answers[i] = Answer(self._list[rows[i].task].task.chosen(probs), probs)
         written = sorted(set(range(len(rows))) - set(scored))
         texts = self._written([rows[i] for i in written], min(batch_size, 16), decoding or {})
-        for i, text in zip(written, texts, strict=True):
-            answers[i] = Answer(text)
+        for i, answer in zip(written, texts, strict=True):
+            answers[i] = Answer(answer.text, empty=answer.empty)
         return answers
+
+    def _warn_empty(self, rows: Sequence[Row], answers: Sequence[Answer]) -> None:
+        """An ``EmptyAnswersWarning`` when some of the written answers are empty."""
+        texts = [not self._list[row.task].task.has_classes for row in rows]
+        warn_empty([a.empty for a, text in zip(answers, texts, strict=True) if text])
 
     def _all_of(self, rows: Sequence[Row], classes: bool) -> None:
         for row in rows:
@@ -233,9 +247,9 @@ class Host:
     @torch.inference_mode()
     def _written(
         self, rows: Sequence[Row], batch_size: int, decoding: Mapping[str, Any]
-    ) -> list[str]:
+    ) -> list[Written]:
         """Texts, one ``generate()`` per batch of rows whose runs decode alike."""
-        texts = [""] * len(rows)
+        texts = [Written("")] * len(rows)
         groups: dict[str, list[int]] = {}
         configs = {}
         for index, row in enumerate(rows):

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from promptkit import catalog
 from promptkit.config import load_config, validate_config
 from promptkit.data import Split
-from promptkit.errors import ConfigError
+from promptkit.errors import ConfigError, EmptyAnswersWarning, diverted
 from promptkit.heads import HEADS
 from promptkit.heads.classifier import ClassifierHead
 from promptkit.inference import evaluate
@@ -101,7 +101,7 @@ def fit(
         report = Report(shown, run.log)
         if config.trainer.epochs == 0:
             say(f"zero-shot: validating ({len(splits.validation)} examples)", report)
-            saved = _untrained(model, config, splits.validation, run, prepared.fingerprint)
+            saved = _untrained(model, config, splits.validation, run, prepared.fingerprint, report)
             say(f"zero-shot: validation {metrics_text(saved['validation'])}", shown)
             best = {"best_epoch": 0, **saved["validation"]}
         else:
@@ -123,7 +123,8 @@ def fit(
         test = None
         if splits.test is not None:
             say(f"test: scoring {len(splits.test)} examples", report)
-            test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, report)
+            with diverted(EmptyAnswersWarning, lambda line: say(f"test: {line}", report)):
+                test = evaluate_split(model, splits.test, config.trainer.eval_batch_size, report)
             run.append_metrics({"split": "test", **test})
             say(f"test: {metrics_text(test)}", report)
         run.mark("finished")
@@ -185,12 +186,15 @@ def _random_part(recipe: Any) -> tuple[str, str | None] | None:
 
 
 def _untrained(
-    model: Any, config: Any, validation: Split, run: RunFolder, fingerprint: str
+    model: Any, config: Any, validation: Split, run: RunFolder, fingerprint: str, report: Report
 ) -> dict[str, Any]:
     """A zero-shot run (``trainer.epochs: 0``): the prompt as built (with what its head
-    estimated from the data) is scored on the validation split and saved."""
+    estimated from the data) is scored on the validation split and saved. A generator
+    writes answers only when ``trainer.metric`` scores them (as a trained run's epochs do)."""
     batch_size = config.trainer.eval_batch_size
-    metrics = evaluate_split(model, validation, batch_size, config.trainer.progress and run.writer)
+    wanted = [config.trainer.metric or model.task.default_metric]
+    with diverted(EmptyAnswersWarning, lambda line: say(f"zero-shot: {line}", report)):
+        metrics = evaluate(model, validation, None, batch_size, None, report, wanted)
     run.append_metrics({"epoch": 0, "split": "validation", **metrics})
     untrained = f" (trainable {config.trainable} stays as built)" if config.trainable else ""
     run.log(

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptkit.errors import PromptkitError
+from promptkit.generation import empty_report
 from promptkit.host import Answer, Host, Row
 
 log = logging.getLogger("promptkit.serve")
@@ -76,6 +77,15 @@ class PredictResponse(BaseModel):
     task: str
     predictions: list[Any]
     probabilities: list[Any] | None = None
+    empty: list[str | None] | None = Field(
+        None,
+        description="a generator's: for each answer, why it is empty (end: the end token "
+        "came first, stop: a stop string came before any text, whitespace: only whitespace "
+        "was written), null where it holds text",
+    )
+    warning: str | None = Field(
+        None, description="how many answers are empty, why, and the fix; null when none is"
+    )
 
 
 class TaskInfo(BaseModel):
@@ -254,10 +264,13 @@ def create_app(host: Host, limits: Limits | None = None) -> FastAPI:
         """Answer a task's inputs: labels, tags per word, or written texts."""
         rows = _bound(host, request, limits)
         answers = await batcher.answer(rows)
+        writes = not host.models[request.task].task.has_classes
         return PredictResponse(
             task=request.task,
             predictions=[a.value for a in answers],
             probabilities=[a.probabilities for a in answers] if request.probabilities else None,
+            empty=[a.empty for a in answers] if writes else None,
+            warning=empty_report([a.empty for a in answers]) if writes else None,
         )
 
     return app

@@ -35,7 +35,13 @@ from transformers import get_scheduler
 
 from promptkit.config import TrainerConfig
 from promptkit.data import EncodedDataset, Split
-from promptkit.errors import ConfigError, TrainingError, TrainingInterrupted
+from promptkit.errors import (
+    ConfigError,
+    EmptyAnswersWarning,
+    TrainingError,
+    TrainingInterrupted,
+    diverted,
+)
 from promptkit.inference import evaluate
 from promptkit.interrupts import StopRequest, stop_signals
 from promptkit.policy import PolicyModule
@@ -235,7 +241,10 @@ class Trainer:
         train_loss = self._agreed_mean(state.epoch_loss / max(state.step_in_epoch, 1))
         state.step_in_epoch, state.epoch_loss = 0, 0.0
         say(f"epoch {state.epoch}: validating ({len(self.validation)} examples)", self.report)
-        metrics = self.evaluate()
+        with diverted(
+            EmptyAnswersWarning, lambda line: say(f"epoch {state.epoch}: {line}", self.report)
+        ):
+            metrics = self.evaluate()
         score = metrics[self.metric]
         improved = self._unwrapped.task.improves(self.metric, score, state.best)
         if improved:

@@ -148,7 +148,8 @@ def test_fit_shows_plain_lines_off_a_terminal(model_dir, sentiment_data, capsys)
 def test_a_zero_shot_run_logs_its_validation(model_dir, sentiment_data, capsys):
     from promptkit.pipeline import fit
 
-    config = run_config(model_dir("bert"), sentiment_data, trainable=[])
+    hard = "<x> it was [MASK]."
+    config = run_config(model_dir("bert"), sentiment_data, template=hard, trainable=[])
     config["trainer"] = {"epochs": 0, "progress": True}
     capsys.readouterr()  # what saving the tiny model showed
     result = fit(config)

@@ -53,9 +53,14 @@ class GenerationConfig(HeadConfig):
         return self
 
     def decoding(self) -> dict[str, Any]:
-        """The ``generate()`` options this config sets."""
-        options = self.model_dump(exclude={"type", "target", "stop"}, exclude_none=True)
-        return {**options, **({"stop_strings": self.stop} if self.stop else {})}
+        """The ``generate()`` options this config sets (the stop strings are applied apart,
+        see ``promptkit.generation``)."""
+        return self.model_dump(exclude={*_NOT_DECODING, "stop"}, exclude_none=True)
+
+
+# GenerationConfig's keys that say what the answer is, not how it is decoded.
+_NOT_DECODING = ("type", "target")
+DECODING_OPTIONS = tuple(k for k in GenerationConfig.model_fields if k not in _NOT_DECODING)
 
 
 class GenerationHead(Head):
@@ -78,6 +83,12 @@ class GenerationHead(Head):
     def decoding(self, overrides: Mapping[str, Any] | None = None) -> GenerationConfig:
         """The head's decoding options, with ``overrides`` (``num_beams=4``, ...) checked and
         put in their place."""
+        unknown = sorted(set(overrides or {}) - set(DECODING_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"{', '.join(map(repr, unknown))}: not a decoding option; the decoding options "
+                f"are {', '.join(DECODING_OPTIONS)}."
+            )
         return validate(GenerationConfig, {**self.decoding_config, **(overrides or {})}, "decoding")
 
     @classmethod
