@@ -87,7 +87,7 @@ def test_a_missing_column_and_a_bad_key(model_dir, sentiment_data):
 def _with_an_empty_cell(folder: Path) -> None:
     path = folder / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    rows[4]["text"] = " "
+    rows[4]["text"] = None
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -96,7 +96,7 @@ def test_invalid_rows_are_a_problem_or_counted_when_dropped(model_dir, sentiment
     config = run_config(model_dir("bert"), sentiment_data)
     report = check_config(write_config(sentiment_data, config))
     assert report.problems == [
-        f"data: {sentiment_data / 'train.jsonl'}: row 5, column 'text': empty (' '). Fix the "
+        f"data: {sentiment_data / 'train.jsonl'}: row 5, column 'text': empty (absent). Fix the "
         "data, or set `data.invalid: drop` to leave such rows out (1 rows in all)."
     ]
     report = check_config(write_config(sentiment_data, config), ["data.invalid=drop"])

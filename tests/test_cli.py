@@ -92,7 +92,8 @@ def test_threads_sets_the_cpu_threads_torch_computes_with(model_dir, sentiment_d
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
     config = sentiment_data / "run.yaml"
-    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    hard = "<x> it was [MASK]."
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data, template=hard)))
     zero_shot = ["--set", "trainer.epochs=0", "--set", "trainable=[]"]
     try:
         result = invoke("fit", str(config), *zero_shot, "--threads", str(wanted))
