@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,9 +100,15 @@ def _what_is_kept(resume_hint: str, run_dir: Path | None) -> str:
 
 
 def _use_threads(threads: int | None) -> None:
-    """Have torch compute with ``threads`` CPU threads (None: leave torch's own choice)."""
+    """Have torch compute with ``threads`` CPU threads (None: leave torch's own choice); more
+    than the machine's CPUs is a mistake (torch would start them all, or crash)."""
     if threads is None:
         return
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise PromptkitError(
+            f"--threads {threads}: this machine has {cpus} CPU(s); give at most {cpus}."
+        )
     import torch
 
     torch.set_num_threads(threads)
