@@ -96,29 +96,36 @@ def _local(key: str, value: str) -> bool:
 
 
 def _check_text(config: Any, modality: Any, report: CheckReport) -> None:
-    from promptkit.backbone import load_tokenizer
     from promptkit.model import check_recipe
 
     checked = report.attempt("recipe", check_recipe, config.recipe())
-    if checked is None:
-        return
-    report.template = checked.template
-    loaded = _data(report, modality, config, checked.task)
-    if loaded is not None:
-        splits, _ = loaded
-        for example in splits.train.examples[:SHOWN_EXAMPLES]:
-            report.rendered.append(checked.template.render(example))
-    section = config.backbone
-    found = report.attempt("backbone", load_tokenizer, section.name)
-    if found is None:
-        return
-    tokenizer, kind = found
-    report.add("backbone", f"{section.name}: a {kind} checkpoint")
-    report.attempt("backbone", _size, report, section.name, section.kind, section.dtype)
-    if getattr(config.head, "verbalizer", None) is not None:
+    if checked is not None:
+        report.template = checked.template
+        loaded = _data(report, modality, config, checked.task)
+        if loaded is not None:
+            splits, _ = loaded
+            for example in splits.train.examples[:SHOWN_EXAMPLES]:
+                report.rendered.append(checked.template.render(example))
+    tokenizer = _text_backbone(report, config.backbone)
+    verbalizer = getattr(config.head, "verbalizer", None)
+    if checked is not None and tokenizer is not None and verbalizer is not None:
         report.attempt(
             "label words", _label_words, report, config.head, tokenizer, checked.template
         )
+
+
+def _text_backbone(report: CheckReport, section: Any) -> Any:
+    """The backbone's tokenizer (None if it cannot be loaded), its kind and size reported;
+    checked whatever the recipe's problems."""
+    from promptkit.backbone import load_tokenizer
+
+    found = report.attempt("backbone", load_tokenizer, section.name)
+    if found is None:
+        return None
+    tokenizer, kind = found
+    report.add("backbone", f"{section.name}: a {kind} checkpoint")
+    report.attempt("backbone", _size, report, section.name, section.kind, section.dtype)
+    return tokenizer
 
 
 def _check_vision(config: Any, modality: Any, report: CheckReport) -> None:
@@ -182,19 +189,9 @@ def _size(report: CheckReport, name: str, kind: str, dtype: str) -> None:
 
 
 def _vision_size(report: CheckReport, backbone: Any) -> None:
-    """A ViT's size: a transformers folder's from its config, a timm model's built on the
-    meta device without its weights."""
-    import torch
+    from promptkit.vision.model import vision_parameter_count
 
-    from promptkit.backbone import parameter_count
-    from promptkit.vision.model import load_vision_backbone
-
-    if (Path(backbone.name) / "config.json").is_file():
-        count = parameter_count(backbone.name, "encoder")
-    else:
-        with torch.device("meta"):
-            bare = backbone.model_copy(update={"pretrained": False, "checkpoint": None})
-            count = sum(p.numel() for p in load_vision_backbone(bare).parameters())
+    count = vision_parameter_count(backbone)
     report.add("backbone", f"{backbone.name}")
     _memory(report, count, 4, "float32")
 

@@ -152,7 +152,8 @@ def test_paths_are_read_from_the_working_directory(model_dir, sentiment_data, mo
         f"data.train: {configs / 'train.jsonl'} (no such file or folder)"
         in (report.sections["config"])
     )
-    assert report.problems == ["recipe: words.yaml: no such verbalizer file."]
+    assert report.problems[0] == "recipe: words.yaml: no such verbalizer file."
+    assert report.problems[1].startswith("backbone: backbone 'tiny-bert': no such local folder")
 
 
 @pytest.mark.slow
@@ -166,3 +167,30 @@ def test_the_sentiment_example_with_smollm2(monkeypatch):
     assert "positive: great -> Ġgreat (1 token); good -> Ġgood (1 token)" in result.output
     assert "train: 64 examples (positive 32, negative 32)" in result.output
     assert "It was <P1><P2> <MASK>." in result.output
+
+
+def test_the_backbone_is_checked_whatever_the_recipe_says(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, template="<x> [bogus] [MASK]")
+    config["backbone"]["name"] = str(sentiment_data / "no-model")
+    report = check_config(write_config(sentiment_data, config))
+    assert [p.split(":")[0] for p in report.problems] == ["recipe", "backbone"]
+    assert "no such folder" in report.problems[1]
+
+
+def test_a_vision_backbone_that_fit_cannot_load_is_a_problem(tmp_path, model_dir):
+    train = write_images(tmp_path / "train", 6)
+    config = vision_config(train, None, tmp_path / "run")
+    config["backbone"]["checkpoint"] = str(tmp_path / "missing.safetensors")
+    report = check_config(write_config(tmp_path, config))
+    assert report.problems == [
+        f"backbone: backbone.checkpoint {tmp_path / 'missing.safetensors'}: no such file"
+    ]
+    config["backbone"]["checkpoint"] = str(model_dir("bert") / "model.safetensors")
+    report = check_config(write_config(tmp_path, config))
+    assert len(report.problems) == 1 and "does not fit VisionTransformer" in report.problems[0]
+    config["backbone"] = {"name": str(model_dir("bert"))}  # a transformers model, not a ViT
+    report = check_config(write_config(tmp_path, config))
+    assert report.problems == [
+        f"backbone: backbone {model_dir('bert')} is a transformers 'bert' model; VPT serves "
+        "the model types dinov2, dinov2_with_registers, vit."
+    ]
