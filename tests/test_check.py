@@ -194,3 +194,17 @@ def test_a_vision_backbone_that_fit_cannot_load_is_a_problem(tmp_path, model_dir
         f"backbone: backbone {model_dir('bert')} is a transformers 'bert' model; VPT serves "
         "the model types dinov2, dinov2_with_registers, vit."
     ]
+
+
+def test_data_shows_as_it_is_on_one_line_and_cannot_drive_the_terminal(model_dir, sentiment_data):
+    """Markup-looking text is shown as written, a terminal escape in the data is shown as an
+    escape (not sent to the terminal), and a long example is not cut into lines."""
+    text = "[bold]the[/bold] <x> [P1] [MASK] \x1b[31mred 🎬 " + "movie " * 30
+    rows = [{"text": text, "label": i % 2} for i in range(8)]
+    (sentiment_data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run_config(model_dir("bert"), sentiment_data, template=r"\[b\] <x> [P1] [MASK].")
+    result = invoke(str(write_config(sentiment_data, config)))
+    assert result.exit_code == 0, result.output
+    shown = text.replace("\x1b", "\\x1b")
+    assert f"  [b] {shown} <P1> <MASK>.\n" in result.output
+    assert "\x1b" not in result.output
