@@ -199,10 +199,20 @@ def _vision_size(report: CheckReport, backbone: Any) -> None:
 def _memory(report: CheckReport, count: int, size: int, dtype: str) -> None:
     report.add(
         "backbone",
-        f"{count / 1e6:.1f}M parameters x {size} bytes ({dtype}) = "
-        f"{count * size / 2**30:.2f} GiB for the weights (training adds activations, "
+        f"{_how_many(count)} parameters x {size} bytes ({dtype}) = "
+        f"{_bytes(count * size)} for the weights (training adds activations, "
         "and the optimizer state of what trains)",
     )
+
+
+def _how_many(count: int) -> str:
+    """``134.5M``; a count under a million in full (``45,632``), not ``0.0M``."""
+    return f"{count / 1e6:.1f}M" if count >= 10**6 else f"{count:,}"
+
+
+def _bytes(size: int) -> str:
+    """``0.50 GiB``; under a GiB in MiB (``0.17 MiB``), not ``0.00 GiB``."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.2f} MiB"
 
 
 def _label_words(report: CheckReport, head: Any, tokenizer: Any, template: Template) -> None:

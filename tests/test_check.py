@@ -45,7 +45,8 @@ def test_a_good_config_is_reported_and_passes(model_dir, sentiment_data):
     ]
     parameters = sum(p.numel() for p in make_model("bert").parameters())
     assert (
-        f"{parameters / 1e6:.1f}M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+        f"{parameters:,} parameters x 4 bytes (float32) = {parameters * 4 / 2**20:.2f} MiB "
+        "for the weights" in report.sections["backbone"][1]
     )
     assert len(report.rendered) == 3
     texts = ["".join(s.text for s in segments) for segments in report.rendered]
@@ -111,7 +112,7 @@ def test_a_vision_config_checks_its_images_and_backbone(tmp_path):
     report = check_config(write_config(tmp_path, config))
     assert report.ok, report.problems
     assert report.sections["data"][0] == "classes (2): bright, dark"
-    assert "M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+    assert " parameters x 4 bytes (float32)" in report.sections["backbone"][1]
     assert "label words" not in report.sections and not report.rendered
 
 
