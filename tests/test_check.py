@@ -209,3 +209,11 @@ def test_data_shows_as_it_is_on_one_line_and_cannot_drive_the_terminal(model_dir
     shown = text.replace("\x1b", "\\x1b")
     assert f"  [b] {shown} <P1> <MASK>.\n" in result.output
     assert "\x1b" not in result.output
+
+
+def test_a_huge_batch_size_is_a_config_problem(model_dir, sentiment_data):
+    """Not "ready to run" (fit stopped with an internal error)."""
+    path = write_config(sentiment_data, run_config(model_dir("bert"), sentiment_data))
+    report = check_config(path, ["trainer.batch_size=99999999999999999999999"])
+    assert len(report.problems) == 1
+    assert "trainer.batch_size: Input should be less than 2147483648" in report.problems[0]
