@@ -67,6 +67,7 @@ def check_config(path: str | Path, overrides: Sequence[str] = ()) -> CheckReport
         shown = Path(value).absolute()
         absent = " (new)" if key == "output_dir" else " (no such file or folder)"
         report.add("config", f"{key}: {shown}{'' if shown.exists() else absent}")
+    report.attempt("config", _output_dir, report, Path(config.output_dir))
     if modality.name == "text":
         _check_text(config, modality, report)
     else:
@@ -86,6 +87,23 @@ def _paths(config: Any) -> list[tuple[str, str]]:
     found.append(("head.verbalizer", getattr(config.head, "verbalizer", None)))
     found = [(k, v) for k, v in found if isinstance(v, str) and _local(k, v)]
     return [*found, ("output_dir", config.output_dir)]
+
+
+def _output_dir(report: CheckReport, path: Path) -> None:
+    """What fit checks of its run folder; an earlier run there is noted (``fit --resume``
+    continues it, ``--overwrite`` replaces it)."""
+    from promptkit.run_folder import RunFolder, check_writable
+
+    folder = RunFolder(path)
+    if not folder.is_run():
+        folder.check(resume=False, overwrite=False)
+        return
+    check_writable(path, "output_dir", folder=True)
+    report.add(
+        "config",
+        "output_dir holds an earlier run: fit continues it with --resume, or replaces it "
+        "with --overwrite",
+    )
 
 
 def _local(key: str, value: str) -> bool:

@@ -217,3 +217,27 @@ def test_a_huge_batch_size_is_a_config_problem(model_dir, sentiment_data):
     report = check_config(path, ["trainer.batch_size=99999999999999999999999"])
     assert len(report.problems) == 1
     assert "trainer.batch_size: Input should be less than 2147483648" in report.problems[0]
+
+
+def test_the_run_folder_is_checked_as_fit_checks_it(model_dir, sentiment_data):
+    from promptkit.run_folder import RunFolder
+
+    config = run_config(model_dir("bert"), sentiment_data)
+    path = write_config(sentiment_data, config)
+    (sentiment_data / "a-file").write_text("mine")
+    report = check_config(path, [f"output_dir={sentiment_data / 'a-file'}"])
+    assert report.problems == [
+        f"config: output_dir {sentiment_data / 'a-file'} is a file: give the path of a folder."
+    ]
+    report = check_config(path, [f"output_dir={sentiment_data}"])  # the data's folder
+    assert (
+        len(report.problems) == 1
+        and "is not empty and holds no promptkit run" in (report.problems[0])
+    )
+    RunFolder(sentiment_data / "run").prepare(resume=False, overwrite=False)
+    report = check_config(path)
+    assert report.ok, report.problems
+    assert (
+        "output_dir holds an earlier run: fit continues it with --resume"
+        in (report.sections["config"][-1])
+    )
