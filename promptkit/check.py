@@ -79,8 +79,11 @@ def _paths(config: Any) -> list[tuple[str, str]]:
     """The config's local paths (relative ones are read from the working directory): data
     files, the backbone's folder, a verbalizer file, the run folder."""
     found = [(f"data.{s}", getattr(config.data, s)) for s in ("train", "validation", "test")]
-    if getattr(config.data, "dataset", None):
-        found = []  # split names of a hub data set, not paths
+    if getattr(config.data, "dataset", None) or getattr(config.data, "source", None) not in (
+        None,
+        "image_folder",
+    ):
+        found = []  # split names of a hub or built-in data set, not paths
     found.append(("data.path", getattr(config.data, "path", None)))
     found.append(("backbone.name", config.backbone.name))
     found.append(("backbone.checkpoint", getattr(config.backbone, "checkpoint", None)))

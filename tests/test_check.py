@@ -241,3 +241,11 @@ def test_the_run_folder_is_checked_as_fit_checks_it(model_dir, sentiment_data):
         "output_dir holds an earlier run: fit continues it with --resume"
         in (report.sections["config"][-1])
     )
+
+
+def test_the_split_names_of_a_built_in_data_set_are_not_shown_as_paths(tmp_path):
+    config = vision_config(tmp_path, None, tmp_path / "run")
+    config["data"] = {"source": "fashion_mnist", "train": "train", "path": str(tmp_path)}
+    report = check_config(write_config(tmp_path, config))
+    shown = "\n".join(report.sections["config"])
+    assert "data.train" not in shown and f"data.path: {tmp_path}" in shown
