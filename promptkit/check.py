@@ -67,6 +67,7 @@ def check_config(path: str | Path, overrides: Sequence[str] = ()) -> CheckReport
         shown = Path(value).absolute()
         absent = " (new)" if key == "output_dir" else " (no such file or folder)"
         report.add("config", f"{key}: {shown}{'' if shown.exists() else absent}")
+    report.attempt("config", _output_dir, report, Path(config.output_dir))
     if modality.name == "text":
         _check_text(config, modality, report)
     else:
@@ -78,14 +79,34 @@ def _paths(config: Any) -> list[tuple[str, str]]:
     """The config's local paths (relative ones are read from the working directory): data
     files, the backbone's folder, a verbalizer file, the run folder."""
     found = [(f"data.{s}", getattr(config.data, s)) for s in ("train", "validation", "test")]
-    if getattr(config.data, "dataset", None):
-        found = []  # split names of a hub data set, not paths
+    if getattr(config.data, "dataset", None) or getattr(config.data, "source", None) not in (
+        None,
+        "image_folder",
+    ):
+        found = []  # split names of a hub or built-in data set, not paths
     found.append(("data.path", getattr(config.data, "path", None)))
     found.append(("backbone.name", config.backbone.name))
     found.append(("backbone.checkpoint", getattr(config.backbone, "checkpoint", None)))
     found.append(("head.verbalizer", getattr(config.head, "verbalizer", None)))
     found = [(k, v) for k, v in found if isinstance(v, str) and _local(k, v)]
     return [*found, ("output_dir", config.output_dir)]
+
+
+def _output_dir(report: CheckReport, path: Path) -> None:
+    """What fit checks of its run folder; an earlier run there is noted (``fit --resume``
+    continues it, ``--overwrite`` replaces it)."""
+    from promptkit.run_folder import RunFolder, check_writable
+
+    folder = RunFolder(path)
+    if not folder.is_run():
+        folder.check(resume=False, overwrite=False)
+        return
+    check_writable(path, "output_dir", folder=True)
+    report.add(
+        "config",
+        "output_dir holds an earlier run: fit continues it with --resume, or replaces it "
+        "with --overwrite",
+    )
 
 
 def _local(key: str, value: str) -> bool:
@@ -96,29 +117,36 @@ def _local(key: str, value: str) -> bool:
 
 
 def _check_text(config: Any, modality: Any, report: CheckReport) -> None:
-    from promptkit.backbone import load_tokenizer
     from promptkit.model import check_recipe
 
     checked = report.attempt("recipe", check_recipe, config.recipe())
-    if checked is None:
-        return
-    report.template = checked.template
-    loaded = _data(report, modality, config, checked.task)
-    if loaded is not None:
-        splits, _ = loaded
-        for example in splits.train.examples[:SHOWN_EXAMPLES]:
-            report.rendered.append(checked.template.render(example))
-    section = config.backbone
-    found = report.attempt("backbone", load_tokenizer, section.name)
-    if found is None:
-        return
-    tokenizer, kind = found
-    report.add("backbone", f"{section.name}: a {kind} checkpoint")
-    report.attempt("backbone", _size, report, section.name, section.kind, section.dtype)
-    if getattr(config.head, "verbalizer", None) is not None:
+    if checked is not None:
+        report.template = checked.template
+        loaded = _data(report, modality, config, checked.task)
+        if loaded is not None:
+            splits, _ = loaded
+            for example in splits.train.examples[:SHOWN_EXAMPLES]:
+                report.rendered.append(checked.template.render(example))
+    tokenizer = _text_backbone(report, config.backbone)
+    verbalizer = getattr(config.head, "verbalizer", None)
+    if checked is not None and tokenizer is not None and verbalizer is not None:
         report.attempt(
             "label words", _label_words, report, config.head, tokenizer, checked.template
         )
+
+
+def _text_backbone(report: CheckReport, section: Any) -> Any:
+    """The backbone's tokenizer (None if it cannot be loaded), its kind and size reported;
+    checked whatever the recipe's problems."""
+    from promptkit.backbone import load_tokenizer
+
+    found = report.attempt("backbone", load_tokenizer, section.name)
+    if found is None:
+        return None
+    tokenizer, kind = found
+    report.add("backbone", f"{section.name}: a {kind} checkpoint")
+    report.attempt("backbone", _size, report, section.name, section.kind, section.dtype)
+    return tokenizer
 
 
 def _check_vision(config: Any, modality: Any, report: CheckReport) -> None:
@@ -182,19 +210,9 @@ def _size(report: CheckReport, name: str, kind: str, dtype: str) -> None:
 
 
 def _vision_size(report: CheckReport, backbone: Any) -> None:
-    """A ViT's size: a transformers folder's from its config, a timm model's built on the
-    meta device without its weights."""
-    import torch
+    from promptkit.vision.model import vision_parameter_count
 
-    from promptkit.backbone import parameter_count
-    from promptkit.vision.model import load_vision_backbone
-
-    if (Path(backbone.name) / "config.json").is_file():
-        count = parameter_count(backbone.name, "encoder")
-    else:
-        with torch.device("meta"):
-            bare = backbone.model_copy(update={"pretrained": False, "checkpoint": None})
-            count = sum(p.numel() for p in load_vision_backbone(bare).parameters())
+    count = vision_parameter_count(backbone)
     report.add("backbone", f"{backbone.name}")
     _memory(report, count, 4, "float32")
 
@@ -202,10 +220,20 @@ def _vision_size(report: CheckReport, backbone: Any) -> None:
 def _memory(report: CheckReport, count: int, size: int, dtype: str) -> None:
     report.add(
         "backbone",
-        f"{count / 1e6:.1f}M parameters x {size} bytes ({dtype}) = "
-        f"{count * size / 2**30:.2f} GiB for the weights (training adds activations, "
+        f"{_how_many(count)} parameters x {size} bytes ({dtype}) = "
+        f"{_bytes(count * size)} for the weights (training adds activations, "
         "and the optimizer state of what trains)",
     )
+
+
+def _how_many(count: int) -> str:
+    """``134.5M``; a count under a million in full (``45,632``), not ``0.0M``."""
+    return f"{count / 1e6:.1f}M" if count >= 10**6 else f"{count:,}"
+
+
+def _bytes(size: int) -> str:
+    """``0.50 GiB``; under a GiB in MiB (``0.17 MiB``), not ``0.00 GiB``."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 / 10 else f"{size / 2**20:.2f} MiB"
 
 
 def _label_words(report: CheckReport, head: Any, tokenizer: Any, template: Template) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import signal
 import socket
 from collections.abc import Iterable, Iterator
@@ -45,6 +47,7 @@ Threads = Annotated[
     ),
 ]
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _STYLE = {
     SegmentKind.TEXT: "white",
     SegmentKind.INPUT: "cyan",
@@ -100,9 +103,15 @@ def _what_is_kept(resume_hint: str, run_dir: Path | None) -> str:
 
 
 def _use_threads(threads: int | None) -> None:
-    """Have torch compute with ``threads`` CPU threads (None: leave torch's own choice)."""
+    """Have torch compute with ``threads`` CPU threads (None: leave torch's own choice); more
+    than the machine's CPUs is a mistake (torch would start them all, or crash)."""
     if threads is None:
         return
+    cpus = os.cpu_count() or 1
+    if threads > cpus:
+        raise PromptkitError(
+            f"--threads {threads}: this machine has {cpus} CPU(s); give at most {cpus}."
+        )
     import torch
 
     torch.set_num_threads(threads)
@@ -165,11 +174,12 @@ def check(
     for section, lines in report.sections.items():
         console.print(Text(section, style="bold"))
         for line in lines:
-            console.print(Text(f"  {line}"), soft_wrap=True)
+            console.print(Text(f"  {_visible(line)}"), soft_wrap=True)
     if report.rendered:
         console.print(Text("template, on the first training examples", style="bold"))
         for segments in report.rendered:
-            console.print(Text.assemble("  ", *(_show(s, report.template) for s in segments)))
+            shown = Text.assemble("  ", *(_show(s, report.template) for s in segments))
+            console.print(shown, soft_wrap=True)
     if report.ok:
         console.print(Text("ok: the config is ready to run", style="bold green"))
         return
@@ -640,7 +650,7 @@ def template_render(
         values = _example(example)
         segments = compiled.render(as_examples([values], {}, compiled.inputs)[0])
         if model is None:
-            console.print(Text.assemble(*(_show(s, compiled) for s in segments)))
+            console.print(Text.assemble(*(_show(s, compiled) for s in segments)), soft_wrap=True)
             return
         _show_tokens(compiled, values, model, max_length)
 
@@ -668,9 +678,15 @@ def _describe(seg: Segment, compiled: Template) -> tuple[Text, Text, Text]:
     return Text(repr(seg.text)), kind, Text("frozen anchor")
 
 
+def _visible(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``): data never
+    restyles or moves the terminal. Line breaks and tabs stay."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
 def _show(seg: Segment, compiled: Template) -> tuple[str, str]:
     if seg.kind is SegmentKind.INPUT:
-        return seg.text, _STYLE[seg.kind]
+        return _visible(seg.text), _STYLE[seg.kind]
     if seg.kind is SegmentKind.SOFT:
         return f"<{compiled.slots[seg.slot].name}>", _STYLE[seg.kind]
     if seg.kind is SegmentKind.MASK:

@@ -22,6 +22,7 @@ from promptkit.layers import check_layers
 from promptkit.schema import Strict
 
 Group = Literal["prompts", "head", "bias", "norm", "all"]
+Steps = Annotated[int, Field(gt=0, lt=2**31)]  # counts the loops slice by (islice, ranges)
 InitKind = Literal["random", "vocab"]
 EncoderKind = Literal["none", "mlp", "lstm"]
 DEFAULT_LR: dict[str, float] = {
@@ -94,9 +95,9 @@ class TrainerConfig(Strict):
     """How training runs."""
 
     epochs: int = Field(10, ge=0, description="0: a zero-shot run (nothing trains)")
-    batch_size: int = Field(16, gt=0)
-    eval_batch_size: int = Field(64, gt=0)
-    grad_accum: int = Field(1, gt=0)
+    batch_size: Steps = 16
+    eval_batch_size: Steps = 64
+    grad_accum: Steps = 1
     lr: dict[Group, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="per trainable group"
     )
@@ -117,7 +118,7 @@ class TrainerConfig(Strict):
         False, description="recompute activations in the backward pass: less memory, slower"
     )
     progress: bool = True
-    log_every: int = Field(10, gt=0, description="optimizer steps between train.log lines")
+    log_every: Steps = Field(10, description="optimizer steps between train.log lines")
 
     def learning_rate(self, group: str) -> float:
         """The learning rate of one trainable group."""

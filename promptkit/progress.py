@@ -9,6 +9,7 @@ same lines at the same pace, whatever the console shows.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +30,24 @@ from rich.progress import (
 
 INTERVAL = 5.0  # seconds of work between plain lines (tests set 0: a line per step)
 
-_stderr = Console(stderr=True)
+
+def _stderr_unread() -> None:
+    """Nobody reads stderr any more (a closed pipe, as ``2>&1 | head`` leaves): it goes to
+    the null device from now on, and the work and its log go on."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stderr.fileno())
+    os.close(null)
+
+
+class _StderrConsole(Console):
+    """Rich's console on stderr, which lets the work go on when nobody reads stderr (rich
+    itself would exit)."""
+
+    def on_broken_pipe(self) -> None:
+        _stderr_unread()
+
+
+_stderr = _StderrConsole(stderr=True)
 _shown: ContextVar[bool] = ContextVar("promptkit_console_progress", default=True)
 _Item = TypeVar("_Item")
 _live: list[Progress] = []  # the bar shown now: work inside other work adds its line to it
@@ -172,7 +190,10 @@ class Tracker:
         if self.report.log is not None:
             self.report.log(line)
         if self._lines_to_console:
-            print(line, file=sys.stderr, flush=True)
+            try:
+                print(line, file=sys.stderr, flush=True)
+            except BrokenPipeError:
+                _stderr_unread()
 
 
 def _bar_shown(transient: bool) -> Progress:

@@ -45,7 +45,8 @@ def test_a_good_config_is_reported_and_passes(model_dir, sentiment_data):
     ]
     parameters = sum(p.numel() for p in make_model("bert").parameters())
     assert (
-        f"{parameters / 1e6:.1f}M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+        f"{parameters:,} parameters x 4 bytes (float32) = {parameters * 4 / 2**20:.2f} MiB "
+        "for the weights" in report.sections["backbone"][1]
     )
     assert len(report.rendered) == 3
     texts = ["".join(s.text for s in segments) for segments in report.rendered]
@@ -111,7 +112,7 @@ def test_a_vision_config_checks_its_images_and_backbone(tmp_path):
     report = check_config(write_config(tmp_path, config))
     assert report.ok, report.problems
     assert report.sections["data"][0] == "classes (2): bright, dark"
-    assert "M parameters x 4 bytes (float32)" in report.sections["backbone"][1]
+    assert " parameters x 4 bytes (float32)" in report.sections["backbone"][1]
     assert "label words" not in report.sections and not report.rendered
 
 
@@ -152,7 +153,8 @@ def test_paths_are_read_from_the_working_directory(model_dir, sentiment_data, mo
         f"data.train: {configs / 'train.jsonl'} (no such file or folder)"
         in (report.sections["config"])
     )
-    assert report.problems == ["recipe: words.yaml: no such verbalizer file."]
+    assert report.problems[0] == "recipe: words.yaml: no such verbalizer file."
+    assert report.problems[1].startswith("backbone: backbone 'tiny-bert': no such local folder")
 
 
 @pytest.mark.slow
@@ -166,3 +168,84 @@ def test_the_sentiment_example_with_smollm2(monkeypatch):
     assert "positive: great -> Ġgreat (1 token); good -> Ġgood (1 token)" in result.output
     assert "train: 64 examples (positive 32, negative 32)" in result.output
     assert "It was <P1><P2> <MASK>." in result.output
+
+
+def test_the_backbone_is_checked_whatever_the_recipe_says(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, template="<x> [bogus] [MASK]")
+    config["backbone"]["name"] = str(sentiment_data / "no-model")
+    report = check_config(write_config(sentiment_data, config))
+    assert [p.split(":")[0] for p in report.problems] == ["recipe", "backbone"]
+    assert "no such folder" in report.problems[1]
+
+
+def test_a_vision_backbone_that_fit_cannot_load_is_a_problem(tmp_path, model_dir):
+    train = write_images(tmp_path / "train", 6)
+    config = vision_config(train, None, tmp_path / "run")
+    config["backbone"]["checkpoint"] = str(tmp_path / "missing.safetensors")
+    report = check_config(write_config(tmp_path, config))
+    assert report.problems == [
+        f"backbone: backbone.checkpoint {tmp_path / 'missing.safetensors'}: no such file"
+    ]
+    config["backbone"]["checkpoint"] = str(model_dir("bert") / "model.safetensors")
+    report = check_config(write_config(tmp_path, config))
+    assert len(report.problems) == 1 and "does not fit VisionTransformer" in report.problems[0]
+    config["backbone"] = {"name": str(model_dir("bert"))}  # a transformers model, not a ViT
+    report = check_config(write_config(tmp_path, config))
+    assert report.problems == [
+        f"backbone: backbone {model_dir('bert')} is a transformers 'bert' model; VPT serves "
+        "the model types dinov2, dinov2_with_registers, vit."
+    ]
+
+
+def test_data_shows_as_it_is_on_one_line_and_cannot_drive_the_terminal(model_dir, sentiment_data):
+    """Markup-looking text is shown as written, a terminal escape in the data is shown as an
+    escape (not sent to the terminal), and a long example is not cut into lines."""
+    text = "[bold]the[/bold] <x> [P1] [MASK] \x1b[31mred 🎬 " + "movie " * 30
+    rows = [{"text": text, "label": i % 2} for i in range(8)]
+    (sentiment_data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run_config(model_dir("bert"), sentiment_data, template=r"\[b\] <x> [P1] [MASK].")
+    result = invoke(str(write_config(sentiment_data, config)))
+    assert result.exit_code == 0, result.output
+    shown = text.replace("\x1b", "\\x1b")
+    assert f"  [b] {shown} <P1> <MASK>.\n" in result.output
+    assert "\x1b" not in result.output
+
+
+def test_a_huge_batch_size_is_a_config_problem(model_dir, sentiment_data):
+    """Not "ready to run" (fit stopped with an internal error)."""
+    path = write_config(sentiment_data, run_config(model_dir("bert"), sentiment_data))
+    report = check_config(path, ["trainer.batch_size=99999999999999999999999"])
+    assert len(report.problems) == 1
+    assert "trainer.batch_size: Input should be less than 2147483648" in report.problems[0]
+
+
+def test_the_run_folder_is_checked_as_fit_checks_it(model_dir, sentiment_data):
+    from promptkit.run_folder import RunFolder
+
+    config = run_config(model_dir("bert"), sentiment_data)
+    path = write_config(sentiment_data, config)
+    (sentiment_data / "a-file").write_text("mine")
+    report = check_config(path, [f"output_dir={sentiment_data / 'a-file'}"])
+    assert report.problems == [
+        f"config: output_dir {sentiment_data / 'a-file'} is a file: give the path of a folder."
+    ]
+    report = check_config(path, [f"output_dir={sentiment_data}"])  # the data's folder
+    assert (
+        len(report.problems) == 1
+        and "is not empty and holds no promptkit run" in (report.problems[0])
+    )
+    RunFolder(sentiment_data / "run").prepare(resume=False, overwrite=False)
+    report = check_config(path)
+    assert report.ok, report.problems
+    assert (
+        "output_dir holds an earlier run: fit continues it with --resume"
+        in (report.sections["config"][-1])
+    )
+
+
+def test_the_split_names_of_a_built_in_data_set_are_not_shown_as_paths(tmp_path):
+    config = vision_config(tmp_path, None, tmp_path / "run")
+    config["data"] = {"source": "fashion_mnist", "train": "train", "path": str(tmp_path)}
+    report = check_config(write_config(tmp_path, config))
+    shown = "\n".join(report.sections["config"])
+    assert "data.train" not in shown and f"data.path: {tmp_path}" in shown

@@ -1,7 +1,9 @@
 """The command line, end to end on tiny models."""
 
 import json
+import os
 
+import pytest
 import yaml
 from conftest import run_config
 from typer.testing import CliRunner
@@ -102,6 +104,30 @@ def test_threads_sets_the_cpu_threads_torch_computes_with(model_dir, sentiment_d
     finally:
         torch.set_num_threads(before)
     assert invoke("fit", str(config), "--threads", "0").exit_code == 2  # at least 1
+
+
+@pytest.mark.parametrize("threads", ["0", "-3", "abc", "99999999999999999999"])
+def test_threads_out_of_range_is_a_clear_error(model_dir, sentiment_data, threads, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    config = sentiment_data / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    before = torch.get_num_threads()
+    result = invoke("template", "search", str(config), "--threads", threads)
+    assert result.exit_code == 2 and "--threads" in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert torch.get_num_threads() == before
+
+
+def test_threads_beyond_the_cpus_says_how_many_there_are(model_dir, sentiment_data, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    config = sentiment_data / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(model_dir("bert"), sentiment_data)))
+    result = invoke("fit", str(config), "--threads", "5")
+    assert result.exit_code == 2
+    assert "error: --threads 5: this machine has 4 CPU(s); give at most 4." in result.output
+    assert not (sentiment_data / "run").exists()
 
 
 def test_fit_with_an_unknown_key_fails_early(sentiment_data):

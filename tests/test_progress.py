@@ -160,3 +160,22 @@ def test_a_zero_shot_run_logs_its_validation(model_dir, sentiment_data, capsys):
     log = _log_lines(result.run_dir)
     assert "zero-shot: validating (24 examples)" in log
     assert "test: scoring 24 examples" in log
+
+
+def test_a_closed_stderr_pipe_does_not_stop_the_work(monkeypatch):
+    """``promptkit fit ... 2>&1 | head``: once the reader is gone, progress goes on into the
+    log only."""
+    import os
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    monkeypatch.setattr(sys, "stderr", os.fdopen(write, "w"))
+    kept: list[str] = []
+    report = Report(log=kept.append, interval=0)
+    say("starting", report)  # through rich
+    items = list(track(range(5), "scoring", report))  # plain lines
+    say("done", report)
+    assert items == [0, 1, 2, 3, 4]
+    assert [LINE.match(line).group(1) for line in kept[1:-1]] == ["0", "1", "2", "3", "4", "5"]
+    assert (kept[0], kept[-1]) == ("starting", "done")

@@ -168,6 +168,12 @@ def transformers_family(*model_types: str) -> Callable[[type[TransformersViT]], 
 
 def load_transformers_vit(name: str) -> nn.Module:
     """A transformers vision transformer (folder or hub id) of a registered family."""
+    return transformers_adapter(name).load(name)
+
+
+def transformers_adapter(name: str) -> type[TransformersViT]:
+    """The adapter of the registered family of the transformers model ``name``, read from
+    its config alone."""
     try:
         model_type = AutoConfig.from_pretrained(name).model_type
     except (OSError, ValueError) as err:
@@ -181,7 +187,7 @@ def load_transformers_vit(name: str) -> nn.Module:
             f"backbone {name} is a transformers {model_type!r} model; VPT serves the model "
             f"types {', '.join(sorted(_TRANSFORMERS_FAMILIES))}."
         )
-    return family.load(name)
+    return family
 
 
 def pooled(hidden: torch.Tensor, n_prefix: int, pool: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 from promptkit import hub
-from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint
+from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint, parameter_count
 from promptkit.errors import ConfigError, DataError
 from promptkit.layers import select_layers
 from promptkit.policy import PolicyModule, parameter_groups
@@ -28,6 +28,7 @@ from promptkit.vision.injection import (
     ViTAdapter,
     adapter_for,
     load_transformers_vit,
+    transformers_adapter,
 )
 
 
@@ -117,18 +118,10 @@ class VisionPromptModel(PolicyModule):
 def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:
     """A timm ViT (by name, published weights or a local checkpoint file) or a transformers
     model of a family VPT serves (folder or hub id)."""
-    source = config.source
-    if source == "auto":
-        source = "transformers" if (Path(config.name) / "config.json").is_file() else "timm"
-    if source == "transformers":
+    if _is_transformers(config):
         _no_timm_settings(config)
         return load_transformers_vit(config.name)
-    checkpoint = _checkpoint_keys(config.checkpoint) if config.checkpoint else None
-    if config.pretrained and not _cached_weights(config.name) and not hub.reachable():
-        raise ConfigError(
-            f"backbone.pretrained: {config.name}'s published weights come from the Hugging Face "
-            "hub, which cannot be reached from here: give a local backbone.checkpoint file."
-        )
+    checkpoint = _timm_weights(config)
     overlay = {"file": config.checkpoint} if config.checkpoint else None
     # No head: promptkit adds a new one, and timm then skips the checkpoint's classifier.
     kwargs = {**config.kwargs, "num_classes": 0}
@@ -147,6 +140,42 @@ def load_vision_backbone(config: VisionBackboneConfig) -> nn.Module:
     if checkpoint is not None:
         _fits(model, checkpoint, config.checkpoint)
     return model
+
+
+def vision_parameter_count(config: VisionBackboneConfig) -> int:
+    """How many parameters the backbone has, with everything ``load_vision_backbone`` checks
+    checked, but no weight read: a transformers model from its config, a timm model built on
+    the meta device (a checkpoint file is read for its weights' names only)."""
+    if _is_transformers(config):
+        _no_timm_settings(config)
+        transformers_adapter(config.name)
+        return parameter_count(config.name, "encoder")
+    checkpoint = _timm_weights(config)
+    with torch.device("meta"):
+        bare = config.model_copy(update={"pretrained": False, "checkpoint": None})
+        model = load_vision_backbone(bare)
+    if checkpoint is not None:
+        _fits(model, checkpoint, config.checkpoint)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _is_transformers(config: VisionBackboneConfig) -> bool:
+    if config.source == "auto":
+        return (Path(config.name) / "config.json").is_file()
+    return config.source == "transformers"
+
+
+def _timm_weights(config: VisionBackboneConfig) -> set[str] | None:
+    """The names of the weights in the backbone's checkpoint file (None: no file), once its
+    weights are known to be at hand (a readable file, or published weights cached or
+    reachable)."""
+    checkpoint = _checkpoint_keys(config.checkpoint) if config.checkpoint else None
+    if config.pretrained and not _cached_weights(config.name) and not hub.reachable():
+        raise ConfigError(
+            f"backbone.pretrained: {config.name}'s published weights come from the Hugging Face "
+            "hub, which cannot be reached from here: give a local backbone.checkpoint file."
+        )
+    return checkpoint
 
 
 def _cached_weights(name: str) -> bool:
