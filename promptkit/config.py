@@ -302,7 +302,8 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         problem = getattr(err, "problem", None) or err
         raise ConfigError(
             f"--set {item!r}: the value is not valid YAML ({problem}); quote text that holds "
-            """':', '#' or brackets, e.g. --set 'template="<x> [MASK]"'."""
+            """':', '#' or brackets, in YAML's single quotes where it holds a backslash, """
+            """e.g. --set "template='<x> \\[note\\] [MASK]'"."""
         ) from None
 
 
