@@ -27,6 +27,8 @@ def read_rows(spec: str, dataset: str | None = None, subset: str | None = None) 
         return _hub_split(dataset, subset, spec)
     path = Path(spec)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"{spec} is a folder: name a data file in it (e.g. {spec}/train.jsonl).")
     if suffix not in (*TABLE_SUFFIXES, *CONLL_SUFFIXES):
         raise DataError(
             f"{spec}: unknown file type; use one of {', '.join(TABLE_SUFFIXES + CONLL_SUFFIXES)}"

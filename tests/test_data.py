@@ -37,6 +37,8 @@ def test_unknown_format_and_missing_file(tmp_path):
         read_rows(str(tmp_path / "data.xml"))
     with pytest.raises(DataError, match="no such file"):
         read_rows(str(tmp_path / "data.csv"))
+    with pytest.raises(DataError, match="is a folder: name a data file in it"):
+        read_rows(str(tmp_path))
 
 
 def test_columns_bind_to_input_slots():
