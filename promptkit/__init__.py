@@ -12,9 +12,16 @@ without importing torch.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# torchao (which transformers imports where it is installed) registers two enums with torch's
+# pytree, and torch answers each with a deprecation line meant for torchao: not for our users.
+logging.getLogger("torch.utils._pytree").addFilter(
+    lambda record: "is an Enum subclass" not in record.getMessage()
+)
 
 _EXPORTS = {
     "Backbone": "promptkit.backbone",
