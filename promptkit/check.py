@@ -55,11 +55,13 @@ def check_config(path: str | Path, overrides: Sequence[str] = ()) -> CheckReport
     use it, without training: see the module's description."""
     from promptkit.config import load_config
     from promptkit.modalities import modality_of
+    from promptkit.pipeline import check_runnable
 
     report = CheckReport()
     config = report.attempt("config", load_config, path, list(overrides))
     if config is None:
         return report
+    report.attempt("config", check_runnable, config)
     modality = modality_of(config.model_dump())
     trains = ", ".join(config.trainable) or "nothing (zero-shot)"
     report.add("config", f"{modality.name} run; trains {trains}; {config.trainer.epochs} epoch(s)")

@@ -76,13 +76,7 @@ def fit(
         overwrite: replace an earlier run in ``config.output_dir`` (else that is an error).
     """
     config = _as_config(config)
-    if not config.trainable and config.trainer.epochs:
-        raise ConfigError(
-            f"trainable is [], so nothing trains in trainer.epochs {config.trainer.epochs}: set "
-            "trainer.epochs: 0 for a zero-shot run, or name what trains."
-        )
-    if config.trainer.epochs == 0:
-        _nothing_random(config)
+    check_runnable(config)
     state = processes()  # under `accelerate launch`, only the main process writes
     run = RunFolder(config.output_dir, writer=state.is_main_process)
     run.check(resume, overwrite)  # before anything loads; checked again under the lock
@@ -136,6 +130,18 @@ def fit(
         sum(v.numel() for v in model.trained_state().values()),
         Predictor(model.eval()),
     )
+
+
+def check_runnable(config: Any) -> None:
+    """What ``fit`` refuses in a valid run config, before anything loads: epochs with
+    nothing to train, and a zero-shot run with parts that would start at random."""
+    if not config.trainable and config.trainer.epochs:
+        raise ConfigError(
+            f"trainable is [], so nothing trains in trainer.epochs {config.trainer.epochs}: set "
+            "trainer.epochs: 0 for a zero-shot run, or name what trains."
+        )
+    if config.trainer.epochs == 0:
+        _nothing_random(config)
 
 
 def _nothing_random(config: Any) -> None:

@@ -249,3 +249,12 @@ def test_the_split_names_of_a_built_in_data_set_are_not_shown_as_paths(tmp_path)
     report = check_config(write_config(tmp_path, config))
     shown = "\n".join(report.sections["config"])
     assert "data.train" not in shown and f"data.path: {tmp_path}" in shown
+
+
+def test_what_fit_refuses_before_loading_is_a_problem(model_dir, sentiment_data):
+    config = run_config(model_dir("bert"), sentiment_data, trainable=[])
+    report = check_config(write_config(sentiment_data, config))
+    assert any("trainable is [], so nothing trains" in p for p in report.problems)
+    config["trainer"] = {"epochs": 0}  # a zero-shot run, but [P1][P2] start at random
+    report = check_config(write_config(sentiment_data, config))
+    assert any("its scores would be chance" in p for p in report.problems)
