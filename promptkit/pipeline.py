@@ -203,10 +203,7 @@ def _untrained(
         metrics = evaluate(model, validation, None, batch_size, None, report, wanted)
     run.append_metrics({"epoch": 0, "split": "validation", **metrics})
     untrained = f" (trainable {config.trainable} stays as built)" if config.trainable else ""
-    run.log(
-        f"zero-shot (no training{untrained}): validation "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    )
+    run.log(f"zero-shot (no training{untrained}): validation {metrics_text(metrics)}")
     info = {"validation": metrics, "epoch": 0}
     return run.save_model(model, config.recipe(), fingerprint, info)
 
