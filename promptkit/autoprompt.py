@@ -55,7 +55,7 @@ def autoprompt(
     _check(model, examples, labels, iterations, candidates)
     vocabulary = whole_words(model.backbone.tokenizer, space=True)
     allowed = torch.tensor(sorted(vocabulary))
-    embeddings = model.lm.get_input_embeddings().weight.detach()
+    embeddings = model.backbone.input_embeddings.detach()
     table = model.prompts.table
     tokens = _nearest(table.detach(), embeddings, allowed)
     encoded = model.encode(examples)

@@ -23,9 +23,17 @@ from transformers import (
 )
 
 from promptkit import hub
+from promptkit.dispatch import (
+    input_device,
+    is_dispatched,
+    loading_options,
+    placement_summary,
+    stored,
+    weights,
+)
 from promptkit.errors import ConfigError
 from promptkit.layers import layers_in_order
-from promptkit.progress import Report, timed
+from promptkit.progress import Report, say, timed
 from promptkit.quantization import QuantizationConfigs, method_of, stored_tensors
 from promptkit.tasks.base import IGNORED
 
@@ -82,6 +90,27 @@ class Backbone:
         return 0 if pad is None else pad
 
     @property
+    def device(self) -> torch.device:
+        """Where the backbone takes its inputs (and its prompts and head run)."""
+        return input_device(self.model)
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether a device map spreads the backbone over devices, CPU memory or disk."""
+        return is_dispatched(self.model)
+
+    @property
+    def input_embeddings(self) -> torch.Tensor:
+        """The input embedding matrix ``[V, D]`` (read in where it is kept if offloaded)."""
+        return stored(self.model.get_input_embeddings())
+
+    @property
+    def output_embeddings(self) -> torch.Tensor:
+        """The LM head's matrix ``[V, D]``, else the input embeddings."""
+        head = self.model.get_output_embeddings()
+        return self.input_embeddings if head is None else stored(head)
+
+    @property
     def has_lm_head(self) -> bool:
         """Whether the model predicts tokens (what a verbalizer needs)."""
         return self.kind != "encoder"
@@ -91,18 +120,19 @@ class Backbone:
         so trained prompts are never loaded onto another one unnoticed (``scheme`` 1, of
         runs saved by promptkit 0.1, hashed the input embeddings only). A quantized
         backbone's hashes its quantization method and its weights as stored, so it never
-        matches the full backbone it was quantized from."""
+        matches the full backbone it was quantized from. A dispatched backbone's is the
+        whole one's: offloaded weights are read where they are kept."""
         config = self.model.config
         tag = ";".join(
             f"{key}={getattr(config, key, None)}"
             for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
         )
         if scheme == 1:
-            return fingerprint(tag, [("", self.model.get_input_embeddings().weight)], scheme)
+            return fingerprint(tag, [("", self.input_embeddings)], scheme)
         tag = f"{type(self.model).__name__};{tag}"
         if self.quantization is not None:  # the weights as stored: packed, with their scales
             return fingerprint(f"{tag};quantized={self.quantization}", stored_tensors(self.model))
-        return fingerprint(tag, self.model.named_parameters())
+        return fingerprint(tag, weights(self.model))
 
     @property
     def quantization(self) -> str | None:
@@ -148,6 +178,9 @@ def load_backbone(
     kind: BackboneKind | Literal["auto"] = "auto",
     dtype: str = "float32",
     quantization: QuantizationConfigs | None = None,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | None = None,
 ) -> Backbone:
     """Load a backbone from a hub id or a local folder.
 
@@ -158,10 +191,18 @@ def load_backbone(
         quantization: how to quantize the weights while loading (a
             ``promptkit.quantization`` config); a checkpoint quantized already loads as it
             is, without one.
+        device_map: where each layer goes ("auto", "balanced", "sequential" or a mapping of
+            module names to a GPU index, "cpu" or "disk"), through accelerate; None loads
+            the whole model into one device.
+        max_memory: the most each device may hold under a device map ({0: "20GiB",
+            "cpu": "60GiB"}); what does not fit goes to disk.
+        offload_folder: where weights offloaded to disk are written when the checkpoint
+            cannot be read in place (safetensors checkpoints are).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a backbone is named by a folder or hub id, not {name!r}.")
     quantized = {} if quantization is None else _quantized(name, quantization, dtype)
+    placed = loading_options(device_map, max_memory, offload_folder)
     loading = timed(f"loading backbone {name} ({dtype})")
     with loading, _bars_as_shown(), _loading(name) as options:
         tokenizer, detected = load_tokenizer(name)
@@ -172,7 +213,7 @@ def load_backbone(
             )
         kind = detected if kind == "auto" else kind
         model, info = _LOADERS[kind].from_pretrained(
-            name, dtype=_DTYPES[dtype], output_loading_info=True, **quantized, **options
+            name, dtype=_DTYPES[dtype], output_loading_info=True, **quantized, **placed, **options
         )
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -181,6 +222,8 @@ def load_backbone(
             f"{kind} (e.g. {missing[0]}): they would start random. Use a checkpoint that has "
             "them, or another backbone.kind."
         )
+    if is_dispatched(model):
+        say(placement_summary(model))
     return Backbone(model, tokenizer, kind, name)
 
 
@@ -305,7 +348,7 @@ def reading_at(
         hidden = output[0]
         if kept is not None:
             kept.append(hidden)
-        rows = index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        rows = index.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         output["last_hidden_state"] = hidden.gather(1, rows)
         return output
 
@@ -355,5 +398,5 @@ def first_answer_logits(
     decoder has read its start token and ``lead`` (T5's sentinel that opens the span)."""
     batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
     start = [model.config.decoder_start_token_id, *lead]
-    decoder_ids = torch.tensor([start] * batch, dtype=torch.long, device=model.device)
+    decoder_ids = torch.tensor([start] * batch, dtype=torch.long, device=input_device(model))
     return model(**inputs, decoder_input_ids=decoder_ids).logits[:, -1]

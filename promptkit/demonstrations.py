@@ -209,7 +209,7 @@ class Demonstrations:
 
     def _pool_vectors(self, model: PromptModel) -> torch.Tensor:
         """The pool's embedded texts, computed again only when the embeddings change."""
-        weight = model.lm.get_input_embeddings().weight
+        weight = model.backbone.input_embeddings
         version = (weight.data_ptr(), weight._version)  # _version counts in-place updates
         if self._vectors is None or self._vectors[0] != version:
             self._vectors = (version, self._embedded(model, self.examples))
@@ -219,7 +219,7 @@ class Demonstrations:
         """Unit vectors of the examples' input texts: their mean input embeddings."""
         texts = [" ".join(_text(ex[slot]) for slot in self.inputs) for ex in examples]
         ids = model.tokenizer.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
-        weight = model.lm.get_input_embeddings().weight
+        weight = model.backbone.input_embeddings
         with torch.no_grad():
             rows = [
                 weight[torch.tensor(row, device=weight.device)].float().mean(0)

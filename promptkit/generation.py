@@ -76,7 +76,7 @@ def generate(
     answers = [Written("")] * len(encoded)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     starts = range(0, len(order), batch_size)
     for start in track(starts, "writing", progress):
         chunk = order[start : start + batch_size]

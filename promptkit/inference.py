@@ -28,7 +28,7 @@ def predict_logits(
     length, so that little is spent on padding. Under ``accelerate launch`` each process
     scores its share and all of them get every row. ``progress``: where the batches done
     are reported (``promptkit.progress``)."""
-    device = device or next(model.parameters()).device
+    device = device or model.device
     state = processes()
     mine = range(state.process_index, len(encoded), state.num_processes)
     was_training = model.training
@@ -78,7 +78,7 @@ def answer_loss(
 ) -> float:
     """The mean loss per answer token of encoded examples with their answers
     (``progress``: as in ``predict_logits``)."""
-    device = device or next(model.parameters()).device
+    device = device or model.device
     state = processes()
     mine = list(range(state.process_index, len(encoded), state.num_processes))
     was_training = model.training

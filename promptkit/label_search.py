@@ -271,7 +271,6 @@ def search_config(
     """Search label words on a run config's training split (as the run would train on it:
     few-shot sampled, validation held out), with its template, backbone and prompts as they
     start; the classes are the head's, else the data's (through ``data.label_map``)."""
-    from promptkit.backbone import load_backbone
     from promptkit.catalog import template as compile_template
     from promptkit.data import load_splits
     from promptkit.model import build_model
@@ -302,8 +301,7 @@ def search_config(
     )
     train = splits.train
     check_labels(classes, train.examples, train.labels, per_class, candidates)
-    section = recipe.backbone
-    backbone = load_backbone(section.name, section.kind, section.dtype, section.quantization)
+    backbone = recipe.backbone.load()
     placeholders = list(whole_words(backbone.tokenizer, template.space_before_mask).values())
     model = build_model(with_classes(recipe, classes, placeholders), classes, backbone)
     return search_label_words(

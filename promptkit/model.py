@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from promptkit import catalog
-from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, compile_layers, load_backbone
+from promptkit.backbone import FINGERPRINT_SCHEME, Backbone, compile_layers
 from promptkit.calibration import calibrated, calibration_examples, estimate
 from promptkit.data import Split, as_examples, collate
 from promptkit.demonstrations import Demonstrations, check_head
@@ -88,6 +88,8 @@ class PromptModel(PolicyModule):
         self.calibration: torch.Tensor | None = None  # log mean class probabilities
         self.thresholds: torch.Tensor | None = None  # multi-label: each class's logit cut
         self.demonstrations: Demonstrations | None = None  # put before each query
+        if backbone.dispatched:
+            self.to(backbone.device)
 
     @property
     def classes(self) -> list[str]:
@@ -98,6 +100,26 @@ class PromptModel(PolicyModule):
     def task(self) -> Task:
         """What the head answers."""
         return self.head.task
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model takes its inputs: the backbone's (first) device."""
+        return self.backbone.device
+
+    def to(self, *args: Any, **kwargs: Any) -> PromptModel:
+        """As ``nn.Module.to``, except over a backbone spread by a device map: it stays
+        where the map put it, and the prompts and the head go where it takes its inputs."""
+        if self.backbone.dispatched:
+            args, kwargs = (self.backbone.device,), {}
+        return super().to(*args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PromptModel:
+        if not self.backbone.dispatched:
+            return super()._apply(fn, recurse)
+        for child in self.children():  # accelerate's hooks place a dispatched backbone
+            if child is not self.lm:
+                child._apply(fn, recurse)
+        return self
 
     def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
         """The backbone's fingerprint."""
@@ -306,10 +328,7 @@ def build_model(
         raise ConfigError(
             f"a {config.head.type} head needs its labels: set head.classes or give data."
         )
-    section = config.backbone
-    backbone = backbone or load_backbone(
-        section.name, section.kind, section.dtype, section.quantization
-    )
+    backbone = backbone or config.backbone.load()
     if config.backbone.compile:
         compile_layers(backbone.model)
     if config.ensemble is not None:

@@ -134,7 +134,8 @@ def fit(
 
 def check_runnable(config: Any) -> None:
     """What ``fit`` refuses in a valid run config, before anything loads: epochs with
-    nothing to train, and a zero-shot run with parts that would start at random."""
+    nothing to train, a zero-shot run with parts that would start at random, and a device map
+    under several processes."""
     if not config.trainable and config.trainer.epochs:
         raise ConfigError(
             f"trainable is [], so nothing trains in trainer.epochs {config.trainer.epochs}: set "
@@ -142,6 +143,12 @@ def check_runnable(config: Any) -> None:
         )
     if config.trainer.epochs == 0:
         _nothing_random(config)
+    if getattr(config.backbone, "device_map", None) and processes().num_processes > 1:
+        raise ConfigError(
+            "backbone.device_map spreads one copy of the backbone over devices, in one process, "
+            f"and this run has {processes().num_processes}: launch one process, or shard the "
+            "backbone across processes with FSDP instead (README: sharded backbones)."
+        )
 
 
 def _nothing_random(config: Any) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from promptkit.dispatch import offloaded_parameters
 from promptkit.errors import ConfigError
 from promptkit.quantization import quantized_layer_parameters
 
@@ -48,6 +49,7 @@ def parameter_groups(
     claimed: set[int] = set()
     chosen: dict[str, list[nn.Parameter]] = {}
     quantized = quantized_layer_parameters(backbone)
+    offloaded = offloaded_parameters(backbone)
     for group, params in candidates.items():
         if group not in policy:
             continue
@@ -59,6 +61,8 @@ def parameter_groups(
             raise ConfigError(_EMPTY[group])
         elif any(id(p) in quantized for p in chosen[group]):
             raise ConfigError(_ON_QUANTIZED.format(group=group))
+        elif any(id(p) in offloaded for p in chosen[group]):
+            raise ConfigError(_OFFLOADED.format(group=group))
     for module in (prompts, head, backbone):
         module.requires_grad_(False)
     for params in chosen.values():
@@ -103,6 +107,11 @@ class PolicyModule(nn.Module):
     groups: dict[str, list[nn.Parameter]]
     classes: list[str]
     task: Task
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model takes its inputs."""
+        return next(self.parameters()).device
 
     def fingerprint(self, scheme: int = 2) -> str:
         """A hash of what the trained parameters depend on in the backbone (``scheme``: of
@@ -191,3 +200,8 @@ _EMPTY = {
     "parameters: choose another group.",
     "all": "trainable includes 'all' but the backbone has no parameters.",
 }
+_OFFLOADED = (
+    "trainable includes {group!r}, which would train backbone weights that backbone.device_map "
+    "offloads (they are read in for each forward and cannot train): train prompts or a head, "
+    "or give backbone.max_memory room for the whole model."
+)

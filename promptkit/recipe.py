@@ -3,13 +3,17 @@ whole training run."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from promptkit.backbone import Backbone, load_backbone
 from promptkit.calibration import CalibrationConfig
 from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
 from promptkit.demonstrations import DemonstrationsConfig
+from promptkit.dispatch import loading_options
+from promptkit.errors import ConfigError
 from promptkit.heads import HeadConfigs
 from promptkit.heads.verbalizer import VerbalizerConfig
 from promptkit.joint import JointEnsembleConfig
@@ -37,8 +41,47 @@ class BackboneConfig(Strict):
         description="quantize the frozen weights while loading (bitsandbytes or torchao); a "
         "checkpoint quantized already needs none",
     )
+    device_map: str | dict[str, int | str] | None = Field(
+        None,
+        description="spread the frozen weights over devices, CPU memory and disk (accelerate): "
+        "auto, balanced, sequential, or module name -> GPU index, cpu or disk",
+    )
+    max_memory: dict[int | str, int | str] | None = Field(
+        None, description='under a device map, the most each device holds: {0: 20GiB, cpu: "60GiB"}'
+    )
+    offload_folder: str | None = Field(
+        None, description="under a device map, where weights offloaded to disk are written"
+    )
 
     _absolute_name = field_validator("name")(absolute_if_local)
+
+    @field_validator("offload_folder")
+    @classmethod
+    def _absolute_folder(cls, value: str | None) -> str | None:
+        return None if value is None else str(Path(value).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _dispatch(self) -> BackboneConfig:
+        try:
+            self.dispatch()
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if self.compile and self.device_map is not None:
+            raise ValueError(
+                "backbone.compile does not apply to a backbone spread by backbone.device_map "
+                "(its layers run through accelerate's hooks): drop one of them."
+            )
+        return self
+
+    def dispatch(self) -> dict[str, object]:
+        """The device-map options to load with (none when the model loads whole)."""
+        return loading_options(self.device_map, self.max_memory, self.offload_folder)
+
+    def load(self, name: str | None = None) -> Backbone:
+        """The backbone this section describes (or ``name``, loaded the same way)."""
+        return load_backbone(
+            name or self.name, self.kind, self.dtype, self.quantization, **self.dispatch()
+        )
 
 
 class ModelConfig(Strict):

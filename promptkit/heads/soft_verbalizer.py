@@ -62,8 +62,8 @@ class SoftVerbalizerHead(Head):
     ) -> SoftVerbalizerHead:
         words = config.words()
         ids, mask = words.token_ids(backbone.tokenizer, template.space_before_mask)
-        table = backbone.model.get_output_embeddings() or backbone.model.get_input_embeddings()
-        pieces = table.weight.detach().float()[ids] * mask.unsqueeze(-1)  # [C, W, T, D]
+        table = backbone.output_embeddings
+        pieces = table.detach().float()[ids] * mask.unsqueeze(-1)  # [C, W, T, D]
         per_word = pieces.sum(2) / mask.sum(-1, keepdim=True).clamp(min=1)
         has_word = mask[..., 0].unsqueeze(-1)
         vectors = (per_word * has_word).sum(1) / has_word.sum(1)

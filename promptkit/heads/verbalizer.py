@@ -131,7 +131,7 @@ def vocabulary_log_probs(
 ) -> torch.Tensor:
     """Each example's log-probabilities ``[N, len(ids)]`` of the tokens ``ids`` where [MASK]
     is read (normalised over the whole vocabulary); ``progress``: see ``promptkit.progress``."""
-    device = model.lm.device
+    device = model.device
     lead = answer_lead(model.backbone.tokenizer)
     encoded = model.encode(examples)
     was_training = model.training

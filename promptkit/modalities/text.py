@@ -136,7 +136,7 @@ def _label_hidden(template: Any, inputs: Any, label_column: str) -> None:
 def _backbone(section: Any, given: Any) -> Any:
     """The backbone given (loaded, or a folder or hub id to load as ``section`` says), else
     the one ``section`` names."""
-    from promptkit.backbone import Backbone, load_backbone
+    from promptkit.backbone import Backbone
 
     if isinstance(given, Backbone):
         return given
@@ -145,15 +145,12 @@ def _backbone(section: Any, given: Any) -> Any:
             "backbone= takes a loaded backbone (promptkit.backbone.load_backbone) or a model's "
             f"folder or hub id, not a {type(given).__name__}."
         )
-    return load_backbone(
-        str(given or section.name), section.kind, section.dtype, section.quantization
-    )
+    return section.load(str(given) if given else None)
 
 
 def _the_configs(section: Any, backbone: Any) -> Any:
     """``backbone``, checked to be the one ``section`` names (the run records that name):
     by its name, else by fingerprint."""
-    from promptkit.backbone import load_backbone
     from promptkit.schema import absolute_if_local
 
     wanted = section.quantization.method if section.quantization else None
@@ -165,7 +162,7 @@ def _the_configs(section: Any, backbone: Any) -> Any:
         )
     if absolute_if_local(backbone.name) == section.name:
         return backbone
-    named = load_backbone(section.name, section.kind, section.dtype, section.quantization)
+    named = section.load()
     if named.fingerprint() != backbone.fingerprint():
         raise BackboneMismatchError(
             f"the backbone given ({backbone.name}) is not the one backbone.name names "

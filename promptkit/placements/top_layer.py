@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from promptkit.dispatch import stored
 from promptkit.layers import layers_in_order
 from promptkit.placements.attention import pluggable, use_promptkit_attention
 from promptkit.placements.base import carried
@@ -123,7 +124,7 @@ def _top_attention(model: PreTrainedModel) -> tuple[nn.Module, nn.Module] | None
 def _reads_its_input(layer: nn.Module, attention: nn.Module) -> bool:
     """Whether ``attention`` receives exactly the layer's input (no norm in between)."""
     seen: list[torch.Tensor] = []
-    weight = attention.key.weight
+    weight = stored(attention.key)
     hidden = torch.linspace(-1, 1, 2 * weight.shape[1], dtype=weight.dtype, device=weight.device)
     hidden = hidden.view(1, 2, -1)
     handle = attention.register_forward_pre_hook(
