@@ -89,6 +89,12 @@ class Host:
                     "decode), in rows of its own that cannot share batches: load it alone with "
                     "promptkit.load(run), or retrain it with multi_token: mean or first."
                 )
+            if len(self.models) > 1 and not model.injector.mixable:
+                raise PromptkitError(
+                    f"task {name!r} uses the {model.injector.name} placement, which cannot share "
+                    "a batch with other runs (it runs its own forward): load it alone with "
+                    "promptkit.load(run)."
+                )
         self.injector = MixedInjector([m.injector for m in self._list], self.backbone.model)
         self.padding_side = "left" if self.backbone.is_causal else "right"
         self.closed = False
@@ -283,7 +289,7 @@ class Host:
     ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]:
         """Batches of rows of similar length: their indices, the collated batch on the
         backbone's device, and each row's task."""
-        device = self.backbone.model.device
+        device = self.backbone.device
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].encoded))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]

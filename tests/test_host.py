@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 from conftest import SEQ2SEQ, run_config
@@ -13,6 +15,8 @@ from promptkit.errors import BackboneMismatchError, PromptkitError
 from promptkit.host import Host
 from promptkit.model import build_model
 from promptkit.pipeline import fit
+from promptkit.placements import PLACEMENTS
+from promptkit.placements.input import InputConfig, InputInjector
 from promptkit.predictor import Predictor
 from promptkit.recipe import ModelConfig
 
@@ -223,3 +227,76 @@ def test_load_refuses_runs_that_cannot_share(model_dir, sentiment_data):
     llama = str(fit(validate_config(other)).run_dir)
     with pytest.raises(BackboneMismatchError, match="fingerprint"):
         promptkit.load([plain, llama])
+
+
+class ScaledConfig(InputConfig):
+    placement: Literal["scaled"] = "scaled"
+    scale: float = 3.0
+
+
+class ScaledInjector(InputInjector):
+    """The README's example placement: input prompts scaled by a constant."""
+
+    name = "scaled"
+    config = ScaledConfig
+
+    def __init__(self, config: ScaledConfig, model) -> None:
+        super().__init__(config, model)
+        self.scale = config.scale
+
+    def contribution(self, vectors, batch):
+        return super().contribution(vectors * self.scale, batch)
+
+
+def test_a_placement_of_ones_own_is_mixed_through_its_contribution(model_dir, monkeypatch):
+    monkeypatch.setitem(PLACEMENTS, "scaled", ScaledInjector)
+    backbone = load_backbone(str(model_dir("bert")))
+    tasks = _tasks("bert")
+    models = {}
+    for name in ("input-verbalizer", "prefix6-verbalizer", "deep-classifier"):
+        recipe = ModelConfig.model_validate({"backbone": {"name": "x"}, **tasks[name]})
+        if name == "input-verbalizer":
+            recipe = recipe.model_copy(update={"prompts": ScaledConfig()})
+        models[name] = build_model(recipe, backbone=backbone).eval()
+    assert isinstance(models["input-verbalizer"].injector, ScaledInjector)
+    host = Host(models)
+    pairs = [(name, text) for text in TEXTS for name in models]
+    mixed = host.predict_proba(pairs, batch_size=6)
+    unscaled = build_model(
+        ModelConfig.model_validate({"backbone": {"name": "x"}, **tasks["input-verbalizer"]}),
+        backbone=backbone,
+    ).eval()
+    unscaled.load_trained_state(models["input-verbalizer"].trained_state())
+    for (name, text), got in zip(pairs, mixed, strict=True):
+        want = Predictor(models[name]).predict_proba([text])[0]
+        assert all(abs(got[c] - want[c]) < 1e-5 for c in got), (name, text)
+    scaled = Predictor(models["input-verbalizer"]).predict_proba(TEXTS)
+    assert scaled != Predictor(unscaled).predict_proba(TEXTS)  # the scale does change answers
+
+
+def test_a_placement_that_only_defines_its_forward_cannot_be_mixed(model_dir):
+    with pytest.raises(TypeError, match="define contribution"):
+
+        class Unmixable(InputInjector):
+            def forward_kwargs(self, batch, vectors):
+                return self.embedded(batch, vectors * 2)
+
+    class Alone(InputInjector):
+        mixable = False
+
+        def forward_kwargs(self, batch, vectors):
+            return self.embedded(batch, vectors * 2)
+
+    backbone = load_backbone(str(model_dir("bert")))
+    tasks = _tasks("bert")
+    models = {
+        name: build_model(
+            ModelConfig.model_validate({"backbone": {"name": "x"}, **tasks[name]}),
+            backbone=backbone,
+        )
+        for name in ("input-verbalizer", "deep-classifier")
+    }
+    models["input-verbalizer"].injector = Alone(InputConfig(), backbone.model)
+    with pytest.raises(PromptkitError, match="'input-verbalizer'.*cannot share a batch"):
+        Host(models)
+    assert Host({"alone": models["input-verbalizer"]}).models

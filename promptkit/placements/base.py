@@ -2,10 +2,14 @@
 embeddings with explicit positions. Backbone-specific code lives in the placements only.
 
 An injector turns a batch and the prompt table's vectors into the keyword arguments of one
-backbone forward. Whatever reaches inside the backbone (prefixes, per-layer vectors) travels
-in those arguments (``promptkit=Prompting(...)``), which transformers hands down to every
-layer and attention call, activation checkpointing included. Nothing is kept on the backbone
-between forwards, so several prompted models can share one backbone.
+backbone forward, from its ``Contribution``: what the vectors put into the input embeddings,
+before which layers, and into which attention modules. The contributions of several runs make
+one forward over a batch that mixes their rows (``promptkit.placements.mixed``).
+
+Whatever reaches inside the backbone (prefixes, per-layer vectors) travels in the forward's
+arguments (``promptkit=Prompting(...)``), which transformers hands down to every layer and
+attention call, activation checkpointing included. Nothing is kept on the backbone between
+forwards, so several prompted models can share one backbone.
 """
 
 from __future__ import annotations
@@ -64,6 +68,19 @@ class Prompting:
     full_inputs: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Contribution:
+    """What a placement puts into a forward, whatever the batch holds: ``inputs`` (``[S, D]``,
+    a row per soft slot, spliced into the input embeddings where ``slot_ids`` name it; no rows
+    when slots take no positions), ``layers`` (layer index -> ``[S, D]`` vectors that replace
+    the slot positions' hidden states before that layer) and ``prefixes`` (attention module ->
+    the keys and values put in front of its own)."""
+
+    inputs: torch.Tensor
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+    prefixes: dict[nn.Module, Prefix] = field(default_factory=dict)
+
+
 def carried(kwargs: Mapping[str, object], owner: object) -> Prompting | None:
     """The ``Prompting`` a call's keyword arguments carry, when ``owner`` made it (hooks of
     other injectors on a shared backbone leave a forward alone)."""
@@ -79,8 +96,10 @@ class Injector:
 
     A subclass says what it accepts (its ``config`` section and ``check`` on the template),
     how wide its table rows are and how they start (``build_prompts``), whether soft slots
-    take sequence positions, how the vectors enter the backbone (``forward_kwargs``), and the
-    first layer they reach (``first_prompted``).
+    take sequence positions, what the vectors put into a forward (``contribution``), and the
+    first layer they reach (``first_prompted``). A placement that needs more than a
+    contribution says defines ``forward_kwargs`` itself and sets ``mixable = False``: its runs
+    then cannot share a batch with others on a ``Host``.
 
     In a forward that records gradients, the layers below the first one that needs autograd
     run without it (``skips_autograd``, on by default): below the first prompted layer
@@ -97,6 +116,15 @@ class Injector:
     name: ClassVar[str]
     config: ClassVar[type[PromptsConfig]]
     takes_positions: ClassVar[bool] = True  # whether soft slots are sequence positions
+    mixable: ClassVar[bool] = True  # whether its contribution is all it does (a Host mixes it)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.mixable and "forward_kwargs" in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} defines forward_kwargs, which a batch mixing several runs on a "
+                "Host would not run: define contribution() instead, or set mixable = False."
+            )
 
     def __init__(self, config: PromptsConfig, model: PreTrainedModel) -> None:
         self.embed = model.get_input_embeddings()
@@ -152,7 +180,7 @@ class Injector:
             config.encoder_hidden,
             config.dropout,
         )
-        embeddings = backbone.model.get_input_embeddings().weight
+        embeddings = backbone.input_embeddings
         prompts.initialise(template.slots, embeddings, backbone.tokenizer, config.init, generator)
         return prompts
 
@@ -198,7 +226,20 @@ class Injector:
     def forward_kwargs(
         self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
     ) -> dict[str, object]:
-        """Forward kwargs of a batch; subclasses decide where ``vectors`` go."""
+        """Forward kwargs of a batch with ``vectors`` where the contribution puts them."""
+        part = self.contribution(vectors, batch)
+        kwargs = self.embedded(batch, part.inputs)
+        if part.layers or part.prefixes:
+            slot_ids = batch["slot_ids"]
+            layers = {index: (rows, slot_ids) for index, rows in part.layers.items()}
+            kwargs[PROMPTING_KWARG] = Prompting(self, prefixes=part.prefixes, layers=layers)
+        return kwargs
+
+    def contribution(
+        self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> Contribution:
+        """What the prompt table's ``vectors`` put into a forward (``batch``: the one it
+        runs, or empty when it mixes the rows of several runs)."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -271,5 +312,6 @@ def replace_slots(
     hidden: torch.Tensor, slot_ids: torch.Tensor, vectors: torch.Tensor
 ) -> torch.Tensor:
     """``hidden`` with ``vectors[slot_ids]`` where ``slot_ids >= 0``."""
-    soft = vectors.to(hidden.dtype)[slot_ids.clamp(min=0)]
+    slot_ids = slot_ids.to(hidden.device)  # a device map may put the layer on another device
+    soft = vectors.to(hidden.device, hidden.dtype)[slot_ids.clamp(min=0)]
     return torch.where((slot_ids >= 0).unsqueeze(-1), soft, hidden)

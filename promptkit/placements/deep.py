@@ -12,12 +12,7 @@ from transformers import PreTrainedModel
 
 from promptkit.config import LayeredPromptsConfig
 from promptkit.layers import layer_list, n_layers, select_layers
-from promptkit.placements.base import (
-    PROMPTING_KWARG,
-    Injector,
-    Prompting,
-    replaced_before_layer,
-)
+from promptkit.placements.base import Contribution, Injector, replaced_before_layer
 
 
 class DeepConfig(LayeredPromptsConfig):
@@ -44,9 +39,9 @@ class DeepInjector(Injector):
         self.layers = [0, *(i for i in selected if i > 0)]
         self._handles = [
             blocks[index].register_forward_pre_hook(
-                replaced_before_layer(depth, self), with_kwargs=True
+                replaced_before_layer(index, self), with_kwargs=True
             )
-            for depth, index in enumerate(self.layers[1:], start=1)
+            for index in self.layers[1:]
         ]
 
     @property
@@ -54,18 +49,13 @@ class DeepInjector(Injector):
         """Size of one prompt-table row: a hidden-size vector per prompted layer."""
         return len(self.layers) * self.embed.embedding_dim
 
-    def forward_kwargs(
-        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
-    ) -> dict[str, object]:
-        """Layer 0's vectors go into the input; the later layers' travel to the hooks."""
+    def contribution(
+        self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> Contribution:
+        """Layer 0's vectors go into the input, each later layer's before that layer."""
         per_layer = vectors.view(vectors.shape[0], len(self.layers), self.embed.embedding_dim)
-        kwargs = self.embedded(batch, per_layer[:, 0])
-        slot_ids = batch["slot_ids"]
-        kwargs[PROMPTING_KWARG] = Prompting(
-            owner=self,
-            layers={d: (per_layer[:, d], slot_ids) for d in range(1, len(self.layers))},
-        )
-        return kwargs
+        later = {index: per_layer[:, d] for d, index in enumerate(self.layers[1:], start=1)}
+        return Contribution(inputs=per_layer[:, 0], layers=later)
 
     def release(self) -> None:
         """Remove the hooks."""

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from promptkit.config import PromptsConfig
 from promptkit.placements.attention import shares_key_value_heads, use_promptkit_attention
-from promptkit.placements.base import Injector
+from promptkit.placements.base import Contribution, Injector
 from promptkit.placements.common_start import CommonStart
 from promptkit.placements.top_layer import TopLayer
 
@@ -38,7 +38,7 @@ class InputInjector(Injector):
         self.common_start = CommonStart(model, self)
         self.top_layer = TopLayer(model, self)
 
-    def forward_kwargs(
-        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
-    ) -> dict[str, object]:
-        return self.embedded(batch, vectors)
+    def contribution(
+        self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> Contribution:
+        return Contribution(inputs=vectors)

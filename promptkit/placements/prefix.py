@@ -22,7 +22,7 @@ from promptkit.config import EncoderKind, LayeredPromptsConfig
 from promptkit.errors import ConfigError
 from promptkit.layers import n_layers, select_layers
 from promptkit.placements.attention import pluggable, use_promptkit_attention
-from promptkit.placements.base import PROMPTING_KWARG, Injector, Prompting
+from promptkit.placements.base import PROMPTING_KWARG, Contribution, Injector, Prompting
 from promptkit.placements.top_layer import TopLayer
 from promptkit.prompts import SoftPrompts
 from promptkit.template import Template
@@ -134,7 +134,7 @@ class PrefixInjector(Injector):
                 config.dropout,
                 table_dim=backbone.hidden_size,
             )
-            embeddings = backbone.model.get_input_embeddings().weight
+            embeddings = backbone.input_embeddings
             prompts.initialise(
                 template.slots, embeddings, backbone.tokenizer, config.init, generator
             )
@@ -142,7 +142,7 @@ class PrefixInjector(Injector):
         prompts = SoftPrompts(template.n_slots, self.width, "none", None, config.dropout)
         if config.start == "activations":
             words = SoftPrompts(template.n_slots, backbone.hidden_size, "none", None, 0.0)
-            embeddings = backbone.model.get_input_embeddings().weight
+            embeddings = backbone.input_embeddings
             words.initialise(template.slots, embeddings, backbone.tokenizer, config.init, generator)
             prompts.table.data.copy_(self.activations(backbone.model, words.table.detach()))
         else:
@@ -171,14 +171,14 @@ class PrefixInjector(Injector):
         ]  # each [P, 2, H_kv, Dh]
         return torch.cat([r.flatten(1) for r in rows], 1).float()
 
-    def forward_kwargs(
-        self, batch: Mapping[str, torch.Tensor], vectors: torch.Tensor
-    ) -> dict[str, object]:
-        """The input without soft slots; each selected layer's prefix travels to its
-        attention."""
-        kwargs = self.embedded(batch)
-        kwargs[PROMPTING_KWARG] = Prompting(owner=self, prefixes=self.prefixes(vectors, batch))
-        return kwargs
+    def contribution(
+        self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
+    ) -> Contribution:
+        """Nothing in the input (the slots take no positions); each selected layer's prefix
+        at its attention."""
+        return Contribution(
+            vectors.new_zeros(0, self.embed.embedding_dim), prefixes=self.prefixes(vectors, batch)
+        )
 
     def prefixes(
         self, vectors: torch.Tensor, batch: Mapping[str, torch.Tensor]
@@ -217,8 +217,8 @@ class Prefix:
         """Keys, values and mask with the prefix in front of the real positions (T5's
         relative position bias: see ``bias``)."""
         batch, n_prefix = key.shape[0], self.key.shape[-2]
-        prefix_key = _per_row(self.key.to(key.dtype), batch)
-        prefix_value = _per_row(self.value.to(value.dtype), batch)
+        prefix_key = _per_row(self.key.to(key.device, key.dtype), batch)
+        prefix_value = _per_row(self.value.to(value.device, value.dtype), batch)
         q_len, kv_len = query.shape[2], key.shape[2]
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         if mask is None and causal and q_len > 1:
