@@ -117,7 +117,7 @@ def _check_setup(template: Template, placement: str, encoder: bool, task: Task) 
             "AutoPrompt's triggers are input words: use `prompts: {placement: input, "
             "encoder: none}`."
         )
-    if not task.has_classes or task.name != "classification":
+    if not task.one_class:
         raise ConfigError("AutoPrompt searches triggers for a classifier's labels.")
 
 

@@ -82,7 +82,7 @@ def estimate(
     calibration in place."""
     from promptkit.inference import predict_logits
 
-    if not model.task.has_classes or model.task.name != "classification":
+    if not model.task.one_class:
         raise ConfigError(
             f"calibration corrects the class probabilities of a classifier; this run's task "
             f"is {model.task.name}: drop the calibration section."

@@ -176,33 +176,15 @@ def _data(report: CheckReport, modality: Any, config: Any, task: Any) -> tuple[A
         split = getattr(splits, name)
         if split is None:
             continue
-        counts = _class_counts(split.labels, classes, task)
+        counts = task.class_counts(split.labels, classes) if task.has_classes else Counter()
         per_class = ", ".join(f"{c} {counts[c]}" for c in classes)
         report.add(
             "data", f"{name}: {len(split)} examples" + (f" ({per_class})" if classes else "")
         )
-        empty = [c for c in classes if not counts[c]] if task.name == "classification" else []
+        empty = [c for c in classes if not counts[c]] if task.one_class else []
         if empty and name != "test":
             report.problems.append(f"data: the {name} split has no example of {empty}.")
     return loaded
-
-
-def _class_counts(labels: Sequence[Any], classes: Sequence[str], task: Any) -> Counter:
-    """How often each class is a label (each tag of a tagged sentence; each class a
-    multi-label row has)."""
-    from promptkit.tasks import IGNORED
-
-    counts: Counter = Counter()
-    if not task.has_classes:
-        return counts
-    for label in labels:
-        if task.name == "multi_label":
-            counts.update(c for c, on in zip(classes, label, strict=True) if on)
-        elif isinstance(label, list):
-            counts.update(classes[i] for i in label if i != IGNORED)
-        else:
-            counts[classes[label]] += 1
-    return counts
 
 
 def _size(report: CheckReport, name: str, kind: str, dtype: str) -> None:

@@ -193,7 +193,7 @@ def is_ensemble(folder: str | Path) -> bool:
 def _shared_classes(host: Host) -> list[str]:
     """The members' classes, which must be one list (in one order)."""
     described = [host.describe(name) for name in host.tasks]
-    if any(model.task.name != "classification" for model in host.models.values()):
+    if not all(model.task.one_class for model in host.models.values()):
         raise ConfigError(
             "an ensemble combines classifiers that give one class per example: every member "
             "must be one (not a tagger, a generator or a multi-label run)."

@@ -84,7 +84,7 @@ def check_joint(recipe: ModelConfig, checked: Sequence[CheckedRecipe]) -> list[s
             f"the members of a jointly trained ensemble share one frozen backbone, so they "
             f"train prompts and heads only, not {idle}: drop them from trainable."
         )
-    if any(c.task is not CLASSIFICATION for c in checked):
+    if not all(c.task.one_class for c in checked):
         raise ConfigError("a jointly trained ensemble combines classifiers of one class each.")
     inputs = {tuple(c.template.inputs) for c in checked}
     if len(inputs) > 1:

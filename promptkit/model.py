@@ -22,7 +22,7 @@ from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
 from promptkit.recipe import ModelConfig
 from promptkit.seeding import seeded
-from promptkit.tasks import MULTI_LABEL, Task
+from promptkit.tasks import Task
 from promptkit.tasks.multi_label import best_thresholds
 from promptkit.template import Template
 
@@ -226,7 +226,7 @@ class PromptModel(PolicyModule):
         predictions then answer a class when its probability is at least 0.5."""
         from promptkit.inference import predict_logits
 
-        if self.task is not MULTI_LABEL:
+        if not self.task.tunes_thresholds:
             raise ConfigError(
                 f"thresholds are tuned for multi-label runs; this one's task is {self.task.name}."
             )
@@ -290,7 +290,7 @@ def check_recipe(recipe: ModelConfig) -> CheckedRecipe:
     placement.check(recipe.prompts, template)
     head = HEADS[recipe.head.type]
     classes = head.check(recipe.head, template)
-    if head.task_of(recipe.head).name == "multi_label" and recipe.calibration is not None:
+    if not head.task_of(recipe.head).one_class and recipe.calibration is not None:
         raise ConfigError(
             "calibration corrects a distribution over classes, and a multi-label head scores "
             "each class on its own: drop the calibration section (thresholds are tuned instead)."

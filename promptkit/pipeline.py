@@ -219,16 +219,16 @@ def _estimated(model: Any, config: Any, splits: Any, run: RunFolder) -> bool:
     """Estimate on the data what follows training (the label bias, a multi-label model's
     thresholds); whether there was any."""
     calibrating = getattr(config, "calibration", None) is not None
-    multi_label = model.task.name == "multi_label"
+    tuning = model.task.tunes_thresholds
     if calibrating:
         _calibrate(model, config, splits.train, run)
-    if multi_label:
+    if tuning:
         thresholds = model.tune_thresholds(splits.validation, config.trainer.eval_batch_size)
         shown = ", ".join(
             f"{c} {t:.3f}" for c, t in zip(model.classes, thresholds.tolist(), strict=True)
         )
         run.log(f"logit thresholds tuned on {len(splits.validation)} validation examples: {shown}")
-    return calibrating or multi_label
+    return calibrating or tuning
 
 
 def _calibrate(model: Any, config: Any, train: Any, run: RunFolder) -> None:

@@ -18,7 +18,7 @@ from promptkit.heads.base import Head, Outputs
 from promptkit.heads.word_decoding import WordDecoder
 from promptkit.progress import Report, track
 from promptkit.schema import absolute_if_local
-from promptkit.tasks import CLASSIFICATION, MULTI_LABEL
+from promptkit.tasks import CLASSIFICATION
 from promptkit.template import Template
 from promptkit.verbalizer import Verbalizer, class_scores, word_scores
 
@@ -81,12 +81,6 @@ def check_mask(template: Template, head: str) -> None:
             f"{template.name} has no [MASK], but a {head} head reads its answer there: add "
             "[MASK] (e.g. '<x> It was [MASK].')."
         )
-
-
-def log_odds(log_probs: torch.Tensor) -> torch.Tensor:
-    """``log(p / (1 - p))`` of log-probabilities."""
-    log_probs = log_probs.clamp(max=-1e-6)
-    return log_probs - torch.log(-torch.expm1(log_probs))
 
 
 def needs_lm_head(backbone: Backbone) -> None:
@@ -249,4 +243,4 @@ class VerbalizerHead(Head):
             log_probs = outputs.logits[:, 0].float().log_softmax(-1)
             words = word_scores(log_probs, self.word_ids, self.word_mask, self.multi_token)
         scores = class_scores(words, self.word_mask[..., 0], self.aggregate)
-        return log_odds(scores) if self.task is MULTI_LABEL else scores
+        return self.task.scores_as_logits(scores)

@@ -4,6 +4,7 @@ inference and the run folder read it from there instead of guessing from label s
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,6 +27,10 @@ class Task:
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     has_classes: ClassVar[bool] = True  # whether answers are classes (else free text)
     empty_label: ClassVar[bool] = False  # whether an empty list is a label (no class)
+    # whether an answer is one class out of all, a distribution over them: what calibration,
+    # ensembles, AutoPrompt and label-word search work on
+    one_class: ClassVar[bool] = False
+    tunes_thresholds: ClassVar[bool] = False  # whether classes get thresholds after training
 
     @property
     def default_metric(self) -> str:
@@ -54,6 +59,15 @@ class Task:
 
         logits = predict_logits(model, encoded, batch_size, device, progress)
         return self.metrics(logits, split.labels, model.classes)
+
+    def class_counts(self, labels: Sequence[Any], classes: Sequence[str]) -> Counter:
+        """How often each class is a label of ``labels`` (encoded, as ``encode_label``
+        makes them)."""
+        return Counter(classes[label] for label in labels)
+
+    def scores_as_logits(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Logits from class log-probabilities read off a language model (as they are)."""
+        return log_probs
 
     def class_order(self, names: Sequence[str]) -> list[str]:
         """The classes, in logit order, from the label names found in the training data."""

@@ -18,6 +18,7 @@ class Classification(Task):
 
     name = "classification"
     metric_names = ("accuracy", "macro_f1")
+    one_class = True
 
     def label_names(self, raw: Any) -> list[str]:
         return [str(raw)]

@@ -8,6 +8,7 @@ answer's probability is at least 0.5 exactly when the class is predicted.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,15 @@ class MultiLabel(Task):
     name = "multi_label"
     metric_names = ("micro_f1", "macro_f1", "exact_match")
     empty_label = True
+    tunes_thresholds = True
+
+    def class_counts(self, labels: Sequence[Any], classes: Sequence[str]) -> Counter:
+        return Counter(c for label in labels for c, on in zip(classes, label, strict=True) if on)
+
+    def scores_as_logits(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """Each class's log-odds: whether its words are the answer or not, on its own."""
+        log_probs = log_probs.clamp(max=-1e-6)
+        return log_probs - torch.log(-torch.expm1(log_probs))
 
     def label_names(self, raw: Any) -> list[str]:
         return self.names_in_list(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,10 @@ class Tagging(Task):
 
     name = "tagging"
     metric_names = ("f1", "precision", "recall", "accuracy")
+
+    def class_counts(self, labels: Sequence[Any], classes: Sequence[str]) -> Counter:
+        """How often each tag labels a word."""
+        return Counter(classes[i] for label in labels for i in label if i != IGNORED)
 
     def class_order(self, names: Sequence[str]) -> list[str]:
         """Tag names in a stable order, the outside tag "O" first (words the model cannot see,
