@@ -533,6 +533,40 @@ def list_catalog() -> None:
         console.print(table)
 
 
+@app.command("list")
+def list_registered(
+    kind: Annotated[
+        str | None,
+        typer.Argument(help="placements, heads, tasks, modalities or quantizations (all if none)"),
+    ] = None,
+) -> None:
+    """List what can be named in a config: placements (prompts.placement), heads (head.type),
+    task kinds, modalities and quantization methods (backbone.quantization.method)."""
+    with _reported():
+        from promptkit.errors import ConfigError
+        from promptkit.heads import HEADS
+        from promptkit.modalities import MODALITIES
+        from promptkit.placements import PLACEMENTS
+        from promptkit.quantization import QUANTIZATIONS
+        from promptkit.tasks import TASKS
+
+        registries = {
+            "placements": PLACEMENTS,
+            "heads": HEADS,
+            "tasks": TASKS,
+            "modalities": MODALITIES,
+            "quantizations": QUANTIZATIONS,
+        }
+        if kind is not None and kind not in registries:
+            raise ConfigError(f"there is no list {kind!r}; choose one of {', '.join(registries)}.")
+        for name, registry in registries.items():
+            if kind in (None, name):
+                table = Table("name", "what it is", title=name)
+                for entry, summary in registry.described().items():
+                    table.add_row(Text(entry, style="bold"), Text(summary))
+                console.print(table)
+
+
 @app.command("methods")
 def list_methods() -> None:
     """List the method presets (start a config with `preset: NAME`): what trains, and where

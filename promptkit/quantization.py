@@ -16,7 +16,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from promptkit.errors import ConfigError
-from promptkit.schema import Strict, tagged_union
+from promptkit.registry import Registry
+from promptkit.schema import Strict, tag, tagged_union
 
 # torchao configs measured to run on the CPU (torchao 0.18); the others need a GPU.
 TORCHAO_ON_CPU = ("Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig")
@@ -126,8 +127,12 @@ class TorchAoQuantization(Strict):
         return TorchAoConfig(quant_type, modules_to_not_convert=self.modules_to_not_convert)
 
 
-QUANTIZATIONS = (BitsAndBytesQuantization, TorchAoQuantization)
-QuantizationConfigs = tagged_union(QUANTIZATIONS, "method", default="bitsandbytes")
+QUANTIZATIONS: Registry[type[Strict]] = Registry(
+    "quantization method",
+    (BitsAndBytesQuantization, TorchAoQuantization),
+    key=lambda section: tag(section, "method"),
+)
+QuantizationConfigs = tagged_union(list(QUANTIZATIONS.values()), "method", default="bitsandbytes")
 
 
 def _installed(package: str) -> None:

@@ -75,3 +75,37 @@ def test_modalities_are_looked_up_by_name():
         modality_of({"modality": "audio"})
     with pytest.raises(ConfigError, match="a config is a mapping of keys to values, not a list"):
         validate_config([1, 2])
+
+
+def test_every_registry_names_its_plugins_and_refuses_an_unknown_one():
+    from promptkit.modalities import MODALITIES
+    from promptkit.quantization import QUANTIZATIONS
+    from promptkit.tasks import TASKS
+
+    for registry, known in [
+        (PLACEMENTS, "prefix"),
+        (HEADS, "classifier"),
+        (TASKS, "tagging"),
+        (MODALITIES, "vision"),
+        (QUANTIZATIONS, "torchao"),
+    ]:
+        assert registry[known] is dict(registry)[known]
+        assert registry.described()[known]
+        with pytest.raises(ConfigError, match=f"there is no {registry.kind} 'nope'.*{known}"):
+            registry["nope"]
+
+
+def test_the_cli_lists_the_registries():
+    from typer.testing import CliRunner
+
+    from promptkit.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "placements"])
+    assert listed.exit_code == 0
+    assert all(name in listed.stdout for name in PLACEMENTS)
+    assert "heads" not in listed.stdout
+    everything = runner.invoke(app, ["list"]).stdout
+    assert all(name in everything for name in ("token", "multi_label", "bitsandbytes"))
+    unknown = runner.invoke(app, ["list", "widgets"])
+    assert unknown.exit_code == 2 and "no list 'widgets'" in unknown.stderr

@@ -18,19 +18,21 @@ from promptkit.heads.knowledgeable import KnowledgeableVerbalizerHead
 from promptkit.heads.soft_verbalizer import SoftVerbalizerHead
 from promptkit.heads.token import TokenClassifierHead
 from promptkit.heads.verbalizer import LabelWordsConfig, VerbalizerHead
+from promptkit.registry import Registry
 from promptkit.schema import tagged_union
 
-HEADS: dict[str, type[Head]] = {
-    cls.type: cls
-    for cls in (
+HEADS: Registry[type[Head]] = Registry(
+    "head",
+    (
         VerbalizerHead,
         KnowledgeableVerbalizerHead,
         SoftVerbalizerHead,
         ClassifierHead,
         TokenClassifierHead,
         GenerationHead,
-    )
-}
+    ),
+    key="type",
+)
 # The heads that read label words at [MASK] (their section names a verbalizer).
 LABEL_WORD_HEADS = tuple(t for t, cls in HEADS.items() if issubclass(cls.config, LabelWordsConfig))
 # The `head` section of a text recipe: one member per head, told apart by `type`.

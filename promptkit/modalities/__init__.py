@@ -12,8 +12,9 @@ from promptkit.errors import ConfigError
 from promptkit.modalities.base import Modality, Prepared
 from promptkit.modalities.text import TextModality
 from promptkit.modalities.vision import VisionModality
+from promptkit.registry import Registry
 
-MODALITIES: dict[str, Modality] = {m.name: m for m in (TextModality(), VisionModality())}
+MODALITIES: Registry[Modality] = Registry("modality", (TextModality(), VisionModality()))
 
 
 def modality_of(config: Mapping[str, Any]) -> Modality:

@@ -12,11 +12,12 @@ from promptkit.placements.base import Injector, Prompting
 from promptkit.placements.deep import DeepInjector
 from promptkit.placements.input import InputInjector
 from promptkit.placements.prefix import PrefixInjector
+from promptkit.registry import Registry
 from promptkit.schema import tagged_union
 
-PLACEMENTS: dict[str, type[Injector]] = {
-    cls.name: cls for cls in (InputInjector, PrefixInjector, DeepInjector)
-}
+PLACEMENTS: Registry[type[Injector]] = Registry(
+    "placement", (InputInjector, PrefixInjector, DeepInjector)
+)
 # The `prompts` section of a text recipe: one member per placement, told apart by `placement`.
 PlacementConfigs = tagged_union([cls.config for cls in PLACEMENTS.values()], "placement", "input")
 

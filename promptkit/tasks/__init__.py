@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from promptkit.registry import Registry
 from promptkit.tasks.base import IGNORED, Task
 from promptkit.tasks.classification import Classification
 from promptkit.tasks.generation import Generation
 from promptkit.tasks.multi_label import MultiLabel
 from promptkit.tasks.tagging import Tagging
 
-TASKS: dict[str, Task] = {
-    task.name: task for task in (Classification(), MultiLabel(), Tagging(), Generation())
-}
+TASKS: Registry[Task] = Registry(
+    "task kind", (Classification(), MultiLabel(), Tagging(), Generation())
+)
 CLASSIFICATION, MULTI_LABEL, TAGGING, GENERATION = (
     TASKS[n] for n in ("classification", "multi_label", "tagging", "generation")
 )
