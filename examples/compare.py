@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 import promptkit
-from promptkit.config import merged, validate_config
+from promptkit.config import merged
+from promptkit.run_config import validate_config
 
 
 def main(

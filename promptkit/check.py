@@ -53,9 +53,9 @@ class CheckReport:
 def check_config(path: str | Path, overrides: Sequence[str] = ()) -> CheckReport:
     """Check the run config at ``path`` (with ``overrides``, ``a.b=value``) as ``fit`` would
     use it, without training: see the module's description."""
-    from promptkit.config import load_config
     from promptkit.modalities import modality_of
     from promptkit.pipeline import check_runnable
+    from promptkit.run_config import load_config
 
     report = CheckReport()
     config = report.attempt("config", load_config, path, list(overrides))

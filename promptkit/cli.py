@@ -141,7 +141,7 @@ def fit(
     overrides = [*(set_ or []), *([f"output_dir={output}"] if output else [])]
     hint = " ".join(["promptkit fit", str(config), *(f"--set {o}" for o in overrides)])
     with _reported(hint):
-        from promptkit.config import load_config
+        from promptkit.run_config import load_config
 
         loaded = load_config(config, overrides)  # config errors come before heavy imports
     with _reported(hint, Path(loaded.output_dir)):
@@ -208,9 +208,10 @@ def evaluate(
     with _reported():
         _use_threads(threads)
         from promptkit.data import Split, label_indices, mapped_labels
-        from promptkit.ensemble import Ensemble, is_ensemble
+        from promptkit.ensemble import Ensemble
         from promptkit.pipeline import evaluate_split
         from promptkit.predictor import load
+        from promptkit.run_folder import is_ensemble
         from promptkit.tasks import CLASSIFICATION
 
         if is_ensemble(run_dir):
@@ -307,10 +308,10 @@ def predict(
     prediction, and the class scores. RUN_DIR may be a saved ensemble."""
     with _reported():
         _use_threads(threads)
-        from promptkit.ensemble import Ensemble, is_ensemble
+        from promptkit.ensemble import Ensemble
         from promptkit.modalities import modality_of
         from promptkit.predictor import load
-        from promptkit.run_folder import RunFolder
+        from promptkit.run_folder import RunFolder, is_ensemble
         from promptkit.tasks import CLASSIFICATION
 
         _check_output(output, Path(input), run_dir, overwrite)
@@ -408,7 +409,7 @@ def serve(
     """Serve trained runs over HTTP, all on one backbone (docs at /docs once started)."""
     with _reported():
         _use_threads(threads)
-        from promptkit.host import load
+        from promptkit.host import host_runs
         from promptkit.serve import Limits
         from promptkit.serve import serve as run_server
 
@@ -416,7 +417,7 @@ def serve(
         named = _named_runs(runs)
         _warn_unfinished(named.values())
         port = _listenable(host, port)  # before minutes of loading
-        hosted = load(named, device=device)  # a mapping: always a Host
+        hosted = host_runs(named, device=device)
         err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
     run_server(hosted, host, port, limits)
 
@@ -618,7 +619,7 @@ def template_search(
     """Score candidate hard templates zero-shot on CONFIG's validation data, best first."""
     with _reported():
         _use_threads(threads)
-        from promptkit.config import load_config
+        from promptkit.run_config import load_config
         from promptkit.template_search import catalog_candidates, score_templates
 
         loaded = load_config(config, set_ or [])
@@ -647,8 +648,8 @@ def template_autoprompt(
     with _reported():
         _use_threads(threads)
         from promptkit.autoprompt import autoprompt, check_config
-        from promptkit.config import load_config
         from promptkit.modalities import modality_of
+        from promptkit.run_config import load_config
 
         loaded = load_config(config, set_ or [])
         check_config(loaded)
@@ -774,8 +775,8 @@ def verbalizer_search(
     label words, PETAL's likelihood ratio) and write them for `head.verbalizer: OUTPUT`."""
     with _reported():
         _use_threads(threads)
-        from promptkit.config import load_config
         from promptkit.label_search import check_output, search_config, write_verbalizer
+        from promptkit.run_config import load_config
 
         loaded = load_config(config, set_ or [])
         check_output(output, overwrite)

@@ -24,13 +24,13 @@ from typing import Any, Literal
 import torch
 
 from promptkit.errors import ConfigError, PromptkitError
-from promptkit.host import Host
+from promptkit.host import Host, host_runs
 from promptkit.predictor import checked_items
+from promptkit.run_folder import ENSEMBLE_FILE
 from promptkit.tasks import CLASSIFICATION
 
 Combine = Literal["mean", "weighted", "vote"]
 COMBINES = ("mean", "weighted", "vote")
-ENSEMBLE_FILE = "ensemble.json"
 
 
 class Ensemble:
@@ -137,10 +137,8 @@ class Ensemble:
     ) -> Ensemble:
         """Trained runs of one task (a list of run folders, or names to folders), loaded onto
         one backbone as an ensemble."""
-        from promptkit.host import load
-
         named = dict(runs) if isinstance(runs, Mapping) else None
-        host = load(named if named is not None else list(runs), device=device)
+        host = host_runs(named if named is not None else list(runs), device=device)
         if named is None:
             named = dict(zip(host.tasks, runs, strict=True))
         if len(host.tasks) < 2:
@@ -183,11 +181,6 @@ def check_folder(folder: str | Path) -> Path:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise PromptkitError(f"{folder} is not an empty folder: save the ensemble to a new one.")
     return folder
-
-
-def is_ensemble(folder: str | Path) -> bool:
-    """Whether a folder holds a saved ensemble."""
-    return (Path(folder) / ENSEMBLE_FILE).is_file()
 
 
 def _shared_classes(host: Host) -> list[str]:

@@ -30,12 +30,12 @@ from promptkit.generation import Written, warn_empty, write
 from promptkit.heads.base import Outputs
 from promptkit.model import PromptModel
 from promptkit.placements.mixed import MixedInjector
-from promptkit.predictor import Predictor, checked_items
+from promptkit.predictor import checked_items
 from promptkit.predictor import load as load_run
-from promptkit.run_folder import RunFolder
+from promptkit.run_folder import RunFolder, is_ensemble
 
 if TYPE_CHECKING:
-    from promptkit.ensemble import Ensemble
+    pass
 
 # Trainable groups that change the backbone's own weights: such a run cannot share it.
 _BACKBONE_GROUPS = ("bias", "norm", "all")
@@ -354,27 +354,14 @@ class Host:
         return positions
 
 
-def load(
-    runs: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
+def host_runs(
+    runs: Sequence[str | Path] | Mapping[str, str | Path],
     backbone: Any = None,
     device: str | torch.device = "cpu",
-) -> Predictor | Host | Ensemble:
-    """Load a trained run (a ``Predictor``), or several onto one backbone (a ``Host``), or a
-    saved ensemble (an ``Ensemble``).
-
-    Args:
-        runs: a run folder or a saved ensemble's folder; or a list of run folders (each
-            task named after its folder); or a mapping of task names to run folders.
-        backbone: another location of the backbone (a path or a loaded one); by default the
-            one the (first) run names. A different backbone is an error.
-        device: where to run.
-    """
-    if isinstance(runs, str | Path):
-        from promptkit.ensemble import Ensemble, is_ensemble
-
-        if is_ensemble(runs):
-            return Ensemble.load(runs, device)
-        return load_run(runs, backbone, device)
+) -> Host:
+    """Several trained runs on one backbone: a list of run folders (each task named after
+    its folder), or a mapping of task names to run folders (``backbone``, ``device``: as in
+    ``promptkit.load``)."""
     named = _named(runs)
     for run in named.values():  # every run, before any loads
         _hostable(run, shared=len(named) > 1)
@@ -389,8 +376,6 @@ def _hostable(run: str | Path, shared: bool) -> None:
     """A run is hosted as a single text prompt and, when it shares the backbone with other
     runs (``shared``), one that did not train the backbone's own weights (checked on its
     recipe, before anything loads)."""
-    from promptkit.ensemble import is_ensemble
-
     if is_ensemble(run):
         raise PromptkitError(
             f"{run} is an ensemble of runs: hosting shares one backbone among single text "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -65,7 +66,27 @@ def evaluate(
     encoded with its labels; ``wanted``: the metrics that must be there (default: all)."""
     if encoded is None:
         encoded = model.encode(split.examples, split.labels)
-    return model.task.evaluate(model, split, encoded, batch_size, device, progress, wanted)
+    scorer = _Scorer(model, batch_size, device, progress)
+    return model.task.evaluate(scorer, split, encoded, wanted)
+
+
+@dataclass
+class _Scorer:
+    """The model run for a task's evaluation, batched as ``evaluate`` was asked."""
+
+    model: PolicyModule
+    batch_size: int
+    device: torch.device | str | None
+    progress: bool | Report
+
+    def logits(self, encoded: Sequence[Any]) -> torch.Tensor:
+        return predict_logits(self.model, encoded, self.batch_size, self.device, self.progress)
+
+    def loss(self, encoded: Sequence[Any]) -> float:
+        return answer_loss(self.model, encoded, self.batch_size, self.device)
+
+    def write(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
+        return self.model.generate(examples, batch_size=self.batch_size, progress=self.progress)
 
 
 @torch.inference_mode()

@@ -33,7 +33,6 @@ from promptkit.schema import Strict
 from promptkit.tasks import CLASSIFICATION, Task
 
 if TYPE_CHECKING:
-    from promptkit.backbone import Backbone
     from promptkit.model import CheckedRecipe, PromptModel
     from promptkit.recipe import ModelConfig
 
@@ -213,16 +212,3 @@ class JointEnsemble(PolicyModule):
 def _own(batch: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
     prefix = f"m{index}."
     return {k.removeprefix(prefix): v for k, v in batch.items() if k.startswith(prefix)}
-
-
-def build_joint(
-    recipe: ModelConfig,
-    classes: Sequence[str] | None,
-    backbone: Backbone,
-    collapsed: bool = False,
-) -> JointEnsemble:
-    """The members of ``recipe.ensemble`` on one backbone, as one model."""
-    from promptkit.model import build_model
-
-    members = [build_model(r, classes, backbone, collapsed) for r in member_recipes(recipe)]
-    return JointEnsemble(members, recipe.ensemble.combine)

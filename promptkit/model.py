@@ -16,7 +16,7 @@ from promptkit.demonstrations import Demonstrations, check_head
 from promptkit.encoding import EncodedPrompt, PromptTokenizer
 from promptkit.errors import ConfigError, DataError
 from promptkit.heads import HEADS, Head
-from promptkit.joint import build_joint, check_joint, member_recipes
+from promptkit.joint import JointEnsemble, check_joint, member_recipes
 from promptkit.placements import PLACEMENTS, Injector
 from promptkit.policy import PolicyModule, parameter_groups
 from promptkit.prompts import SoftPrompts
@@ -332,7 +332,9 @@ def build_model(
     if config.backbone.compile:
         compile_layers(backbone.model)
     if config.ensemble is not None:
-        return build_joint(config, classes or checked.classes, backbone, collapsed)
+        fixed = classes or checked.classes
+        members = [build_model(r, fixed, backbone, collapsed) for r in member_recipes(config)]
+        return JointEnsemble(members, config.ensemble.combine)
     injector = checked.placement(config.prompts, backbone.model)
     max_length = config.max_length or min(DEFAULT_MAX_LENGTH, injector.max_positions)
     if max_length > injector.max_positions:

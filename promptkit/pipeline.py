@@ -12,7 +12,6 @@ import torch
 from pydantic import BaseModel
 
 from promptkit import catalog
-from promptkit.config import load_config, validate_config
 from promptkit.data import Split
 from promptkit.errors import ConfigError, EmptyAnswersWarning, diverted
 from promptkit.heads import HEADS
@@ -25,6 +24,7 @@ from promptkit.policy import PolicyModule
 from promptkit.predictor import Predictor
 from promptkit.processes import processes
 from promptkit.progress import Report, console_shown, metrics_text, say
+from promptkit.run_config import load_config, validate_config
 from promptkit.run_folder import RunFolder
 from promptkit.train import Trainer
 

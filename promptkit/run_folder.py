@@ -50,6 +50,7 @@ RESUMABLE = (
     "output_dir",
 )
 TEMP_SUFFIX = ".promptkit-tmp"
+ENSEMBLE_FILE = "ensemble.json"  # what makes a folder a saved ensemble of runs
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -101,6 +102,11 @@ def check_writable(path: Path, option: str, folder: bool) -> None:
 def atomic_text(path: Path, text: str) -> None:
     """Write a text file atomically."""
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def is_ensemble(folder: str | Path) -> bool:
+    """Whether a folder holds a saved ensemble of runs (``promptkit.Ensemble.save``)."""
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
 
 
 class RunFolder:

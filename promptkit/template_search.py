@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptkit import catalog
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.heads import HEADS
 from promptkit.progress import Report, say
+from promptkit.run_config import validate_config
 from promptkit.template import SegmentKind, Template
 
 ZERO_SHOT_HEADS = ("verbalizer",)  # a soft verbalizer's class vectors are trained

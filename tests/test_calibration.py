@@ -7,12 +7,12 @@ import torch
 from conftest import run_config, zero_shot_tagger
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.predictor import Predictor
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"], "meh": ["fine"]}
 TEXTS = ["the movie was great", "a dull plot", "so bad"]

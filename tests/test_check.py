@@ -140,7 +140,7 @@ def test_paths_are_read_from_the_working_directory(model_dir, sentiment_data, mo
     ):
         assert f"{key}: {value}" in shown
 
-    from promptkit.config import load_config
+    from promptkit.run_config import load_config
 
     loaded = load_config(path)  # the paths a saved run reads again are kept absolute
     assert loaded.head.verbalizer == str(sentiment_data / "words.yaml")

@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from promptkit import catalog
-from promptkit.config import load_config, validate_config
 from promptkit.errors import ConfigError
 from promptkit.model import check_recipe
+from promptkit.run_config import load_config, validate_config
 
 BASE = {
     "backbone": {"name": "some/model"},

@@ -9,13 +9,14 @@ import torch
 from transformers import DistilBertConfig, DistilBertModel, DynamicCache
 
 from promptkit.backbone import load_backbone
-from promptkit.config import validate, validate_config
+from promptkit.config import validate
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.placements.prefix import PrefixConfig, PrefixInjector
 from promptkit.predictor import load
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 from tests.conftest import run_config
 
 FAMILIES = ["bert", "roberta", "gpt2", "llama"]

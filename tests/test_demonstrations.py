@@ -8,12 +8,12 @@ import pytest
 from conftest import run_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.demonstrations import Demonstrations, DemonstrationsConfig
 from promptkit.errors import ConfigError, DataWarning
 from promptkit.modalities.text import TextModality
 from promptkit.model import check_recipe
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 
 QUERIES = ["the movie was fun", "i hated this plot", "a very dull film"]
 

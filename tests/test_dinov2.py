@@ -13,10 +13,10 @@ from transformers import (
 )
 from vision_helpers import TIMM_MODELS, save_dinov2, save_hf_vit, vision_config, write_images
 
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.run_config import validate_config
 from promptkit.vision.config import VisionModelConfig
 from promptkit.vision.model import build_vision_model
 

@@ -17,11 +17,12 @@ import promptkit
 from promptkit import pipeline
 from promptkit.backbone import load_backbone
 from promptkit.cli import app
-from promptkit.config import validate, validate_config
+from promptkit.config import validate
 from promptkit.errors import ConfigError
 from promptkit.generation import generate
 from promptkit.pipeline import fit
 from promptkit.recipe import BackboneConfig
+from promptkit.run_config import validate_config
 from promptkit.serve import create_app
 
 runner = CliRunner()

@@ -8,9 +8,9 @@ from conftest import run_config
 
 import promptkit
 from promptkit import Ensemble
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film", "it was fine"]
 LABELS = ["positive", "negative", "negative", "positive", "positive"]

@@ -14,11 +14,11 @@ from conftest import make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit.config import load_config, validate_config
 from promptkit.data import as_examples, validate_rows
 from promptkit.encoding import PromptTokenizer
 from promptkit.errors import PromptkitError
 from promptkit.readers import read_rows
+from promptkit.run_config import load_config, validate_config
 from promptkit.template import SegmentKind, Template
 
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import run_config
 
-from promptkit.config import validate, validate_config
+from promptkit.config import validate
 from promptkit.errors import ConfigError, DataWarning, PromptkitError, TemplateError
 from promptkit.generation import carried
 from promptkit.model import build_model
@@ -17,6 +17,7 @@ from promptkit.pipeline import fit
 from promptkit.placements.base import PROMPTING_KWARG
 from promptkit.predictor import load
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 from promptkit.tasks import IGNORED
 
 DECODERS = ["gpt2", "llama"]

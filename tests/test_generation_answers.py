@@ -23,12 +23,12 @@ from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from promptkit.cli import app
-from promptkit.config import validate_config
 from promptkit.errors import EmptyAnswersWarning
 from promptkit.host import Host
 from promptkit.modalities import modality_of
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 from promptkit.serve import create_app
 
 NEWLINE = "\n"

@@ -16,7 +16,6 @@ from vision_helpers import TIMM_MODELS, save_hf_vit, vision_config, write_images
 
 from promptkit import catalog, cli, hub
 from promptkit.backbone import load_backbone
-from promptkit.config import load_config, validate_config
 from promptkit.errors import (
     BackboneMismatchError,
     ConfigError,
@@ -27,6 +26,7 @@ from promptkit.errors import (
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.run_config import load_config, validate_config
 from promptkit.run_folder import RunFolder
 from promptkit.vision.config import VisionModelConfig
 from promptkit.vision.model import build_vision_model

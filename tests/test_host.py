@@ -10,7 +10,6 @@ from conftest import SEQ2SEQ, run_config
 
 import promptkit
 from promptkit.backbone import load_backbone
-from promptkit.config import validate_config
 from promptkit.errors import BackboneMismatchError, PromptkitError
 from promptkit.host import Host
 from promptkit.model import build_model
@@ -19,6 +18,7 @@ from promptkit.placements import PLACEMENTS
 from promptkit.placements.input import InputConfig, InputInjector
 from promptkit.predictor import Predictor
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
 TEXTS = ["the movie was great", "a dull plot", "i loved this film and the acting", "so bad"]

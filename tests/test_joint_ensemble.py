@@ -8,10 +8,10 @@ import torch
 from conftest import run_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.joint import JointEnsemble
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
 MEMBERS = [

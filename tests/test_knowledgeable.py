@@ -10,13 +10,13 @@ import torch
 from conftest import run_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import DataWarning, VerbalizerError
 from promptkit.heads.knowledgeable import refined
 from promptkit.heads.verbalizer import vocabulary_log_probs
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 
 WORDS = {"positive": ["great", "good", "wonderful"], "negative": ["terrible", "bad", "dull"]}
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from promptkit import label_search
 from promptkit.cli import app
-from promptkit.config import validate_config
 from promptkit.encoding import word_tokens
 from promptkit.errors import ConfigError, DataError, TemplateError
 from promptkit.label_search import (
@@ -26,6 +25,7 @@ from promptkit.label_search import (
     write_verbalizer,
 )
 from promptkit.model import build_model
+from promptkit.run_config import validate_config
 from promptkit.verbalizer import Verbalizer
 
 runner = CliRunner()

@@ -10,9 +10,9 @@ import torch
 from conftest import run_config, write_splits
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, DataError
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 from promptkit.tasks import MULTI_LABEL
 from promptkit.tasks.multi_label import best_thresholds
 

@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 
 import promptkit
 from promptkit.backbone import load_backbone
-from promptkit.config import validate, validate_config
+from promptkit.config import validate
 from promptkit.errors import BackboneMismatchError, ConfigError
 from promptkit.pipeline import fit
 from promptkit.quantization import stored_tensors
 from promptkit.recipe import BackboneConfig
+from promptkit.run_config import validate_config
 from promptkit.serve import create_app
 
 NF4 = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}

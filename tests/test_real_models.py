@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from promptkit.backbone import load_backbone
-from promptkit.config import validate_config
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.run_config import validate_config
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

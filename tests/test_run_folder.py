@@ -12,10 +12,10 @@ import torch
 from conftest import run_config
 from safetensors.torch import save_file
 
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, TrainingError
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.run_config import validate_config
 from promptkit.run_folder import RunFolder
 
 

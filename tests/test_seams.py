@@ -4,12 +4,12 @@ the declared task kind, the modality registry."""
 import pytest
 from conftest import run_config
 
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError
 from promptkit.heads import HEADS
 from promptkit.modalities import modality_of
 from promptkit.model import build_model, check_recipe
 from promptkit.placements import PLACEMENTS
+from promptkit.run_config import validate_config
 from promptkit.tasks import CLASSIFICATION, TAGGING
 
 BASE = {

@@ -19,9 +19,9 @@ import pytest
 from conftest import run_config, sentiment_rows
 
 import promptkit
-from promptkit.config import validate_config
-from promptkit.ensemble import ENSEMBLE_FILE
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
+from promptkit.run_folder import ENSEMBLE_FILE
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
 
@@ -226,7 +226,7 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
         loaded.append(named)
         return SimpleNamespace(tasks=list(named))
 
-    monkeypatch.setattr(promptkit.host, "load", load)
+    monkeypatch.setattr(promptkit.host, "host_runs", load)
     served = []
     monkeypatch.setattr(promptkit.serve, "serve", lambda *args: served.append(args))
 

@@ -7,12 +7,12 @@ import torch
 from conftest import run_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import TemplateError
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.predictor import Predictor
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 
 WORDS = {"positive": ["great"], "negative": ["bad"], "meh": ["fine"]}
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]

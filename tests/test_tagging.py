@@ -10,13 +10,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from promptkit.config import validate_config
 from promptkit.data import collate, label_indices
 from promptkit.encoding import PromptTokenizer
 from promptkit.errors import DataError
 from promptkit.pipeline import fit
 from promptkit.predictor import load
 from promptkit.readers import read_conll, read_rows, tag_names
+from promptkit.run_config import validate_config
 from promptkit.tasks import IGNORED, TAGGING
 from promptkit.template import Template
 from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config, zero_shot_tagger

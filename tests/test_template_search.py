@@ -7,11 +7,11 @@ from conftest import run_config
 from typer.testing import CliRunner
 
 from promptkit.cli import app
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError, TemplateError
 from promptkit.modalities import modality_of
 from promptkit.model import build_model
 from promptkit.pipeline import evaluate_split
+from promptkit.run_config import validate_config
 from promptkit.template_search import catalog_candidates, score_templates
 
 CANDIDATES = ["<x> it was [MASK].", "<x> so the movie was [MASK]!", "<x> [MASK]"]

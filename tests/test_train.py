@@ -11,7 +11,7 @@ from accelerate.state import AcceleratorState
 from conftest import run_config
 from safetensors.torch import load_file
 
-from promptkit.config import TrainerConfig, validate_config
+from promptkit.config import TrainerConfig
 from promptkit.errors import (
     BackboneMismatchError,
     ConfigError,
@@ -21,6 +21,7 @@ from promptkit.errors import (
 from promptkit.model import PromptModel
 from promptkit.pipeline import fit
 from promptkit.predictor import load
+from promptkit.run_config import validate_config
 from promptkit.run_folder import RunFolder
 from promptkit.train import _accelerator
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from vision_helpers import TIMM_MODELS, save_hf_vit, vision_config, write_images
 
 from promptkit.cli import app
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, DataError, PromptkitError
 from promptkit.layers import select_layers
 from promptkit.pipeline import fit
 from promptkit.predictor import load
 from promptkit.prompts import SoftPrompts
+from promptkit.run_config import validate_config
 from promptkit.vision.config import ImageDataConfig, VisionModelConfig
 from promptkit.vision.data import read_image_rows, to_rgb
 from promptkit.vision.model import VisionPromptModel, build_vision_model

@@ -9,11 +9,11 @@ import torch
 from conftest import run_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError, PromptkitError
 from promptkit.model import build_model
 from promptkit.pipeline import fit
 from promptkit.recipe import ModelConfig
+from promptkit.run_config import validate_config
 
 PHRASES = {"positive": ["great", "good movie"], "negative": ["bad plot", "dull"]}
 TEXT = "the movie was great"

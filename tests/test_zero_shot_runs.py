@@ -10,9 +10,9 @@ from conftest import run_config
 from vision_helpers import vision_config
 
 import promptkit
-from promptkit.config import validate_config
 from promptkit.errors import ConfigError
 from promptkit.pipeline import fit
+from promptkit.run_config import validate_config
 
 TEXTS = ["the movie was great", "so bad"]
 

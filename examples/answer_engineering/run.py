@@ -42,9 +42,10 @@ from assets import ensure  # noqa: E402
 
 import promptkit  # noqa: E402
 from promptkit.autoprompt import autoprompt  # noqa: E402
-from promptkit.config import merged, validate_config  # noqa: E402
+from promptkit.config import merged  # noqa: E402
 from promptkit.label_search import search_label_words  # noqa: E402
 from promptkit.modalities import modality_of  # noqa: E402
+from promptkit.run_config import validate_config  # noqa: E402
 
 CALIBRATED = {"calibration": {}}
 TEMPLATES = ["sentiment_cloze", "sentiment_review", "sentiment_overall"]

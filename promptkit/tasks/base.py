@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -17,6 +17,25 @@ if TYPE_CHECKING:
     from promptkit.policy import PolicyModule
 
 IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
+
+
+class Scorer(Protocol):
+    """What a task asks of the model it evaluates (``promptkit.inference`` runs the model: a
+    task only turns what it answers into metrics)."""
+
+    model: PolicyModule
+
+    def logits(self, encoded: Sequence[Any]) -> torch.Tensor:
+        """The model's logits for encoded examples, in their order."""
+        ...
+
+    def loss(self, encoded: Sequence[Any]) -> float:
+        """The mean loss per answer token of encoded examples with their answers."""
+        ...
+
+    def write(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The answer the model writes for each example."""
+        ...
 
 
 class Task:
@@ -45,20 +64,14 @@ class Task:
 
     def evaluate(
         self,
-        model: PolicyModule,
+        scorer: Scorer,
         split: Split,
         encoded: Sequence[Any],
-        batch_size: int = 64,
-        device: torch.device | str | None = None,
-        progress: bool = False,
         wanted: Collection[str] | None = None,
     ) -> dict[str, float]:
-        """The model's metrics on a labelled split (``encoded``: its examples, encoded;
-        ``wanted``: the metrics that must be there, by default all)."""
-        from promptkit.inference import predict_logits
-
-        logits = predict_logits(model, encoded, batch_size, device, progress)
-        return self.metrics(logits, split.labels, model.classes)
+        """The metrics on a labelled split of what ``scorer`` answers (``encoded``: the
+        split's examples, encoded; ``wanted``: the metrics that must be there, default all)."""
+        return self.metrics(scorer.logits(encoded), split.labels, scorer.model.classes)
 
     def class_counts(self, labels: Sequence[Any], classes: Sequence[str]) -> Counter:
         """How often each class is a label of ``labels`` (encoded, as ``encode_label``

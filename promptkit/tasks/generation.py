@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from promptkit.tasks.base import IGNORED, Task
+from promptkit.tasks.base import IGNORED, Scorer, Task
 
 if TYPE_CHECKING:
     from promptkit.data import Split
@@ -79,24 +79,18 @@ class Generation(Task):
 
     def evaluate(
         self,
-        model: PolicyModule,
+        scorer: Scorer,
         split: Split,
         encoded: Sequence[Any],
-        batch_size: int = 64,
-        device: torch.device | str | None = None,
-        progress: bool = False,
         wanted: Collection[str] | None = None,
     ) -> dict[str, float]:
         """The loss of the references (teacher-forced), and with it, when wanted, the text
         metrics of what the model writes for each distinct prompt."""
-        from promptkit.inference import answer_loss
-
-        scores = {"loss": answer_loss(model, encoded, batch_size, device)}
+        scores = {"loss": scorer.loss(encoded)}
         if wanted is not None and not set(wanted) & set(TEXT_METRICS):
             return scores
-        prompts, references = _grouped(model, split)
-        written = model.generate(prompts, batch_size=batch_size, progress=progress)
-        return {**scores, **self.metrics(written, references)}
+        prompts, references = _grouped(scorer.model, split)
+        return {**scores, **self.metrics(scorer.write(prompts), references)}
 
     def named(self, probabilities: torch.Tensor, classes: Any, sizes: Any) -> list[Any]:
         raise NotImplementedError("a generator writes text: use generate()")
