@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-shuffled lint assets
+.PHONY: demo test test-fast test-shuffled lint assets docs
 
 # the order test-shuffled runs the fast suite in: a number, or random
 SEED ?= 20261203
@@ -12,7 +12,7 @@ SEED ?= 20261203
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev,examples,quantization]"
+	$(BIN)/pip install -q -e ".[dev,examples,quantization,docs]"
 	touch $(STAMP)
 
 assets: $(STAMP)
@@ -34,3 +34,6 @@ test-shuffled: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site

@@ -48,7 +48,9 @@ class PromptsConfig(Strict):
     placement: str
     init: InitKind = Field("vocab", description="default init of slots that name none")
     encoder: EncoderKind = Field("none", description="none | mlp | lstm (P-tuning v1)")
-    encoder_hidden: int | None = Field(None, gt=0, le=65536)
+    encoder_hidden: int | None = Field(
+        None, gt=0, le=65536, description="the width of the encoder's hidden layer (mlp, lstm)"
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="on the vectors (prefix dropout)")
 
 
@@ -93,15 +95,19 @@ class TrainerConfig(Strict):
     """How training runs."""
 
     epochs: int = Field(10, ge=0, description="0: a zero-shot run (nothing trains)")
-    batch_size: Steps = 16
-    eval_batch_size: Steps = 64
-    grad_accum: Steps = 1
+    batch_size: Steps = Field(16, description="examples per step (per process)")
+    eval_batch_size: Steps = Field(64, description="examples per batch when scoring")
+    grad_accum: Steps = Field(1, description="batches whose gradients make one step")
     lr: dict[Group, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="per trainable group"
     )
-    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW's")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="the share of the steps the learning rate warms up over"
+    )
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="the learning rate after warm-up"
+    )
     max_grad_norm: float | None = Field(
         1.0, gt=0, allow_inf_nan=False, description="clip gradients to this norm (null: never)"
     )
@@ -115,7 +121,7 @@ class TrainerConfig(Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, slower"
     )
-    progress: bool = True
+    progress: bool = Field(True, description="show progress on the console (train.log has it)")
     log_every: Steps = Field(10, description="optimizer steps between train.log lines")
 
     def learning_rate(self, group: str) -> float:
@@ -129,15 +135,21 @@ class DataConfig(Strict):
     dataset: str | None = Field(
         None, description="a hub data set; train/validation/test then name its splits"
     )
-    subset: str | None = None
-    train: str | None = None
-    validation: str | None = None
-    test: str | None = None
-    label_column: str = "label"
+    subset: str | None = Field(None, description="the hub data set's configuration")
+    train: str | None = Field(None, description="a data file or folder, or a hub split")
+    validation: str | None = Field(
+        None, description="as train; default: validation_size of the training data"
+    )
+    test: str | None = Field(None, description="as train; scored once, after training")
+    label_column: str = Field("label", description="the column that holds the label")
     label_map: dict[str, str] | None = Field(None, description="raw label -> class name")
-    validation_size: float = Field(0.1, gt=0, lt=1)
+    validation_size: float = Field(
+        0.1, gt=0, lt=1, description="the share of train held out when there is no validation"
+    )
     few_shot: int | None = Field(None, gt=0, description="examples per class for training")
-    validation_few_shot: int | None = Field(None, gt=0)
+    validation_few_shot: int | None = Field(
+        None, gt=0, description="examples per class for validation"
+    )
     invalid: Literal["error", "drop"] = Field(
         "error", description="a row with an empty input or label: an error, or left out"
     )

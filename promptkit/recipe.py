@@ -27,7 +27,10 @@ class BackboneConfig(Strict):
     """Which pretrained model to prompt."""
 
     name: str = Field(description="hub id or local folder")
-    kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = "auto"
+    kind: Literal["auto", "masked_lm", "causal_lm", "encoder"] = Field(
+        "auto",
+        description="auto reads it from the checkpoint; encoder uses the hidden states alone",
+    )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
         "float32", description="float64 for exact comparisons; bfloat16 or float16 halve the memory"
     )
@@ -88,11 +91,15 @@ class ModelConfig(Strict):
     """The recipe of a prompt model: everything needed to rebuild it around its backbone."""
 
     modality: Literal["text"] = "text"
-    backbone: BackboneConfig
+    backbone: BackboneConfig = Field(description="the frozen pretrained model")
     template: str = Field(description="a template or a catalog template's name")
     inputs: dict[str, str] = Field(default_factory=dict, description="input slot -> data column")
-    head: HeadConfigs = Field(default_factory=VerbalizerConfig)
-    prompts: PlacementConfigs = Field(default_factory=InputConfig)
+    head: HeadConfigs = Field(
+        default_factory=VerbalizerConfig, description="what turns a forward into answers (type)"
+    )
+    prompts: PlacementConfigs = Field(
+        default_factory=InputConfig, description="where the soft slots go (placement)"
+    )
     trainable: list[Group] = Field(
         default_factory=lambda: ["prompts"], description="what trains; [] for zero-shot use"
     )
@@ -102,8 +109,12 @@ class ModelConfig(Strict):
         description="longest encoded sequence; default 256, or fewer if the "
         "backbone has fewer positions",
     )
-    padding_side: Literal["auto", "left", "right"] = "auto"
-    seed: int = Field(13, ge=0, lt=2**32)
+    padding_side: Literal["auto", "left", "right"] = Field(
+        "auto", description="auto: left for causal LMs (their answer is read last), else right"
+    )
+    seed: int = Field(
+        13, ge=0, lt=2**32, description="seeds the prompts' and head's start, data order, sampling"
+    )
     calibration: CalibrationConfig | None = Field(
         None, description="contextual calibration of the class probabilities, after training"
     )
@@ -123,9 +134,9 @@ class ModelConfig(Strict):
 class RunConfig(ModelConfig):
     """A whole training run on text."""
 
-    data: DataConfig
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    output_dir: str = "runs/run"
+    data: DataConfig = Field(description="the examples")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="how it trains")
+    output_dir: str = Field("runs/run", description="the run folder (fit --output overrides)")
 
     def recipe(self) -> ModelConfig:
         """The part of the config that is saved with the trained prompt."""

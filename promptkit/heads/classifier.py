@@ -27,7 +27,7 @@ class ClassifierConfig(ClassesConfig):
     type: Literal["classifier"] = "classifier"
     pool: Pool = Field("cls", description="cls | mean | mask ([MASK]) | last (causal LMs)")
     classes: list[str] | None = Field(None, description="the labels (default: from the data)")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="on the pooled state, in training")
 
     _distinct = field_validator("classes")(distinct_classes)
 

@@ -30,14 +30,18 @@ class GenerationConfig(HeadConfig):
         description="the answer, as Jinja over the example's fields (default: the value of "
         "data.label_column)",
     )
-    max_new_tokens: int = Field(64, gt=0)
+    max_new_tokens: int = Field(64, gt=0, description="the longest answer, in tokens")
     num_beams: int = Field(1, ge=1, description="beam search with more than one")
-    do_sample: bool = False
+    do_sample: bool = Field(False, description="sample the answer (else greedy or beam search)")
     temperature: float | None = Field(None, gt=0, description="sampling only")
     top_p: float | None = Field(None, gt=0, le=1, description="sampling only")
     top_k: int | None = Field(None, gt=0, description="sampling only")
-    repetition_penalty: float | None = Field(None, gt=0)
-    no_repeat_ngram_size: int | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="above 1 discourages repeated tokens"
+    )
+    no_repeat_ngram_size: int | None = Field(
+        None, gt=0, description="no n-gram of this size twice in an answer"
+    )
     stop: list[str] = Field(default_factory=list, description="strings that end the answer")
 
     @model_validator(mode="after")

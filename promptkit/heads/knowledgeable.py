@@ -50,7 +50,9 @@ class KnowledgeableConfig(VerbalizerConfig):
     """``head`` of the knowledgeable verbalizer."""
 
     type: Literal["knowledgeable"] = "knowledgeable"  # type: ignore[assignment]
-    multi_token: Literal["mean", "first"] = "mean"  # type: ignore[assignment]
+    multi_token: Literal["mean", "first"] = Field(  # type: ignore[assignment]
+        "mean", description="a word of several tokens: mean of their scores, or first"
+    )
     aggregate: Literal["mean"] = "mean"
     prior: int = Field(
         200, gt=0, description="unlabelled training inputs the words' prior is estimated on"

@@ -23,7 +23,7 @@ class TokenConfig(HeadConfig):
 
     type: Literal["token"] = "token"
     classes: list[str] | None = Field(None, description="the tags (default: from the data)")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="on the word states, in training")
 
     _distinct = field_validator("classes")(distinct_classes)
 

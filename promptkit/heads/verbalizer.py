@@ -70,8 +70,10 @@ class VerbalizerConfig(LabelWordsConfig):
     """``head`` of the verbalizer."""
 
     type: Literal["verbalizer"] = "verbalizer"
-    multi_token: MultiToken = "mean"
-    aggregate: Aggregate = "mean"
+    multi_token: MultiToken = Field(
+        "mean", description="a word of several tokens: mean of their scores, first, or decode"
+    )
+    aggregate: Aggregate = Field("mean", description="a class of several words: mean or max")
 
 
 def check_mask(template: Template, head: str) -> None:

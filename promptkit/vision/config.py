@@ -35,7 +35,7 @@ class VPTConfig(Strict):
     tokens: int = Field(10, ge=0, le=1024, description="prompt tokens per prompted layer")
     deep: bool = Field(False, description="VPT-deep: each selected layer has its own prompts")
     layers: str = Field("all", description="deep only: all | first:K | last:K | A-B")
-    dropout: float = Field(0.1, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1, description="on the prompt tokens, in training")
 
     _layers = field_validator("layers")(check_layers)
 
@@ -50,7 +50,9 @@ class VisionHeadConfig(Strict):
     """The linear head on the class token, the mean of the patch tokens, or both side by side
     (token+avg: DINOv2's linear evaluation; transformers backbones)."""
 
-    pool: Literal["token", "avg", "token+avg"] = "token"
+    pool: Literal["token", "avg", "token+avg"] = Field(
+        "token", description="the class token, the mean of the patches, or both"
+    )
 
 
 class ImageConfig(Strict):
@@ -74,12 +76,20 @@ class VisionModelConfig(Strict):
     """The recipe of a prompted vision transformer."""
 
     modality: Literal["vision"]
-    backbone: VisionBackboneConfig
-    vpt: VPTConfig = Field(default_factory=VPTConfig)
-    head: VisionHeadConfig = Field(default_factory=VisionHeadConfig)
-    image: ImageConfig = Field(default_factory=ImageConfig)
-    trainable: list[Group] = Field(default_factory=lambda: ["prompts", "head"])
-    seed: int = Field(13, ge=0, lt=2**32)
+    backbone: VisionBackboneConfig = Field(description="the frozen vision transformer")
+    vpt: VPTConfig = Field(default_factory=VPTConfig, description="the prompt tokens")
+    head: VisionHeadConfig = Field(
+        default_factory=VisionHeadConfig, description="the linear head on the pooled state"
+    )
+    image: ImageConfig = Field(
+        default_factory=ImageConfig, description="how images become model inputs"
+    )
+    trainable: list[Group] = Field(
+        default_factory=lambda: ["prompts", "head"], description="what trains"
+    )
+    seed: int = Field(
+        13, ge=0, lt=2**32, description="seeds the prompts' and head's start and the data order"
+    )
 
     @field_validator("trainable")
     @classmethod
@@ -93,18 +103,20 @@ class ImageDataConfig(DataConfig):
     """Images: a folder per class, Fashion-MNIST's IDX files, scikit-learn's digits, or a
     data set with an image column."""
 
-    source: Literal["image_folder", "fashion_mnist", "digits", "dataset"] = "image_folder"
+    source: Literal["image_folder", "fashion_mnist", "digits", "dataset"] = Field(
+        "image_folder", description="where the images come from"
+    )
     path: str | None = Field(None, description="fashion_mnist: the folder of the IDX files")
-    image_column: str = "image"
+    image_column: str = Field("image", description="dataset: the column of the images")
     classes: list[str] | None = Field(None, description="keep only these labels, in this order")
 
 
 class VisionRunConfig(VisionModelConfig):
     """A whole training run on images."""
 
-    data: ImageDataConfig
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    output_dir: str = "runs/run"
+    data: ImageDataConfig = Field(description="the images")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="how it trains")
+    output_dir: str = Field("runs/run", description="the run folder (fit --output overrides)")
 
     def recipe(self) -> VisionModelConfig:
         """The part of the config that is saved with the trained prompt."""
