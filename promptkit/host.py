@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from promptkit.backbone import encoder_states, first_answer_logits, reading_at
 from promptkit.data import collate
 from promptkit.encoding import EncodedPrompt
 from promptkit.errors import PromptkitError
 from promptkit.generation import Written, warn_empty, write
-from promptkit.heads.base import Outputs
+from promptkit.heads.base import Outputs, Reading, run_forward
 from promptkit.model import PromptModel
 from promptkit.placements.mixed import MixedInjector
 from promptkit.predictor import checked_items
@@ -319,39 +318,15 @@ class Host:
     def _forward(
         self, kwargs: dict[str, object], batch: dict[str, torch.Tensor], owners: torch.Tensor
     ) -> Outputs:
-        """Hidden states over the input, and LM logits where the rows' heads read them (the
-        LM head runs at those positions only, and not at all when no head reads logits)."""
-        lm = self.backbone.model
-        reads = torch.tensor([m.head.reads_logits for m in self._list], device=owners.device)
-        logit_rows = reads[owners]
-        if not bool(logit_rows.any()):
-            return Outputs(hidden=encoder_states(lm, kwargs))
-        if lm.config.is_encoder_decoder:
-            hidden = encoder_states(lm, kwargs)
-            lead = next(m.head.lead for m in self._list if m.head.reads_logits)
-            logits = first_answer_logits(lm, {**kwargs, "encoder_outputs": (hidden,)}, lead)
-            return Outputs(hidden=hidden, logits=logits.unsqueeze(1))
-        positions = self._logit_positions(batch, owners, logit_rows)
-        kept: list[torch.Tensor] = []
-        with reading_at(lm, positions, kept):
-            logits = lm(**kwargs).logits
-        return Outputs(hidden=kept[0], logits=logits)
-
-    def _logit_positions(
-        self, batch: dict[str, torch.Tensor], owners: torch.Tensor, logit_rows: torch.Tensor
-    ) -> torch.Tensor:
-        """``[B, K]``: each row's positions read by its head (0 where none is)."""
-        per_task = {
-            t: self._list[t].head.logit_positions(batch)
-            for t in owners.unique().tolist()
-            if self._list[t].head.reads_logits
-        }
-        width = max(p.shape[1] for p in per_task.values())
-        positions = torch.zeros(len(owners), width, dtype=torch.long, device=owners.device)
-        for task, own in per_task.items():
-            rows = (owners == task) & logit_rows
-            positions[rows, : own.shape[1]] = own[rows]
-        return positions
+        """One forward for the rows of every run: what each run's head reads of it (hidden
+        states over the input, and the LM head's logits where rows read them)."""
+        readings = {t: self._list[t].head.reading(batch) for t in owners.unique().tolist()}
+        read = {t: r for t, r in readings.items() if r.positions is not None}
+        if not read:
+            return run_forward(self.backbone.model, kwargs, Reading(hidden=True))
+        lead = next(iter(read.values())).lead
+        positions = _positions(read, owners)
+        return run_forward(self.backbone.model, kwargs, Reading(positions, lead, hidden=True))
 
 
 def host_runs(
@@ -425,3 +400,13 @@ def _named(runs: Any) -> dict[str, str | Path]:
     if not named:
         raise PromptkitError("load was given no run.")
     return named
+
+
+def _positions(read: Mapping[int, Reading], owners: torch.Tensor) -> torch.Tensor:
+    """``[B, K]``: each row's positions its run's head reads logits at (0 where none)."""
+    width = max(r.positions.shape[1] for r in read.values())
+    positions = torch.zeros(len(owners), width, dtype=torch.long, device=owners.device)
+    for task, reading in read.items():
+        rows = owners == task
+        positions[rows, : reading.positions.shape[1]] = reading.positions[rows]
+    return positions

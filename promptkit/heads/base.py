@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from promptkit.backbone import encoder_states, reading_at
+from promptkit.backbone import encoder_states, first_answer_logits, reading_at
 from promptkit.config import HeadConfig
 from promptkit.encoding import EncodedPrompt
 from promptkit.tasks import MULTI_LABEL, Task
@@ -31,6 +31,34 @@ class Outputs:
     logits: torch.Tensor | None = None
 
 
+@dataclass
+class Reading:
+    """What heads read of one forward: the LM head's logits at ``positions`` (``[B, K]``;
+    None: no logits), an encoder-decoder's from its decoder's first answer token after
+    ``lead``, and the last hidden states over the input when ``hidden``."""
+
+    positions: torch.Tensor | None = None
+    lead: Sequence[int] = ()
+    hidden: bool = False
+
+
+def run_forward(model: PreTrainedModel, inputs: dict[str, object], reading: Reading) -> Outputs:
+    """One forward of the prompted backbone (``inputs``: an injector's), with what ``reading``
+    asks: the LM head runs at the positions read only, and not at all when none is."""
+    if reading.positions is None:
+        return Outputs(hidden=encoder_states(model, inputs))
+    if model.config.is_encoder_decoder:
+        hidden = encoder_states(model, inputs) if reading.hidden else None
+        if hidden is not None:
+            inputs = {**inputs, "encoder_outputs": (hidden,)}
+        logits = first_answer_logits(model, inputs, reading.lead)
+        return Outputs(hidden=hidden, logits=logits.unsqueeze(1))
+    kept: list[torch.Tensor] = []
+    with reading_at(model, reading.positions, kept if reading.hidden else None):
+        logits = model(**inputs).logits
+    return Outputs(hidden=kept[0] if kept else None, logits=logits)
+
+
 class Head(nn.Module):
     """Base of the heads: one subclass per head type, registered in ``promptkit.heads``.
 
@@ -46,6 +74,8 @@ class Head(nn.Module):
     task: ClassVar[Task]
     reads_logits: ClassVar[bool] = False
     classes: list[str]
+    # what an encoder-decoder's decoder reads before the answer's first token (T5's sentinel)
+    lead: Sequence[int] = ()
 
     @classmethod
     def task_of(cls, config: HeadConfig) -> Task:
@@ -92,6 +122,12 @@ class Head(nn.Module):
         (None: it may read any)."""
         return self.logit_positions(batch) if self.reads_logits else None
 
+    def reading(self, batch: dict[str, torch.Tensor]) -> Reading:
+        """What the head reads of a forward over ``batch``."""
+        if not self.reads_logits:
+            return Reading(hidden=True)
+        return Reading(self.logit_positions(batch), self.lead)
+
     def read(self, outputs: Outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's logits from a forward's outputs."""
         raise NotImplementedError
@@ -104,7 +140,4 @@ class Head(nn.Module):
     ) -> torch.Tensor:
         """Logits of a batch: ``model(**inputs)`` is the prompted backbone's forward; the LM
         head runs only at the positions read, and not at all for a head of hidden states."""
-        if not self.reads_logits:
-            return self.read(Outputs(hidden=encoder_states(model, inputs)), batch)
-        with reading_at(model, self.logit_positions(batch)):
-            return self.read(Outputs(logits=model(**inputs).logits), batch)
+        return self.read(run_forward(model, inputs, self.reading(batch)), batch)

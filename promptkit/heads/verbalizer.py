@@ -218,18 +218,6 @@ class VerbalizerHead(Head):
         """One row per label word (per piece, on a masked LM) when decoding words."""
         return encoded if self.decoder is None else self.decoder.expand(encoded)
 
-    def forward(
-        self,
-        model: PreTrainedModel,
-        inputs: dict[str, object],
-        batch: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """Class logits ``[B, C]`` (an encoder-decoder's from its answer's first token)."""
-        if self.decoder is not None:
-            return super().forward(model, inputs, batch)
-        logits = mask_logits(model, inputs, batch, self.lead).unsqueeze(1)
-        return self.read(Outputs(logits=logits), batch)
-
     def logit_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The [MASK] position of each example (of each word's pieces, when decoding)."""
         if self.decoder is not None:
