@@ -212,9 +212,19 @@ def load_backbone(
                 f"to {detected} (or auto, or encoder to use its hidden states alone)."
             )
         kind = detected if kind == "auto" else kind
-        model, info = _LOADERS[kind].from_pretrained(
-            name, dtype=_DTYPES[dtype], output_loading_info=True, **quantized, **placed, **options
-        )
+        try:
+            model, info = _LOADERS[kind].from_pretrained(
+                name,
+                dtype=_DTYPES[dtype],
+                output_loading_info=True,
+                **quantized,
+                **placed,
+                **options,
+            )
+        except ValueError as err:
+            if quantized and "dispatched on the CPU or the disk" in str(err):
+                raise ConfigError(_QUANTIZED_OFFLOAD.format(name=name)) from None
+            raise
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise ConfigError(
@@ -225,6 +235,13 @@ def load_backbone(
     if is_dispatched(model):
         say(placement_summary(model))
     return Backbone(model, tokenizer, kind, name)
+
+
+_QUANTIZED_OFFLOAD = (
+    "backbone {name!r}: backbone.max_memory leaves no room for the quantized layers on the "
+    "main device, and quantized layers are not offloaded to the CPU or disk: give the device "
+    "more room in max_memory, or drop backbone.quantization to offload the full weights."
+)
 
 
 def parameter_count(name: str, kind: BackboneKind | Literal["auto"] = "auto") -> int:

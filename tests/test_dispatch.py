@@ -206,3 +206,10 @@ def test_a_device_map_under_several_processes_is_refused_before_loading(
     monkeypatch.setattr(pipeline, "processes", lambda: SimpleNamespace(num_processes=2))
     with pytest.raises(ConfigError, match="device_map spreads one copy.*this run has 2"):
         pipeline.check_runnable(config)
+
+
+def test_quantized_layers_that_would_be_offloaded_are_refused_with_the_fix(model_dir):
+    folder = str(model_dir("llama"))
+    nf4 = validate(BackboneConfig, {"name": "x", "quantization": {"bits": 4}}, "b").quantization
+    with pytest.raises(ConfigError, match="quantized layers are not offloaded.*more room"):
+        load_backbone(folder, quantization=nf4, device_map="auto", max_memory={"cpu": 20000})
