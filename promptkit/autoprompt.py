@@ -100,11 +100,11 @@ def check_config(config: Any) -> None:
             "AutoPrompt searches trigger words for text runs: this config is not one."
         )
     checked = check_recipe(config.recipe())
-    encoder = config.prompts.encoder != "none"
-    _check_setup(checked.template, checked.placement.name, encoder, checked.task)
+    words = checked.placement.slots_are_words(config.prompts.encoder != "none")
+    _check_setup(checked.template, words, checked.task)
 
 
-def _check_setup(template: Template, placement: str, encoder: bool, task: Task) -> None:
+def _check_setup(template: Template, slots_are_words: bool, task: Task) -> None:
     """Trigger slots in a template without Jinja, on the input without a prompt encoder, for
     a classification head."""
     if not template.n_slots or template.uses_jinja:
@@ -112,7 +112,7 @@ def _check_setup(template: Template, placement: str, encoder: bool, task: Task) 
             f"{template.name}: AutoPrompt searches a word for each soft slot of a template "
             "without Jinja: put trigger slots in it, e.g. '<x> [P*3] [MASK].'."
         )
-    if placement != "input" or encoder:
+    if not slots_are_words:
         raise ConfigError(
             "AutoPrompt's triggers are input words: use `prompts: {placement: input, "
             "encoder: none}`."
@@ -128,8 +128,8 @@ def _check(
     iterations: int,
     candidates: int,
 ) -> None:
-    encoder = model.prompts.encoder is not None
-    _check_setup(model.template, model.injector.name, encoder, model.task)
+    words = model.injector.slots_are_words(model.prompts.encoder is not None)
+    _check_setup(model.template, words, model.task)
     if len(examples) != len(labels) or len(set(labels)) < 2:
         raise DataError(
             f"AutoPrompt needs labelled examples of two or more classes ({len(examples)} "

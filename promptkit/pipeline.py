@@ -19,7 +19,7 @@ from promptkit.heads.classifier import ClassifierHead
 from promptkit.inference import evaluate
 from promptkit.joint import member_recipes
 from promptkit.modalities import modality_of
-from promptkit.placements.prefix import PrefixConfig
+from promptkit.placements import PLACEMENTS
 from promptkit.policy import PolicyModule
 from promptkit.predictor import Predictor
 from promptkit.processes import processes
@@ -175,27 +175,7 @@ def _random_part(recipe: Any) -> tuple[str, str | None] | None:
             "score label words instead (head: {type: verbalizer})",
         )
     template = catalog.template(recipe.template)
-    prompts = recipe.prompts
-    if (
-        template.slots
-        and isinstance(prompts, PrefixConfig)
-        and (prompts.start != "activations" or prompts.encoder != "none")
-    ):
-        return (
-            "the prefix's keys and values start at random",
-            "start them from the slots' words (prompts.start: activations, no encoder, "
-            "and [P1:word] slots)",
-        )
-    for slot in template.slots:
-        init = slot.init or f"@{prompts.init}"
-        if init in ("@random", "@vocab"):
-            name = "a [P*n] soft slot" if slot.name.startswith("P*") else f"soft slot [{slot.name}]"
-            how = "at random" if init == "@random" else "as a token sampled from the vocabulary"
-            return (
-                f"{name} starts {how}",
-                "initialise the slots from words ([P1:great], [P*4:it was good])",
-            )
-    return None
+    return PLACEMENTS[recipe.prompts.placement].random_start(recipe.prompts, template)
 
 
 def _untrained(

@@ -149,6 +149,32 @@ class Injector:
     def check(cls, config: PromptsConfig, template: Template) -> None:
         """Check what the placement cannot take from a template, before any model loads."""
 
+    @classmethod
+    def random_start(
+        cls, config: PromptsConfig, template: Template
+    ) -> tuple[str, str | None] | None:
+        """What of the prompts starts at random, and how to start it from words instead (None
+        when nothing does): a slot starts as its ``init`` says."""
+        for slot in template.slots:
+            init = slot.init or f"@{config.init}"
+            if init in ("@random", "@vocab"):
+                name = (
+                    "a [P*n] soft slot"
+                    if slot.name.startswith("P*")
+                    else f"soft slot [{slot.name}]"
+                )
+                how = "at random" if init == "@random" else "as a token sampled from the vocabulary"
+                fix = "initialise the slots from words ([P1:great], [P*4:it was good])"
+                return f"{name} starts {how}", fix
+        return None
+
+    @classmethod
+    def slots_are_words(cls, encoded: bool) -> bool:
+        """Whether each soft slot's vector is an input embedding of its own, so that a word
+        can stand for it (AutoPrompt's triggers); ``encoded``: whether an encoder makes the
+        vectors."""
+        return False
+
     @property
     def width(self) -> int:
         """Size of one prompt-table row."""

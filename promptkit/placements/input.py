@@ -31,6 +31,10 @@ class InputInjector(Injector):
     name = "input"
     config = InputConfig
 
+    @classmethod
+    def slots_are_words(cls, encoded: bool) -> bool:
+        return not encoded
+
     def __init__(self, config: InputConfig, model: PreTrainedModel) -> None:
         super().__init__(config, model)
         if shares_key_value_heads(model):

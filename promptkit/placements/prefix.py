@@ -88,6 +88,18 @@ class PrefixInjector(Injector):
                 "encoder produces: drop prompts.encoder (none) or prompts.start."
             )
 
+    @classmethod
+    def random_start(
+        cls, config: PrefixConfig, template: Template
+    ) -> tuple[str, str | None] | None:
+        if template.slots and (config.start != "activations" or config.encoder != "none"):
+            return (
+                "the prefix's keys and values start at random",
+                "start them from the slots' words (prompts.start: activations, no encoder, "
+                "and [P1:word] slots)",
+            )
+        return super().random_start(config, template)
+
     def __init__(self, config: PrefixConfig, model: PreTrainedModel) -> None:
         super().__init__(config, model)
         stacks = _attention_stacks(model)
