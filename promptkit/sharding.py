@@ -8,8 +8,8 @@ the optimizer's are gathered (every process takes part; only the main one writes
 loading scatters them back.
 
 accelerate shards on accelerators only; on a CPU machine it falls back to plain data
-parallelism without a word. ``sharded_on_cpu`` turns the sharding on there too (over gloo),
-so that what runs on a GPU runs, and is tested, on the CPU.
+parallelism without a word. ``set_up`` turns the sharding on there too (over gloo), so that
+what runs on a GPU runs, and is tested, on the CPU.
 """
 
 from __future__ import annotations
@@ -29,43 +29,31 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from promptkit.errors import ConfigError
 
 
-def requested() -> bool:
-    """Whether the launch asks for a sharded model (``accelerate launch`` with FSDP)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def sharded_on_cpu(accelerator: Accelerator) -> None:
-    """Shard on the CPU as accelerate does on accelerators, when the launch asks for it
-    (accelerate keeps FSDP for accelerators and would run data parallelism instead)."""
+def set_up(accelerator: Accelerator) -> None:
+    """Shard as the launch asks, on the CPU too, and refuse what cannot be sharded, before
+    any model is."""
     state = accelerator.state
-    if not requested() or state.distributed_type != DistributedType.MULTI_CPU:
-        return
-    plugin = FullyShardedDataParallelPlugin()
-    if plugin.fsdp_version != 2:
-        raise ConfigError(
-            "on the CPU promptkit shards the backbone with FSDP2 only: set fsdp_version: 2 in "
-            "the accelerate config (or launch with --fsdp_version 2)."
-        )
-    state.fsdp_plugin = plugin
-    # where accelerate keeps it: every later AcceleratorState() copies it from PartialState
-    state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and state.distributed_type == DistributedType.MULTI_CPU:
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        # where accelerate keeps it: every later AcceleratorState() copies it from PartialState
+        state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
+    if state.distributed_type == DistributedType.FSDP:
+        _check(state.fsdp_plugin)
 
 
-def check_plugin(accelerator: Accelerator) -> None:
-    """Refuse what the sharded training cannot take, before the model is sharded."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return
-    plugin = accelerator.state.fsdp_plugin
+def _check(plugin: FullyShardedDataParallelPlugin) -> None:
     if plugin.fsdp_version != 2:
         raise ConfigError(
-            "promptkit shards the backbone with FSDP2: set fsdp_version: 2 in the accelerate "
-            "config (or launch with --fsdp_version 2)."
+            "promptkit shards the backbone with FSDP2 (FSDP1 replaces the modules that "
+            "promptkit's prompts reach): set fsdp_version: 2 in the accelerate config, or "
+            "launch with --fsdp_version 2."
         )
     if plugin.activation_checkpointing:
         raise ConfigError(
             "fsdp_activation_checkpointing wraps the backbone's layers, which promptkit's "
-            "prompts reach by name: set it to false and trainer.gradient_checkpointing: true "
-            "instead (the same recomputation, done by the backbone)."
+            "prompts reach: set it to false and trainer.gradient_checkpointing: true instead "
+            "(the same recomputation, done by the backbone)."
         )
 
 
@@ -93,12 +81,15 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def local_share(module: nn.Module) -> tuple[int, int]:
-    """How many of a module's parameters this process holds, and how many it has."""
-    held = sum(
-        p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in module.parameters()
+def share(module: nn.Module) -> str:
+    """What this process holds of a sharded module, in words (for the run's log)."""
+    params = list(module.parameters())
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    total = sum(p.numel() for p in params)
+    return (
+        f"the model is sharded across {PartialState().num_processes} processes: the main one "
+        f"holds {held} of its {total} parameters"
     )
-    return held, sum(p.numel() for p in module.parameters())
 
 
 def load_whole(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -119,6 +119,8 @@ class Trainer:
             ]
         )
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if sharding.is_sharded(self._unwrapped):
+            run.log(sharding.share(self._unwrapped))
         self.batches_per_epoch = len(self._loader(0))  # this rank's share of each epoch
         total = math.ceil(self.batches_per_epoch / config.grad_accum) * config.epochs
         self.scheduler = get_scheduler(
@@ -395,8 +397,7 @@ def _accelerator(config: TrainerConfig, run: RunFolder) -> Accelerator:
         mixed_precision=_mixed_precision(config.mixed_precision, run),
         cpu=not torch.cuda.is_available(),
     )
-    sharding.sharded_on_cpu(accelerator)
-    sharding.check_plugin(accelerator)
+    sharding.set_up(accelerator)
     return accelerator
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,45 +108,119 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs, line, sig, co
     assert finished.returncode == 2 and "finished run" in finished.stderr
 
 
-def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
-    # float64: batches of 8 and 16 reduce in another order, and AdamW passes that rounding
-    # straight through for gradients far under its eps; in float32 that reaches 1e-5 on some
-    # CPUs, in float64 it stays near 1e-14 (the bound below keeps a wide margin).
-    base = run_config(
-        model_dir("bert-nodropout"),
-        sentiment_data,
-        backbone={"name": str(model_dir("bert-nodropout")), "dtype": "float64"},
-        trainable=["prompts", "bias"],
-        trainer={"epochs": 2, "batch_size": 16, "progress": False},
+def launch(config: Path, cwd: Path, *options: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` of a fit on two processes, with the launcher's ``options``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *options,
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "promptkit",
+            "fit",
+            str(config),
+        ],
+        env=ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
     )
-    single = write_config(sentiment_data / "single.yaml", {**base, "output_dir": "single"})
-    subprocess.run(command(single), env=ENV, cwd=sentiment_data, check=True)
+
+
+def same_as_one_process(folder: Path, base: dict, *options: str) -> Path:
+    """Fit ``base`` in one process with batches of 16, then on two launched with
+    ``options`` with batches of 8 each; assert that both end alike; the launched run's
+    folder."""
+    single = write_config(folder / "single.yaml", {**base, "output_dir": "single"})
+    subprocess.run(command(single), env=ENV, cwd=folder, check=True)
     ranks = {**base, "output_dir": "ranks", "trainer": {**base["trainer"], "batch_size": 8}}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "promptkit",
-        "fit",
-        str(write_config(sentiment_data / "ranks.yaml", ranks)),
-    ]
-    done = subprocess.run(launch, env=ENV, cwd=sentiment_data, capture_output=True, text=True)
+    done = launch(write_config(folder / "ranks.yaml", ranks), folder, *options)
     assert done.returncode == 0, done.stderr[-3000:]
     # The class log-probabilities, and so the loss, are computed in float32 whatever the
     # backbone's dtype: a mean over batches of 8 rather than 16 rounds within float32's
     # precision for a mean of 16 terms.
     float32_mean = 16 * torch.finfo(torch.float32).eps
-    ranks, single = sentiment_data / "ranks", sentiment_data / "single"
-    assert_same(ranks, single, atol=1e-10, loss_rtol=float32_mean)
-    log = (sentiment_data / "ranks" / "train.log").read_text()
+    assert_same(folder / "ranks", folder / "single", atol=1e-10, loss_rtol=float32_mean)
+    log = (folder / "ranks" / "train.log").read_text()
     assert log.count("epoch 2: validating") == 1  # one writer
+    return folder / "ranks"
+
+
+def float64_run(model_dir, data: Path, **overrides) -> dict:
+    # float64: batches of 8 and 16 reduce in another order, and AdamW passes that rounding
+    # straight through for gradients far under its eps; in float32 that reaches 1e-5 on some
+    # CPUs, in float64 it stays near 1e-14 (the bound in same_as_one_process keeps a wide
+    # margin).
+    folder = model_dir("bert-nodropout")
+    return run_config(
+        folder,
+        data,
+        backbone={"name": str(folder), "dtype": "float64"},
+        **{"trainer": {"epochs": 2, "batch_size": 16, "progress": False}, **overrides},
+    )
+
+
+def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
+    base = float64_run(model_dir, sentiment_data, trainable=["prompts", "bias"])
+    same_as_one_process(sentiment_data, base, "--multi_gpu")
+
+
+SHARDED = Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+CLOZE = "<x> it was [P1][P2] [MASK]."
+
+
+@pytest.mark.parametrize(
+    ("template", "prompts", "trainable", "checkpointing"),
+    [
+        (CLOZE, {"placement": "input"}, ["prompts", "bias"], False),  # BitFit: sharded biases
+        ("[P*3] <x> it was [MASK].", {"placement": "prefix", "encoder": "mlp"}, ["prompts"], False),
+        (CLOZE, {"placement": "deep", "layers": "all"}, ["prompts"], True),
+    ],
+)
+def test_a_sharded_backbone_trains_as_one_process_does(
+    model_dir, sentiment_data, template, prompts, trainable, checkpointing
+):
+    base = float64_run(
+        model_dir,
+        sentiment_data,
+        template=template,
+        prompts=prompts,
+        trainable=trainable,
+        trainer={
+            "epochs": 2,
+            "batch_size": 16,
+            "progress": False,
+            "gradient_checkpointing": checkpointing,
+        },
+    )
+    ranks = same_as_one_process(sentiment_data, base, "--config_file", str(SHARDED))
+    log = (ranks / "train.log").read_text()
+    held, total = map(int, re.search(r"holds (\d+) of its (\d+) parameters", log).groups())
+    assert abs(held - total / 2) < total / 100  # each process holds half the weights
+    predicted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptkit",
+            "predict",
+            str(ranks),
+            "--input",
+            str(sentiment_data / "test.jsonl"),
+            "--output",
+            str(sentiment_data / "out.jsonl"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )  # one process loads what the sharded run saved
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len((sentiment_data / "out.jsonl").read_text().splitlines()) == 24
