@@ -305,6 +305,8 @@ class Trainer:
     def _commit(self) -> None:
         """Save the resume state: the point a resumed run starts from (a sharded model's
         every process gathers; the main one writes)."""
+        # every process resumes with the mean of the epoch's losses so far: its own are lost
+        progress = {**asdict(self.state), "epoch_loss": self._agreed_mean(self.state.epoch_loss)}
         if not (self.run.writer or sharding.is_sharded(self._unwrapped)):
             return
         self.run.save_resume(
@@ -314,7 +316,7 @@ class Trainer:
                 "best_saved": self._best_saved,
                 "optimizer": sharding.optimizer_state(self.optimizer.optimizer),
                 "scheduler": self.scheduler.state_dict(),
-                "progress": asdict(self.state),
+                "progress": progress,
                 "rng": _rng_state(),
             }
         )

@@ -108,50 +108,69 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs, line, sig, co
     assert finished.returncode == 2 and "finished run" in finished.stderr
 
 
-def launch(config: Path, cwd: Path, *options: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` of a fit on two processes, with the launcher's ``options``."""
+def launched(config: Path, *options: str, resume: bool = False) -> list[str]:
+    """The command that runs a fit on two processes under `accelerate launch`, with the
+    launcher's ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *options,
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "promptkit",
+        "fit",
+        str(config),
+        *(["--resume"] if resume else []),
+    ]
+
+
+def launch(
+    config: Path, cwd: Path, *options: str, resume: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``launched(config, *options, resume=resume)`` to its end."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            *options,
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "promptkit",
-            "fit",
-            str(config),
-        ],
-        env=ENV,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
+        launched(config, *options, resume=resume), env=ENV, cwd=cwd, capture_output=True, text=True
     )
 
 
-def same_as_one_process(folder: Path, base: dict, *options: str) -> Path:
-    """Fit ``base`` in one process with batches of 16, then on two launched with
-    ``options`` with batches of 8 each; assert that both end alike; the launched run's
-    folder."""
+def one_process(folder: Path, base: dict) -> Path:
+    """Fit ``base`` in one process with batches of 16; the run folder."""
     single = write_config(folder / "single.yaml", {**base, "output_dir": "single"})
     subprocess.run(command(single), env=ENV, cwd=folder, check=True)
+    return folder / "single"
+
+
+def two_processes(folder: Path, base: dict) -> Path:
+    """The config of ``base`` on two processes with batches of 8 each."""
     ranks = {**base, "output_dir": "ranks", "trainer": {**base["trainer"], "batch_size": 8}}
-    done = launch(write_config(folder / "ranks.yaml", ranks), folder, *options)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return write_config(folder / "ranks.yaml", ranks)
+
+
+def assert_like_one_process(ranks: Path, single: Path) -> None:
     # The class log-probabilities, and so the loss, are computed in float32 whatever the
     # backbone's dtype: a mean over batches of 8 rather than 16 rounds within float32's
     # precision for a mean of 16 terms.
     float32_mean = 16 * torch.finfo(torch.float32).eps
-    assert_same(folder / "ranks", folder / "single", atol=1e-10, loss_rtol=float32_mean)
-    log = (folder / "ranks" / "train.log").read_text()
+    assert_same(ranks, single, atol=1e-10, loss_rtol=float32_mean)
+    log = (ranks / "train.log").read_text()
     assert log.count("epoch 2: validating") == 1  # one writer
+
+
+def same_as_one_process(folder: Path, base: dict, *options: str) -> Path:
+    """Fit ``base`` in one process and on two launched with ``options`` (the same global
+    batch); assert that both end alike; the launched run's folder."""
+    single = one_process(folder, base)
+    done = launch(two_processes(folder, base), folder, *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_like_one_process(folder / "ranks", single)
     return folder / "ranks"
 
 
@@ -224,3 +243,32 @@ def test_a_sharded_backbone_trains_as_one_process_does(
     )  # one process loads what the sharded run saved
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert len((sentiment_data / "out.jsonl").read_text().splitlines()) == 24
+
+
+def test_a_sharded_run_stopped_with_ctrl_c_resumes_to_the_end_of_an_unstopped_one(
+    model_dir, sentiment_data
+):
+    base = float64_run(
+        model_dir,
+        sentiment_data,
+        trainable=["prompts", "bias"],
+        trainer={"epochs": 2, "batch_size": 16, "progress": False, "log_every": 1},
+    )
+    single = one_process(sentiment_data, base)
+    config = two_processes(sentiment_data, base)
+    process = subprocess.Popen(
+        launched(config, "--config_file", str(SHARDED)),
+        env=ENV,
+        cwd=sentiment_data,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = sentiment_data / "ranks" / "train.log"
+    while process.poll() is None and not (log.is_file() and "epoch 1, step 2:" in log.read_text()):
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the launcher and every rank
+    process.wait(120)
+    resumed = launch(config, sentiment_data, "--config_file", str(SHARDED), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in log.read_text()
+    assert_like_one_process(sentiment_data / "ranks", single)
