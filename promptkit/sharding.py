@@ -40,6 +40,16 @@ def set_up(accelerator: Accelerator) -> None:
         state.distributed_type = PartialState().distributed_type = DistributedType.FSDP
     if state.distributed_type == DistributedType.FSDP:
         _check(state.fsdp_plugin)
+    if (
+        state.distributed_type == DistributedType.DEEPSPEED
+        and state.deepspeed_plugin.zero_stage == 3
+    ):
+        raise ConfigError(
+            "DeepSpeed ZeRO-3 partitions the weights in a way promptkit does not gather (the "
+            "saved prompt would be empty): shard the backbone with FSDP2 instead, which gives "
+            "each process the same share (accelerate launch --config_file "
+            "examples/accelerate/fsdp.yaml ...)."
+        )
 
 
 def _check(plugin: FullyShardedDataParallelPlugin) -> None:

@@ -35,6 +35,15 @@ def test_what_cannot_be_sharded_is_refused_before_sharding(plugin, named):
         sharding.set_up(launched_with(**plugin))
 
 
+def test_deepspeed_zero3_is_refused_for_fsdp2():
+    state = SimpleNamespace(
+        distributed_type=DistributedType.DEEPSPEED,
+        deepspeed_plugin=SimpleNamespace(zero_stage=3),
+    )
+    with pytest.raises(ConfigError, match="examples/accelerate/fsdp.yaml"):
+        sharding.set_up(SimpleNamespace(state=state))
+
+
 def test_fsdp2_is_taken():
     sharding.set_up(launched_with(fsdp_version=2))
 
