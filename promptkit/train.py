@@ -13,7 +13,8 @@ What it promises:
 
 It runs on accelerate, so ``accelerate launch`` scales it out: every rank trains on its shard
 of each global batch, only the main process writes, and the schedule counts the sharded
-steps.
+steps. With an FSDP config each process also holds only a share of the model's weights
+(``promptkit.sharding``).
 """
 
 from __future__ import annotations
