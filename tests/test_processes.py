@@ -204,6 +204,7 @@ CLOZE = "<x> it was [P1][P2] [MASK]."
         ("[P*3] <x> it was [MASK].", {"placement": "prefix", "encoder": "mlp"}, ["prompts"], False),
         (CLOZE, {"placement": "deep", "layers": "all"}, ["prompts"], True),
     ],
+    ids=["input-bitfit", "prefix-mlp", "deep-checkpointing"],
 )
 def test_a_sharded_backbone_trains_as_one_process_does(
     model_dir, sentiment_data, template, prompts, trainable, checkpointing
