@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from promptkit.data import Split
 from promptkit.policy import PolicyModule
 from promptkit.processes import processes
 from promptkit.progress import Report, track
+from promptkit.sharding import is_sharded
 from promptkit.tasks import IGNORED
 
 
@@ -36,10 +38,8 @@ def predict_logits(
     model.eval()
     order = sorted(mine, key=lambda i: len(encoded[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
-    starts = range(0, len(order), batch_size)
-    for start in track(starts, "scoring", progress):
-        chunk = order[start : start + batch_size]
-        batch = model.collate([encoded[i] for i in chunk])
+    for chunk in track(_batches(model, order, batch_size, len(encoded)), "scoring", progress):
+        batch = model.collate([encoded[i] for i in chunk or [0]])
         logits = model({k: v.to(device) for k, v in batch.items()}).float().cpu()
         for row, index in enumerate(chunk):
             rows[index] = logits[row]
@@ -51,6 +51,19 @@ def predict_logits(
     return torch.stack(
         [r if r.dim() == 1 else torch.nn.functional.pad(r, (0, 0, 0, width - len(r))) for r in rows]
     )
+
+
+def _batches(
+    model: PolicyModule, mine: Sequence[int], batch_size: int, total: int
+) -> list[list[int]]:
+    """This process's examples in batches. A sharded model gathers its weights in every
+    forward, with every process: each then runs as many batches, empty ones (run on any
+    example, their outputs unused) after its own."""
+    batches = [list(mine[start : start + batch_size]) for start in range(0, len(mine), batch_size)]
+    if is_sharded(model):
+        most = math.ceil(math.ceil(total / processes().num_processes) / batch_size)
+        batches += [[] for _ in range(most - len(batches))]
+    return batches
 
 
 def evaluate(
@@ -105,10 +118,12 @@ def answer_loss(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in track(range(0, len(mine), batch_size), "scoring answers", progress):
-        batch = model.collate([encoded[i] for i in mine[start : start + batch_size]])
+    for chunk in track(
+        _batches(model, mine, batch_size, len(encoded)), "scoring answers", progress
+    ):
+        batch = model.collate([encoded[i] for i in chunk or [0]])
         batch = {k: v.to(device) for k, v in batch.items()}
-        tokens = int((batch["labels"] != IGNORED).sum())
+        tokens = int((batch["labels"] != IGNORED).sum()) if chunk else 0
         total += float(model.task.loss(model(batch), batch["labels"])) * tokens
         count += tokens
     model.train(was_training)

@@ -129,6 +129,13 @@ class PromptModel(PolicyModule):
         """Recompute the backbone's activations in the backward pass (less memory)."""
         self.lm.activation_checkpointing_enable()
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's layer classes: accelerate's FSDP (``TRANSFORMER_BASED_WRAP``) shards
+        each layer as one unit, and the rest (embeddings tied to an output layer, prompts,
+        head) as another."""
+        return sorted({type(layer).__name__ for layer in self.injector.backbone_layers})
+
     def examples(self, items: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Bind user inputs: a string (or a list of words) fills the template's only input
         slot; a mapping is a data row (columns mapped to slots as in training). A tagger splits

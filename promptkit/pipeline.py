@@ -113,7 +113,8 @@ def fit(
             saved = trainer.state.best_document or {}
         if _estimated(model, config, splits, run):
             info = {k: saved[k] for k in ("validation", "epoch") if k in saved}
-            run.save_model(model, config.recipe(), prepared.fingerprint, info)
+            state = model.trained_state()  # by every process: a sharded model gathers it
+            run.save_model(model, config.recipe(), prepared.fingerprint, info, state)
         test = None
         if splits.test is not None:
             say(f"test: scoring {len(splits.test)} examples", report)

@@ -20,6 +20,7 @@ from torch import nn
 from promptkit.dispatch import offloaded_parameters
 from promptkit.errors import ConfigError
 from promptkit.quantization import quantized_layer_parameters
+from promptkit.sharding import gathered, whole
 
 if TYPE_CHECKING:
     from promptkit.tasks import Task
@@ -132,13 +133,14 @@ class PolicyModule(nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only, prompt encoders collapsed to the plain table."""
-        state = {
-            n: p.detach().clone()
-            for n, p in self.named_parameters()
-            if p.requires_grad and not n.startswith("prompts.")
-        }
-        if "prompts" in self.groups:
-            state["prompts.table"] = self.prompts.collapse()
+        with gathered(self):  # sharded: every process must call
+            state = {
+                n: whole(p.detach()).clone()
+                for n, p in self.named_parameters()
+                if p.requires_grad and not n.startswith("prompts.")
+            }
+            if "prompts" in self.groups:
+                state["prompts.table"] = self.prompts.collapse()
         for name in ESTIMATES:
             if getattr(self, name, None) is not None:
                 state[name] = getattr(self, name).detach().cpu()

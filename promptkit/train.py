@@ -13,7 +13,8 @@ What it promises:
 
 It runs on accelerate, so ``accelerate launch`` scales it out: every rank trains on its shard
 of each global batch, only the main process writes, and the schedule counts the sharded
-steps.
+steps. With an FSDP config each process also holds only a share of the model's weights
+(``promptkit.sharding``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import BaseModel
 from torch.utils.data import DataLoader, RandomSampler
 from transformers import get_scheduler
 
+from promptkit import sharding
 from promptkit.config import TrainerConfig
 from promptkit.data import EncodedDataset, Split
 from promptkit.errors import (
@@ -118,6 +120,8 @@ class Trainer:
             ]
         )
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if sharding.is_sharded(self._unwrapped):
+            run.log(sharding.share(self._unwrapped))
         self.batches_per_epoch = len(self._loader(0))  # this rank's share of each epoch
         total = math.ceil(self.batches_per_epoch / config.grad_accum) * config.epochs
         self.scheduler = get_scheduler(
@@ -150,7 +154,7 @@ class Trainer:
         with stop_signals(self._notice) as stop:
             self._loop(stop)
         if self._best_state is not None:
-            self._unwrapped.load_state_dict(self._best_state, strict=False)
+            sharding.load_whole(self._unwrapped, self._best_state)
         return {"best_epoch": self.state.best_epoch, self.metric: self.state.best}
 
     def _loop(self, stop: StopRequest) -> None:
@@ -292,22 +296,28 @@ class Trainer:
         )
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable parameters, whole (every process must call)."""
         return {
-            n: p.detach().clone() for n, p in self._unwrapped.named_parameters() if p.requires_grad
+            n: sharding.whole(p.detach()).clone()
+            for n, p in self._unwrapped.named_parameters()
+            if p.requires_grad
         }
 
     def _commit(self) -> None:
-        """Save the resume state: the point a resumed run starts from."""
-        if not self.run.writer:
+        """Save the resume state: the point a resumed run starts from (a sharded model's
+        every process gathers; the main one writes)."""
+        # every process resumes with the mean of the epoch's losses so far: its own are lost
+        progress = {**asdict(self.state), "epoch_loss": self._agreed_mean(self.state.epoch_loss)}
+        if not (self.run.writer or sharding.is_sharded(self._unwrapped)):
             return
         self.run.save_resume(
             {
                 "trainable": self._trainable_state(),
                 "best_state": self._best_state,
                 "best_saved": self._best_saved,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": sharding.optimizer_state(self.optimizer.optimizer),
                 "scheduler": self.scheduler.state_dict(),
-                "progress": asdict(self.state),
+                "progress": progress,
                 "rng": _rng_state(),
             }
         )
@@ -318,9 +328,9 @@ class Trainer:
             raise TrainingError(
                 f"{self.run.path} has no resume state to continue from: train without --resume."
             )
-        self._unwrapped.load_state_dict(saved["trainable"], strict=False)
+        sharding.load_whole(self._unwrapped, saved["trainable"])
         self._best_state, self._best_saved = saved["best_state"], saved.get("best_saved")
-        self.optimizer.load_state_dict(saved["optimizer"])
+        sharding.load_optimizer_state(self.optimizer.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(**saved["progress"])
         _set_rng_state(saved["rng"])
@@ -385,11 +395,13 @@ def _accelerator(config: TrainerConfig, run: RunFolder) -> Accelerator:
     launch` made it: then it is the launcher's."""
     if "ACCELERATE_MIXED_PRECISION" not in os.environ:  # set by every `accelerate launch`
         AcceleratorState._reset_state()
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision=_mixed_precision(config.mixed_precision, run),
         cpu=not torch.cuda.is_available(),
     )
+    sharding.set_up(accelerator)
+    return accelerator
 
 
 def _mixed_precision(requested: str, run: RunFolder) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,25 +108,14 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_does(runs, line, sig, co
     assert finished.returncode == 2 and "finished run" in finished.stderr
 
 
-def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
-    # float64: batches of 8 and 16 reduce in another order, and AdamW passes that rounding
-    # straight through for gradients far under its eps; in float32 that reaches 1e-5 on some
-    # CPUs, in float64 it stays near 1e-14 (the bound below keeps a wide margin).
-    base = run_config(
-        model_dir("bert-nodropout"),
-        sentiment_data,
-        backbone={"name": str(model_dir("bert-nodropout")), "dtype": "float64"},
-        trainable=["prompts", "bias"],
-        trainer={"epochs": 2, "batch_size": 16, "progress": False},
-    )
-    single = write_config(sentiment_data / "single.yaml", {**base, "output_dir": "single"})
-    subprocess.run(command(single), env=ENV, cwd=sentiment_data, check=True)
-    ranks = {**base, "output_dir": "ranks", "trainer": {**base["trainer"], "batch_size": 8}}
-    launch = [
+def launched(config: Path, *options: str, resume: bool = False) -> list[str]:
+    """The command that runs a fit on two processes under `accelerate launch`, with the
+    launcher's ``options``."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
+        *options,
         "--num_processes",
         "2",
         "--num_machines",
@@ -137,15 +127,149 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, senti
         "-m",
         "promptkit",
         "fit",
-        str(write_config(sentiment_data / "ranks.yaml", ranks)),
+        str(config),
+        *(["--resume"] if resume else []),
     ]
-    done = subprocess.run(launch, env=ENV, cwd=sentiment_data, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def launch(
+    config: Path, cwd: Path, *options: str, resume: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``launched(config, *options, resume=resume)`` to its end."""
+    return subprocess.run(
+        launched(config, *options, resume=resume), env=ENV, cwd=cwd, capture_output=True, text=True
+    )
+
+
+def one_process(folder: Path, base: dict) -> Path:
+    """Fit ``base`` in one process with batches of 16; the run folder."""
+    single = write_config(folder / "single.yaml", {**base, "output_dir": "single"})
+    subprocess.run(command(single), env=ENV, cwd=folder, check=True)
+    return folder / "single"
+
+
+def two_processes(folder: Path, base: dict) -> Path:
+    """The config of ``base`` on two processes with batches of 8 each."""
+    ranks = {**base, "output_dir": "ranks", "trainer": {**base["trainer"], "batch_size": 8}}
+    return write_config(folder / "ranks.yaml", ranks)
+
+
+def assert_like_one_process(ranks: Path, single: Path) -> None:
     # The class log-probabilities, and so the loss, are computed in float32 whatever the
     # backbone's dtype: a mean over batches of 8 rather than 16 rounds within float32's
     # precision for a mean of 16 terms.
     float32_mean = 16 * torch.finfo(torch.float32).eps
-    ranks, single = sentiment_data / "ranks", sentiment_data / "single"
     assert_same(ranks, single, atol=1e-10, loss_rtol=float32_mean)
-    log = (sentiment_data / "ranks" / "train.log").read_text()
+    log = (ranks / "train.log").read_text()
     assert log.count("epoch 2: validating") == 1  # one writer
+
+
+def same_as_one_process(folder: Path, base: dict, *options: str) -> Path:
+    """Fit ``base`` in one process and on two launched with ``options`` (the same global
+    batch); assert that both end alike; the launched run's folder."""
+    single = one_process(folder, base)
+    done = launch(two_processes(folder, base), folder, *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_like_one_process(folder / "ranks", single)
+    return folder / "ranks"
+
+
+def float64_run(model_dir, data: Path, **overrides) -> dict:
+    # float64: batches of 8 and 16 reduce in another order, and AdamW passes that rounding
+    # straight through for gradients far under its eps; in float32 that reaches 1e-5 on some
+    # CPUs, in float64 it stays near 1e-14 (the bound in same_as_one_process keeps a wide
+    # margin).
+    folder = model_dir("bert-nodropout")
+    return run_config(
+        folder,
+        data,
+        backbone={"name": str(folder), "dtype": "float64"},
+        **{"trainer": {"epochs": 2, "batch_size": 16, "progress": False}, **overrides},
+    )
+
+
+def test_two_ranks_equal_one_process_with_the_same_global_batch(model_dir, sentiment_data):
+    base = float64_run(model_dir, sentiment_data, trainable=["prompts", "bias"])
+    same_as_one_process(sentiment_data, base, "--multi_gpu")
+
+
+SHARDED = Path(__file__).parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+CLOZE = "<x> it was [P1][P2] [MASK]."
+
+
+@pytest.mark.parametrize(
+    ("template", "prompts", "trainable", "checkpointing"),
+    [
+        (CLOZE, {"placement": "input"}, ["prompts", "bias"], False),  # BitFit: sharded biases
+        ("[P*3] <x> it was [MASK].", {"placement": "prefix", "encoder": "mlp"}, ["prompts"], False),
+        (CLOZE, {"placement": "deep", "layers": "all"}, ["prompts"], True),
+    ],
+    ids=["input-bitfit", "prefix-mlp", "deep-checkpointing"],
+)
+def test_a_sharded_backbone_trains_as_one_process_does(
+    model_dir, sentiment_data, template, prompts, trainable, checkpointing
+):
+    base = float64_run(
+        model_dir,
+        sentiment_data,
+        template=template,
+        prompts=prompts,
+        trainable=trainable,
+        trainer={
+            "epochs": 2,
+            "batch_size": 16,
+            "progress": False,
+            "gradient_checkpointing": checkpointing,
+        },
+    )
+    ranks = same_as_one_process(sentiment_data, base, "--config_file", str(SHARDED))
+    log = (ranks / "train.log").read_text()
+    held, total = map(int, re.search(r"holds (\d+) of its (\d+) parameters", log).groups())
+    assert abs(held - total / 2) < total / 100  # each process holds half the weights
+    predicted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promptkit",
+            "predict",
+            str(ranks),
+            "--input",
+            str(sentiment_data / "test.jsonl"),
+            "--output",
+            str(sentiment_data / "out.jsonl"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )  # one process loads what the sharded run saved
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len((sentiment_data / "out.jsonl").read_text().splitlines()) == 24
+
+
+def test_a_sharded_run_stopped_with_ctrl_c_resumes_to_the_end_of_an_unstopped_one(
+    model_dir, sentiment_data
+):
+    base = float64_run(
+        model_dir,
+        sentiment_data,
+        trainable=["prompts", "bias"],
+        trainer={"epochs": 2, "batch_size": 16, "progress": False, "log_every": 1},
+    )
+    single = one_process(sentiment_data, base)
+    config = two_processes(sentiment_data, base)
+    process = subprocess.Popen(
+        launched(config, "--config_file", str(SHARDED)),
+        env=ENV,
+        cwd=sentiment_data,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = sentiment_data / "ranks" / "train.log"
+    while process.poll() is None and not (log.is_file() and "epoch 1, step 2:" in log.read_text()):
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the launcher and every rank
+    process.wait(120)
+    resumed = launch(config, sentiment_data, "--config_file", str(SHARDED), resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in log.read_text()
+    assert_like_one_process(sentiment_data / "ranks", single)
