@@ -60,6 +60,8 @@ BASELINE = "unquantized"
 CASES: dict[str, dict[str, Any] | None] = {
     BASELINE: None,
     "bnb-nf4": {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"},
+    # the same, with what stays unquantized (the tied embeddings, the norms) in bfloat16
+    "bnb-nf4-bf16": {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"},
     "bnb-int8": {"method": "bitsandbytes", "bits": 8},
     "torchao-int8": {"method": "torchao", "quant_type": "Int8WeightOnlyConfig"},
     "torchao-int8-dynamic": {
@@ -67,6 +69,7 @@ CASES: dict[str, dict[str, Any] | None] = {
         "quant_type": "Int8DynamicActivationInt8WeightConfig",
     },
 }
+CASE_DTYPES = {"bnb-nf4-bf16": "bfloat16"}  # backbone.dtype where it is not the baseline's
 FOUR_BIT = "bnb-nf4"
 TASKS = ("memory", "time", "mr", "e2e")
 MR_CONFIG = EXAMPLES / "sentiment" / "ptuning_cloze.yaml"
@@ -94,7 +97,7 @@ def backbone_section(model: str, case: str) -> dict[str, Any]:
     """The config's backbone section for a model and case."""
     section = {
         "name": str(ASSETS / MODELS[model]),
-        "dtype": "bfloat16" if device().type == "cuda" else "float32",
+        "dtype": CASE_DTYPES.get(case, "bfloat16" if device().type == "cuda" else "float32"),
     }
     if CASES[case] is not None:
         section["quantization"] = CASES[case]
@@ -112,7 +115,8 @@ def _module(path: Path) -> Any:
 
 def run_config(task: str, model: str, case: str, quick: bool, scratch: Path) -> Any:
     """The validated run config of the MR or E2E task for a model and case."""
-    from promptkit.config import merged, validate_config
+    from promptkit.config import merged
+    from promptkit.run_config import validate_config
 
     if task == "mr":
         data = yaml.safe_load(MR_CONFIG.read_text())
@@ -264,11 +268,17 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_results(settings: dict[str, Any], redo: bool) -> dict[str, Any]:
-    """What large.json holds for these settings (nothing with --redo or other settings)."""
+    """What large.json holds (nothing with --redo); results of other settings are kept, and
+    measuring with these is refused."""
     if OUT.exists() and not redo:
         saved = json.loads(OUT.read_text())
-        if saved["settings"] == settings:
-            return saved
+        if saved["settings"] != settings:
+            raise SystemExit(
+                f"{OUT} holds results of other settings ({_budget(saved['settings'])}): "
+                "measure with those (--quick is the smaller budget), or pass --redo to "
+                "replace them."
+            )
+        return saved
     return {"settings": settings, "models": {}}
 
 
