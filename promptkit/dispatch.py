@@ -82,9 +82,9 @@ def weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Every parameter by name, as ``named_parameters`` gives it, an offloaded one read from
     where it is kept (one at a time: the whole model is never in memory)."""
     owners = dict(model.named_modules())
-    for name, param in model.named_parameters():
+    for name, _ in model.named_parameters():
         module_name, _, short = name.rpartition(".")
-        yield name, stored(owners[module_name], short) if param.is_meta else param
+        yield name, stored(owners[module_name], short)
 
 
 def placement_summary(model: nn.Module) -> str:

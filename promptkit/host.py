@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -32,9 +32,6 @@ from promptkit.placements.mixed import MixedInjector
 from promptkit.predictor import checked_items
 from promptkit.predictor import load as load_run
 from promptkit.run_folder import RunFolder, is_ensemble
-
-if TYPE_CHECKING:
-    pass
 
 # Trainable groups that change the backbone's own weights: such a run cannot share it.
 _BACKBONE_GROUPS = ("bias", "norm", "all")
