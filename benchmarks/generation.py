@@ -35,13 +35,13 @@ sys.path.insert(0, str(REPO / "examples"))
 
 from assets import ensure  # noqa: E402
 
-from promptkit.backbone import load_backbone  # noqa: E402
-from promptkit.config import validate  # noqa: E402
-from promptkit.generation import carried  # noqa: E402
-from promptkit.model import build_model  # noqa: E402
-from promptkit.placements.base import PROMPTING_KWARG  # noqa: E402
-from promptkit.readers import read_rows  # noqa: E402
-from promptkit.recipe import ModelConfig  # noqa: E402
+from promptkit.backbone.loading import load_backbone  # noqa: E402
+from promptkit.backbone.prompting import PROMPTING_KWARG  # noqa: E402
+from promptkit.core.config import validate  # noqa: E402
+from promptkit.core.readers import read_rows  # noqa: E402
+from promptkit.text.config import ModelConfig  # noqa: E402
+from promptkit.text.decoding import carried  # noqa: E402
+from promptkit.text.model import build_model  # noqa: E402
 
 METHODS = {"prefix": 16, "input": 20}  # soft slots of each placement
 PROMPT_TOKENS = 24
@@ -94,7 +94,7 @@ def decoding(args, backbone, ids):
 
         def ours_call(model=ours, batch=batch):
             with torch.no_grad():
-                kwargs = model.injector(batch, model.prompts())
+                kwargs = model.placement(batch, model.prompts())
                 kwargs.pop("position_ids", None)
                 with carried(model.lm, kwargs.pop(PROMPTING_KWARG, None)):
                     return model.lm.generate(**kwargs, **options)

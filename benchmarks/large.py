@@ -115,8 +115,8 @@ def _module(path: Path) -> Any:
 
 def run_config(task: str, model: str, case: str, quick: bool, scratch: Path) -> Any:
     """The validated run config of the MR or E2E task for a model and case."""
-    from promptkit.config import merged
-    from promptkit.run_config import validate_config
+    from promptkit.core.config import merged
+    from promptkit.runs.config import validate_config
 
     if task == "mr":
         data = yaml.safe_load(MR_CONFIG.read_text())
@@ -156,7 +156,7 @@ def training_step(model: str, case: str) -> tuple[torch.nn.Module, Callable[[], 
     """The sentiment demo's P-tuning model on a model and case, and one optimizer step of it
     on the first training batch."""
     import promptkit
-    from promptkit.data import load_splits
+    from promptkit.text.data import load_splits
 
     with tempfile.TemporaryDirectory() as scratch:
         config = run_config("mr", model, case, False, Path(scratch))
@@ -188,7 +188,7 @@ def training_step(model: str, case: str) -> tuple[torch.nn.Module, Callable[[], 
 
 def measure_memory(model: str, case: str) -> dict[str, float]:
     """Stored bytes of the backbone; peak memory of one training step over what was in use."""
-    from promptkit.quantization import stored_tensors
+    from promptkit.backbone.quantization import stored_tensors
 
     prompt_model, step = training_step(model, case)
     stored = sum(t.numel() * t.element_size() for _, t in stored_tensors(prompt_model.lm))

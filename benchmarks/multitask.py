@@ -42,13 +42,13 @@ sys.path.insert(0, str(REPO / "examples"))
 
 from assets import ensure  # noqa: E402
 
-from promptkit.backbone import load_backbone  # noqa: E402
-from promptkit.config import validate  # noqa: E402
-from promptkit.host import Host  # noqa: E402
-from promptkit.model import build_model  # noqa: E402
-from promptkit.predictor import Predictor  # noqa: E402
-from promptkit.readers import read_rows  # noqa: E402
-from promptkit.recipe import ModelConfig  # noqa: E402
+from promptkit.backbone.loading import load_backbone  # noqa: E402
+from promptkit.core.config import validate  # noqa: E402
+from promptkit.core.readers import read_rows  # noqa: E402
+from promptkit.serving.host import Host  # noqa: E402
+from promptkit.serving.predictor import Predictor  # noqa: E402
+from promptkit.text.config import ModelConfig  # noqa: E402
+from promptkit.text.model import build_model  # noqa: E402
 
 MOOD = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
 PREFIX = {"placement": "prefix", "encoder": "none", "init": "random"}
@@ -142,7 +142,7 @@ def throughput(args, host: Host, copies: dict[str, Predictor], texts: list[str])
     cases = {
         "mixed": lambda: host.predict_proba(pairs, batch_size=batch),
         "per-task batches": lambda: [
-            host.predict_proba(own[name], task=name, batch_size=batch) for name in TASKS
+            host.predict_proba(own[name], run=name, batch_size=batch) for name in TASKS
         ],
         "one copy per task": lambda: [
             copies[name].predict_proba(own[name], batch_size=batch) for name in TASKS
@@ -163,7 +163,7 @@ def load_test(args, host: Host, texts: list[str]) -> dict:
     """Requests against the server's app, run by uvicorn on a thread of this process."""
     import uvicorn
 
-    from promptkit.serve import Limits, create_app
+    from promptkit.serving.server import Limits, create_app
 
     config = uvicorn.Config(
         create_app(host, Limits(max_batch=32, max_wait_ms=5)), port=args.port, log_level="error"
@@ -177,7 +177,7 @@ def load_test(args, host: Host, texts: list[str]) -> dict:
     generator = random.Random(0)
     bodies = [
         {
-            "task": generator.choice(list(TASKS)),
+            "run": generator.choice(list(TASKS)),
             "inputs": generator.sample(texts, k=generator.randint(1, 4)),
         }
         for _ in range(args.requests)

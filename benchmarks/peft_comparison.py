@@ -78,7 +78,7 @@ def promptkit_model(case: str, run: str) -> tuple[torch.nn.Module, Forward]:
     """promptkit's model and a function ids -> logits (``run``: "promptkit", "promptkit
     last:K" or "promptkit compile")."""
     from promptkit import build_model
-    from promptkit.recipe import ModelConfig
+    from promptkit.text.config import ModelConfig
 
     spec = CASES[case]
     placement = "prefix" if case == "prefix" else "input"

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 import promptkit
-from promptkit.config import merged
-from promptkit.run_config import validate_config
+from promptkit.core.config import merged
+from promptkit.runs.config import validate_config
 
 
 def main(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
@@ -24,12 +25,12 @@ logging.getLogger("torch.utils._pytree").addFilter(
 )
 
 _EXPORTS = {
-    "Backbone": "promptkit.backbone",
-    "load_backbone": "promptkit.backbone",
-    "ModelConfig": "promptkit.recipe",
-    "RunConfig": "promptkit.recipe",
-    "load_config": "promptkit.run_config",
-    "validate_config": "promptkit.run_config",
+    "Backbone": "promptkit.backbone.loading",
+    "load_backbone": "promptkit.backbone.loading",
+    "ModelConfig": "promptkit.text.config",
+    "RunConfig": "promptkit.text.config",
+    "load_config": "promptkit.runs.config",
+    "validate_config": "promptkit.runs.config",
     "BackboneMismatchError": "promptkit.errors",
     "ConfigError": "promptkit.errors",
     "DataError": "promptkit.errors",
@@ -37,23 +38,28 @@ _EXPORTS = {
     "TemplateError": "promptkit.errors",
     "TrainingError": "promptkit.errors",
     "VerbalizerError": "promptkit.errors",
-    "PromptModel": "promptkit.model",
-    "build_model": "promptkit.model",
+    "PromptModel": "promptkit.text.model",
+    "build_model": "promptkit.text.model",
     "fit": "promptkit.api",
-    "SoftPrompts": "promptkit.prompts",
-    "Predictor": "promptkit.predictor",
+    "SoftPrompts": "promptkit.core.soft_prompts",
+    "Predictor": "promptkit.serving.predictor",
     "load": "promptkit.api",
-    "Host": "promptkit.host",
-    "Ensemble": "promptkit.ensemble",
-    "RunFolder": "promptkit.run_folder",
-    "Template": "promptkit.template",
-    "Verbalizer": "promptkit.verbalizer",
+    "Host": "promptkit.serving.host",
+    "RunEnsemble": "promptkit.serving.run_ensemble",
+    "RunFolder": "promptkit.core.run_folder",
+    "Template": "promptkit.text.template",
+    "Verbalizer": "promptkit.text.label_words",
 }
 __all__ = sorted(_EXPORTS)
+_FORMER_NAMES = {"Ensemble": "RunEnsemble"}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:  # a submodule, e.g. promptkit.config
+    if name in _FORMER_NAMES:
+        new = _FORMER_NAMES[name]
+        warnings.warn(f"promptkit.{name} is now promptkit.{new}", DeprecationWarning, stacklevel=2)
+        return __getattr__(new)
+    if name not in _EXPORTS:  # a submodule, e.g. promptkit.core.config
         try:
             return importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError:

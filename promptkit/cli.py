@@ -26,7 +26,13 @@ from rich.text import Text
 
 from promptkit import catalog
 from promptkit.errors import PromptkitError, TrainingInterrupted
-from promptkit.template import Segment, SegmentKind, Template
+from promptkit.text.template import (
+    Segment,
+    SegmentKind,
+    Template,
+    check_input_slot,
+    resolve_template,
+)
 
 app = typer.Typer(
     help="Prompt learning for transformers: templates, soft prompts, verbalizers.",
@@ -141,12 +147,12 @@ def fit(
     overrides = [*(set_ or []), *([f"output_dir={output}"] if output else [])]
     hint = " ".join(["promptkit fit", str(config), *(f"--set {o}" for o in overrides)])
     with _reported(hint):
-        from promptkit.run_config import load_config
+        from promptkit.runs.config import load_config
 
         loaded = load_config(config, overrides)  # config errors come before heavy imports
     with _reported(hint, Path(loaded.output_dir)):
         _use_threads(threads)
-        from promptkit.pipeline import fit as run_fit
+        from promptkit.runs.fitting import fit as run_fit
 
         result = run_fit(loaded, resume=resume, overwrite=overwrite)
     console.print(f"run saved in [bold]{escape(str(result.run_dir))}[/]")
@@ -168,7 +174,7 @@ def check(
     invalid rows), the template on the first examples, the label words' tokens, and the
     backbone's size. Exit code 0 when all is well, 2 with the problems listed."""
     with _reported():
-        from promptkit.check import check_config
+        from promptkit.runs.check import check_config
 
         report = check_config(config, set_ or [])
     for section, lines in report.sections.items():
@@ -207,22 +213,22 @@ def evaluate(
     input with several references; empty answers are counted on stderr)."""
     with _reported():
         _use_threads(threads)
-        from promptkit.data import Split, label_indices, mapped_labels
-        from promptkit.ensemble import Ensemble
-        from promptkit.pipeline import evaluate_split
-        from promptkit.predictor import load
-        from promptkit.run_folder import is_ensemble
+        from promptkit.core.data import Split, label_indices, mapped_labels
+        from promptkit.core.run_folder import is_ensemble
+        from promptkit.runs.fitting import evaluate_split
+        from promptkit.serving.predictor import load_run
+        from promptkit.serving.run_ensemble import RunEnsemble
         from promptkit.tasks import CLASSIFICATION
 
         if is_ensemble(run_dir):
-            members = Ensemble.load(run_dir)
+            members = RunEnsemble.load(run_dir)
             first = next(iter(members.members.values()))
             columns = members.data_columns()
             rows, column, data_config = _labelled(Path(first), data, label_column, columns)
             names = mapped_labels(rows, CLASSIFICATION, column, data_config.label_map)
             metrics = members.evaluate(rows, names)
         else:
-            predictor = load(run_dir)
+            predictor = load_run(run_dir)
             model = predictor.model
             columns = model.data_columns()
             rows, column, data_config = _labelled(run_dir, data, label_column, columns, model.task)
@@ -250,9 +256,10 @@ def _labelled(
     a generator's target template and lists of references), with the input ``columns``;
     the label column and the run's data settings. ``task``: the run's (default:
     classification)."""
-    from promptkit.data import one_row_per_answer, validate_rows, with_targets
+    from promptkit.core.data import validate_rows
     from promptkit.tasks import CLASSIFICATION
-    from promptkit.template import Template
+    from promptkit.text.data import one_row_per_answer, with_targets
+    from promptkit.text.template import Template
 
     task = task or CLASSIFICATION
 
@@ -269,10 +276,10 @@ def _labelled(
 
 def _run_data(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The modality of a run, its data config (as saved in its config.yaml) and recipe."""
-    from promptkit.config import validate
+    from promptkit.core.config import validate
+    from promptkit.core.run_folder import RunFolder
     from promptkit.errors import ConfigError
     from promptkit.modalities import modality_of
-    from promptkit.run_folder import RunFolder
 
     run = RunFolder(run_dir)
     recipe = run.read_recipe()["recipe"]
@@ -308,18 +315,18 @@ def predict(
     prediction, and the class scores. RUN_DIR may be a saved ensemble."""
     with _reported():
         _use_threads(threads)
-        from promptkit.ensemble import Ensemble
+        from promptkit.core.run_folder import RunFolder, is_ensemble
         from promptkit.modalities import modality_of
-        from promptkit.predictor import load
-        from promptkit.run_folder import RunFolder, is_ensemble
+        from promptkit.serving.predictor import load_run
+        from promptkit.serving.run_ensemble import RunEnsemble
         from promptkit.tasks import CLASSIFICATION
 
         _check_output(output, Path(input), run_dir, overwrite)
         if is_ensemble(run_dir):
-            predictor = Ensemble.load(run_dir)
+            predictor = RunEnsemble.load(run_dir)
             task, modality = CLASSIFICATION, modality_of({})
         else:
-            predictor = load(run_dir)
+            predictor = load_run(run_dir)
             task = predictor.model.task
             modality = modality_of(RunFolder(run_dir).read_recipe()["recipe"])
         if decoding and task.has_classes:
@@ -359,8 +366,8 @@ def ensemble(
     """Combine trained runs of one task into an ensemble saved in OUTPUT, which `eval`,
     `predict` and `promptkit.load` take like a run."""
     with _reported():
-        from promptkit.data import mapped_labels
-        from promptkit.ensemble import COMBINES, Ensemble, check_folder
+        from promptkit.core.data import mapped_labels
+        from promptkit.serving.run_ensemble import COMBINES, RunEnsemble, check_folder
         from promptkit.tasks import CLASSIFICATION
 
         if combine not in COMBINES:
@@ -371,7 +378,7 @@ def ensemble(
             )
         check_folder(output)
         named = _named_runs(runs)
-        members = Ensemble.of(named, "mean" if combine == "weighted" else combine)
+        members = RunEnsemble.of(named, "mean" if combine == "weighted" else combine)
         scores = None
         if data is not None:
             first = Path(next(iter(named.values())))
@@ -382,7 +389,7 @@ def ensemble(
             scores = members.evaluate(rows, names)
         members.save(output)
     table = Table("member", "weight", *(["accuracy on --data"] if scores else []))
-    for name in [*members.host.tasks, "ensemble"]:
+    for name in [*members.host.runs, "ensemble"]:
         weight = "" if name == "ensemble" else f"{members.weights[name]:.3f}"
         accuracy = [f"{scores[name]['accuracy']:.3f}"] if scores else []
         table.add_row(Text(name), weight, *accuracy)
@@ -392,7 +399,7 @@ def ensemble(
 
 @app.command()
 def serve(
-    runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a task")],
+    runs: Annotated[list[str], typer.Argument(help="run folders, or NAME=FOLDER to name a run")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[
         int, typer.Option(help="port to listen on (0: a free one)", min=0, max=65535)
@@ -409,16 +416,16 @@ def serve(
     """Serve trained runs over HTTP, all on one backbone (docs at /docs once started)."""
     with _reported():
         _use_threads(threads)
-        from promptkit.host import host_runs
-        from promptkit.serve import Limits
-        from promptkit.serve import serve as run_server
+        from promptkit.serving.host import host_runs
+        from promptkit.serving.server import Limits
+        from promptkit.serving.server import serve as run_server
 
         limits = Limits(max_batch, max_wait_ms, max_inputs, max_chars)
         named = _named_runs(runs)
         _warn_unfinished(named.values())
         port = _listenable(host, port)  # before minutes of loading
         hosted = host_runs(named, device=device)
-        err_console.print(f"serving {', '.join(hosted.tasks)} on http://{host}:{port}")
+        err_console.print(f"serving {', '.join(hosted.runs)} on http://{host}:{port}")
     run_server(hosted, host, port, limits)
 
 
@@ -439,7 +446,7 @@ def _named_runs(runs: list[str]) -> dict[str, str]:
 def _warn_unfinished(folders: Iterable[str]) -> None:
     """A run whose marker says it is training is served with a warning: its prompt is that of
     its best epoch so far."""
-    from promptkit.run_folder import RunFolder
+    from promptkit.core.run_folder import RunFolder
 
     for folder in folders:
         if RunFolder(folder).status() == "training":
@@ -470,7 +477,7 @@ def _listenable(host: str, port: int) -> int:
 def _check_output(output: Path, source: Path, run_dir: Path, overwrite: bool) -> None:
     """Predictions go to a new file (or one that --overwrite replaces) that can be written:
     never the input, nor a file of the run."""
-    from promptkit.run_folder import RunFolder, check_writable
+    from promptkit.core.run_folder import RunFolder, check_writable
 
     if output.exists() and not overwrite:
         raise PromptkitError(f"{output} exists: choose another --output, or add --overwrite.")
@@ -496,7 +503,7 @@ def _no_output_columns(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> 
 
 
 def _write(output: Path, text: str) -> None:
-    from promptkit.run_folder import atomic_text
+    from promptkit.core.run_folder import atomic_text
 
     try:
         atomic_text(output, text)
@@ -544,12 +551,12 @@ def list_registered(
     """List what can be named in a config: placements (prompts.placement), heads (head.type),
     task kinds, modalities and quantization methods (backbone.quantization.method)."""
     with _reported():
+        from promptkit.backbone.quantization import QUANTIZATIONS
         from promptkit.errors import ConfigError
-        from promptkit.heads import HEADS
         from promptkit.modalities import MODALITIES
-        from promptkit.placements import PLACEMENTS
-        from promptkit.quantization import QUANTIZATIONS
         from promptkit.tasks import TASKS
+        from promptkit.text.heads import HEADS
+        from promptkit.text.placements import PLACEMENTS
 
         registries = {
             "placements": PLACEMENTS,
@@ -589,8 +596,8 @@ def template_check(
 ) -> None:
     """Compile TEMPLATE and show its pieces: anchors, inputs, soft slots, mask."""
     with _reported():
-        compiled = catalog.template(template)
-        catalog.check_input_slot(compiled, template)
+        compiled = resolve_template(template)
+        check_input_slot(compiled, template)
     table = Table("piece", "kind", "detail")
     for seg in compiled.segments():
         if seg.kind is not SegmentKind.TEXT or seg.text.strip():
@@ -619,8 +626,8 @@ def template_search(
     """Score candidate hard templates zero-shot on CONFIG's validation data, best first."""
     with _reported():
         _use_threads(threads)
-        from promptkit.run_config import load_config
-        from promptkit.template_search import catalog_candidates, score_templates
+        from promptkit.runs.config import load_config
+        from promptkit.runs.template_search import catalog_candidates, score_templates
 
         loaded = load_config(config, set_ or [])
         candidates = list(candidate or [])
@@ -647,9 +654,9 @@ def template_autoprompt(
     and print the hard template, and the template with soft slots started from the words."""
     with _reported():
         _use_threads(threads)
-        from promptkit.autoprompt import autoprompt, check_config
         from promptkit.modalities import modality_of
-        from promptkit.run_config import load_config
+        from promptkit.runs.config import load_config
+        from promptkit.text.autoprompt import autoprompt, check_config
 
         loaded = load_config(config, set_ or [])
         check_config(loaded)
@@ -679,9 +686,9 @@ def template_render(
 ) -> None:
     """Render TEMPLATE over an example; with --model, show the tokens it encodes to."""
     with _reported():
-        from promptkit.data import as_examples
+        from promptkit.core.data import as_examples
 
-        compiled = catalog.template(template)
+        compiled = resolve_template(template)
         values = _example(example)
         segments = compiled.render(as_examples([values], {}, compiled.inputs)[0])
         if model is None:
@@ -730,9 +737,9 @@ def _show(seg: Segment, compiled: Template) -> tuple[str, str]:
 
 
 def _show_tokens(compiled: Template, values: dict, model: str, max_length: int) -> None:
-    from promptkit.backbone import load_tokenizer
-    from promptkit.data import as_examples
-    from promptkit.encoding import PromptTokenizer
+    from promptkit.backbone.loading import load_tokenizer
+    from promptkit.core.data import as_examples
+    from promptkit.text.encoding import PromptTokenizer
 
     tokenizer, kind = load_tokenizer(model)
     encoder = PromptTokenizer(compiled, tokenizer, max_length, kind == "causal_lm")
@@ -775,8 +782,8 @@ def verbalizer_search(
     label words, PETAL's likelihood ratio) and write them for `head.verbalizer: OUTPUT`."""
     with _reported():
         _use_threads(threads)
-        from promptkit.label_search import check_output, search_config, write_verbalizer
-        from promptkit.run_config import load_config
+        from promptkit.runs.config import load_config
+        from promptkit.text.label_search import check_output, search_config, write_verbalizer
 
         loaded = load_config(config, set_ or [])
         check_output(output, overwrite)

@@ -271,8 +271,8 @@ def run_config(model_folder: Path, data_folder: Path, **overrides) -> dict:
 
 def zero_shot_tagger(folder: Path):
     """A tagger (token head, classes O and B-x) on a model folder, trained on nothing."""
-    from promptkit.model import build_model
-    from promptkit.recipe import ModelConfig
+    from promptkit.text.config import ModelConfig
+    from promptkit.text.model import build_model
 
     recipe = ModelConfig.model_validate(
         {
@@ -316,9 +316,9 @@ def seeded_step(
 
 def prompt_model(folder: Path, **recipe) -> torch.nn.Module:
     """A prompt model on the tiny backbone in ``folder``, built from recipe keys, training."""
-    from promptkit.config import validate
-    from promptkit.model import build_model
-    from promptkit.recipe import ModelConfig
+    from promptkit.core.config import validate
+    from promptkit.text.config import ModelConfig
+    from promptkit.text.model import build_model
 
     config = {"backbone": {"name": str(folder)}, "trainable": ["prompts", "head"], **recipe}
     return build_model(validate(ModelConfig, config, "recipe")).train()

@@ -8,7 +8,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from promptkit.placements.attention import use_promptkit_attention
+from promptkit.backbone.attention import use_promptkit_attention
 
 
 def logits_and_grad(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +47,7 @@ def test_grouped_query_attention_under_a_mask_shares_the_key_value_heads(monkeyp
 
 
 def test_a_position_bias_goes_to_the_stock_attention():
-    from promptkit.placements.attention import _grouped_on_cpu
+    from promptkit.backbone.attention import _grouped_on_cpu
 
     module = torch.nn.Module()
     module.num_key_value_groups = 2
@@ -59,12 +59,12 @@ def test_a_position_bias_goes_to_the_stock_attention():
 def test_the_input_placement_switches_attention_only_for_shared_key_value_heads(model_dir):
     from conftest import make_model
 
-    from promptkit.placements.input import InputConfig, InputInjector
+    from promptkit.text.placements.input import InputConfig, InputPlacement
 
     gpt2 = make_model("gpt2")  # one key/value head per query head: nothing to gain
     before = gpt2.config._attn_implementation
-    InputInjector(InputConfig(), gpt2)
+    InputPlacement(InputConfig(), gpt2)
     assert gpt2.config._attn_implementation == before
     llama = make_model("llama")
-    InputInjector(InputConfig(), llama)
+    InputPlacement(InputConfig(), llama)
     assert llama.config._attn_implementation == "promptkit_sdpa"

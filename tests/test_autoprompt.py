@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import sentiment_rows
 
-from promptkit.autoprompt import autoprompt
 from promptkit.errors import ConfigError, DataError
-from promptkit.model import build_model
-from promptkit.recipe import ModelConfig
-from promptkit.template import Template
+from promptkit.text.autoprompt import autoprompt
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
+from promptkit.text.template import Template
 
 WORDS = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
 

@@ -8,11 +8,11 @@ from conftest import run_config, zero_shot_tagger
 
 import promptkit
 from promptkit.errors import ConfigError
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.predictor import Predictor
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import Predictor
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"], "meh": ["fine"]}
 TEXTS = ["the movie was great", "a dull plot", "so bad"]

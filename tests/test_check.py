@@ -12,8 +12,8 @@ from conftest import make_model, run_config
 from typer.testing import CliRunner
 from vision_helpers import vision_config, write_images
 
-from promptkit.check import check_config
 from promptkit.cli import app
+from promptkit.runs.check import check_config
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_paths_are_read_from_the_working_directory(model_dir, sentiment_data, mo
     ):
         assert f"{key}: {value}" in shown
 
-    from promptkit.run_config import load_config
+    from promptkit.runs.config import load_config
 
     loaded = load_config(path)  # the paths a saved run reads again are kept absolute
     assert loaded.head.verbalizer == str(sentiment_data / "words.yaml")
@@ -220,7 +220,7 @@ def test_a_huge_batch_size_is_a_config_problem(model_dir, sentiment_data):
 
 
 def test_the_run_folder_is_checked_as_fit_checks_it(model_dir, sentiment_data):
-    from promptkit.run_folder import RunFolder
+    from promptkit.core.run_folder import RunFolder
 
     config = run_config(model_dir("bert"), sentiment_data)
     path = write_config(sentiment_data, config)

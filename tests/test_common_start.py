@@ -9,8 +9,8 @@ from conftest import REVIEWS, prompt_model, review_batch, seeded_step, small_con
 from torch import nn
 from transformers import AutoModelForCausalLM, Lfm2Config, LlamaConfig, MistralConfig, OPTConfig
 
-from promptkit.placements.common_start import common_start
-from promptkit.placements.input import InputConfig, InputInjector
+from promptkit.backbone.common_start import common_start
+from promptkit.text.placements.input import InputConfig, InputPlacement
 
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
 HEADS = {
@@ -31,7 +31,7 @@ def build(model_dir, family: str, **keys) -> nn.Module:
 def first_layer_inputs(model: nn.Module, batch: dict) -> list[tuple[int, int]]:
     """The [rows, positions] of every call of the backbone's first layer in one forward."""
     shapes: list[tuple[int, int]] = []
-    layer = model.injector.backbone_layers[0]
+    layer = model.placement.backbone_layers[0]
     handle = layer.register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape[:2]))
     try:
         model(batch)
@@ -56,11 +56,11 @@ def test_the_common_start_runs_once_and_changes_nothing(model_dir, family, head,
         model.eval()  # GPT-2 drops out in training, where a shared start would share its noise
     batch = review_batch(model)
     rows, length = batch["input_ids"].shape
-    shared = model.injector.common_start.length(batch)
+    shared = model.placement.common_start.length(batch)
     assert shared >= 4  # the three soft slots and "Review"
     assert first_layer_inputs(model, batch) == [(1, shared), (rows, length - shared)]
     once = seeded_step(model, batch)
-    model.injector.common_start.applies = False
+    model.placement.common_start.applies = False
     assert first_layer_inputs(model, batch) == [(rows, length)]
     whole = seeded_step(model, batch)
     torch.testing.assert_close(once[0], whole[0])
@@ -72,10 +72,10 @@ def test_the_common_start_runs_once_and_changes_nothing(model_dir, family, head,
 
 def test_hidden_states_of_every_layer_come_back_whole(model_dir):
     model = build(model_dir, "llama")
-    kwargs = model.injector(review_batch(model), model.prompts())
+    kwargs = model.placement(review_batch(model), model.prompts())
     once = model.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
-    model.injector.common_start.applies = False
-    kwargs = model.injector(review_batch(model), model.prompts())
+    model.placement.common_start.applies = False
+    kwargs = model.placement(review_batch(model), model.prompts())
     whole = model.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
     assert len(once) == len(whole)
     mask = kwargs["attention_mask"].bool()
@@ -86,16 +86,16 @@ def test_hidden_states_of_every_layer_come_back_whole(model_dir):
 def test_it_stays_off_where_it_would_change_something(model_dir):
     gpt2 = build(model_dir, "gpt2")
     batch = review_batch(gpt2)
-    assert gpt2.injector.common_start.length(batch) == 0  # dropout, training
+    assert gpt2.placement.common_start.length(batch) == 0  # dropout, training
     with torch.no_grad():
-        assert gpt2.injector.common_start.length(batch) == 0  # still drops out
-    assert gpt2.eval().injector.common_start.length(batch) > 0
+        assert gpt2.placement.common_start.length(batch) == 0  # still drops out
+    assert gpt2.eval().placement.common_start.length(batch) > 0
     llama = build(model_dir, "llama")
     llama.enable_checkpointing()
-    assert llama.injector.common_start.length(review_batch(llama)) == 0
+    assert llama.placement.common_start.length(review_batch(llama)) == 0
     bert = build(model_dir, "bert")
-    assert not bert.injector.common_start.applies
-    assert bert.injector.common_start.length(review_batch(bert)) == 0
+    assert not bert.placement.common_start.applies
+    assert bert.placement.common_start.length(review_batch(bert)) == 0
 
 
 def test_written_answers_are_the_same(model_dir):
@@ -103,15 +103,15 @@ def test_written_answers_are_the_same(model_dir):
     model = build(model_dir, "llama", **recipe).eval()
     examples = model.examples(REVIEWS)
     once = model.generate(examples)
-    model.injector.common_start.applies = False
+    model.placement.common_start.applies = False
     assert model.generate(examples) == once
 
 
-def test_a_released_injector_leaves_the_backbone_alone(model_dir):
+def test_a_released_placement_leaves_the_backbone_alone(model_dir):
     model = build(model_dir, "llama")
     base = model.lm.base_model
     before = len(base._forward_pre_hooks), len(base._forward_hooks)
-    model.injector.release()
+    model.placement.release()
     assert (len(base._forward_pre_hooks), len(base._forward_hooks)) == (
         before[0] - 1,
         before[1] - 1,
@@ -146,8 +146,8 @@ def test_slots_must_match_too():
 SMALL = small_config(num_key_value_heads=2, pad_token_id=0)
 
 
-def injector_on(settings) -> InputInjector:
-    return InputInjector(InputConfig(), AutoModelForCausalLM.from_config(settings).eval())
+def placement_on(settings) -> InputPlacement:
+    return InputPlacement(InputConfig(), AutoModelForCausalLM.from_config(settings).eval())
 
 
 def test_models_it_would_change_are_left_alone():
@@ -156,14 +156,14 @@ def test_models_it_would_change_are_left_alone():
         LlamaConfig(**SMALL, rope_parameters=dynamic),  # frequencies follow the length
         Lfm2Config(**{**SMALL, "layer_types": ["conv", "full_attention"]}),  # a recurrent layer
     ):
-        assert not injector_on(settings).common_start.applies, type(settings).__name__
+        assert not placement_on(settings).common_start.applies, type(settings).__name__
     layer_drop = OPTConfig(**SMALL, ffn_dim=64, dropout=0.0, attention_dropout=0.0, layerdrop=0.5)
-    assert injector_on(layer_drop).common_start.dropout  # a dropped layer is dropout too
+    assert placement_on(layer_drop).common_start.dropout  # a dropped layer is dropout too
 
 
 def test_windowed_attention_is_not_reordered():
     """Moving the left padding behind the common start would move a sliding window."""
-    injector = injector_on(MistralConfig(**SMALL, sliding_window=4))
-    assert injector.common_start.applies
-    assert injector.common_start.length(rows([5, 6, 7, 8], [5, 6, 9], left=True)) == 0
-    assert injector.common_start.length(rows([5, 6, 7, 8], [5, 6, 9])) == 2
+    placement = placement_on(MistralConfig(**SMALL, sliding_window=4))
+    assert placement.common_start.applies
+    assert placement.common_start.length(rows([5, 6, 7, 8], [5, 6, 9], left=True)) == 0
+    assert placement.common_start.length(rows([5, 6, 7, 8], [5, 6, 9])) == 2

@@ -5,8 +5,8 @@ import yaml
 
 from promptkit import catalog
 from promptkit.errors import ConfigError
-from promptkit.model import check_recipe
-from promptkit.run_config import load_config, validate_config
+from promptkit.runs.config import load_config, validate_config
+from promptkit.text.model import check_recipe
 
 BASE = {
     "backbone": {"name": "some/model"},
@@ -69,8 +69,8 @@ def test_catalog_names_resolve():
 
 
 def test_catalog_entries_all_compile():
-    from promptkit.template import Template
-    from promptkit.verbalizer import Verbalizer
+    from promptkit.text.label_words import Verbalizer
+    from promptkit.text.template import Template
 
     templates = catalog.entries("templates")
     assert {"null_prompt", "prompt_tuning", "sentiment_ptuning"} <= set(templates)

@@ -6,11 +6,12 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from promptkit.data import Split, as_examples, collate, label_indices, validate_rows
-from promptkit.encoding import EncodedPrompt
+from promptkit.core.data import Split, as_examples, label_indices, validate_rows
+from promptkit.core.readers import read_rows
 from promptkit.errors import DataError
-from promptkit.readers import read_rows
 from promptkit.tasks import CLASSIFICATION
+from promptkit.text.data import collate
+from promptkit.text.encoding import EncodedPrompt
 
 ROWS = [{"sentence": f"s{i}", "label": ["pos", "neg", "neu"][i % 3]} for i in range(30)]
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel, DynamicCache
 
-from promptkit.backbone import load_backbone
-from promptkit.config import validate
+from promptkit.backbone.loading import load_backbone
+from promptkit.core.config import validate
 from promptkit.errors import ConfigError, PromptkitError
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.placements.prefix import PrefixConfig, PrefixInjector
-from promptkit.predictor import load
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
+from promptkit.text.placements.prefix import PrefixConfig, PrefixPlacement
 from tests.conftest import run_config
 
 FAMILIES = ["bert", "roberta", "gpt2", "llama"]
@@ -51,7 +51,7 @@ def hidden(model, texts=TEXTS, padding_side=None):
     if padding_side:
         model.padding_side = padding_side
     batch = model.collate(model.encode(model.examples(texts)))
-    inputs = model.injector(batch, model.prompts())
+    inputs = model.placement(batch, model.prompts())
     states = model.lm.base_model(**inputs).last_hidden_state
     return [s[m.bool()] for s, m in zip(states, batch["attention_mask"], strict=True)]
 
@@ -66,7 +66,7 @@ def test_masked_out_prefix_reproduces_the_plain_model(model_dir, family, attenti
     prompted = hidden(model)
     batch = model.collate(model.encode(model.examples(TEXTS)))
     batch["prefix_visible"] = torch.zeros(len(TEXTS), 4, dtype=torch.bool)
-    masked = model.lm.base_model(**model.injector(batch, model.prompts())).last_hidden_state
+    masked = model.lm.base_model(**model.placement(batch, model.prompts())).last_hidden_state
     for got, want, mask, changed in zip(
         masked, hidden(plain), batch["attention_mask"], prompted, strict=True
     ):
@@ -84,8 +84,8 @@ def test_prefix_equals_a_cache_prefix_without_position_shift(model_dir, family, 
     reference = copy.deepcopy(model.lm)
     reference.set_attn_implementation(attention)
     batch = model.collate(model.encode(model.examples(TEXTS)))
-    kwargs = model.injector.embedded(batch)  # the input alone, no prefix
-    heads, size = model.injector.shapes[0]
+    kwargs = model.placement.embedded(batch)  # the input alone, no prefix
+    heads, size = model.placement.shapes[0]
     table = model.prompts().view(4, 2, 2, heads, size)
     cache = DynamicCache(config=reference.config)
     for layer in range(2):
@@ -134,11 +134,11 @@ def test_only_the_prompts_train_and_checkpointing_gives_the_same_gradients(
 def test_prefix_goes_only_into_the_selected_layers(model_dir):
     model = model_for(model_dir, "bert", layers="last:1")
     plain = model_for(model_dir, "bert", placement="input", template="<x>", trainable=["head"])
-    assert model.injector.width == 1 * 2 * 32  # one layer: key and value of 4 heads x 8
+    assert model.placement.width == 1 * 2 * 32  # one layer: key and value of 4 heads x 8
     batch = model.collate(model.encode(model.examples(TEXTS)))
 
     def states(m):
-        kwargs = m.injector(batch, m.prompts())
+        kwargs = m.placement(batch, m.prompts())
         return m.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
 
     prompted, reference = states(model), states(plain)
@@ -154,7 +154,7 @@ def test_deep_prompts_replace_the_slot_states_before_each_layer(model_dir, famil
     deep = model_for(model_dir, family, placement="deep")
     assert deep.prompts.table.shape == (4, 2 * 32)
     batch = shallow.collate(shallow.encode(shallow.examples(TEXTS[:1])))
-    kwargs = shallow.injector(batch, shallow.prompts())
+    kwargs = shallow.placement(batch, shallow.prompts())
     states = shallow.lm.base_model(**kwargs, output_hidden_states=True).hidden_states
     slots = batch["slot_ids"][0] >= 0
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_deep_layer_selection_always_prompts_the_input(model_dir):
     shallow = model_for(model_dir, "bert", placement="input")
     first = model_for(model_dir, "bert", placement="deep", layers="first:1")
     last = model_for(model_dir, "bert", placement="deep", layers="last:1")
-    assert first.injector.layers == [0] and last.injector.layers == [0, 1]
+    assert first.placement.layers == [0] and last.placement.layers == [0, 1]
     assert first.prompts.table.shape == (4, 32) and last.prompts.table.shape == (4, 64)
     with torch.no_grad():
         first.prompts.table.copy_(shallow.prompts.table)
@@ -182,7 +182,7 @@ def test_deep_layer_selection_always_prompts_the_input(model_dir):
 def test_an_architecture_without_numbered_attention_is_refused():
     config = DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=37)
     with pytest.raises(ConfigError, match="cannot take key/value prefixes.*placement: input"):
-        PrefixInjector(PrefixConfig(), DistilBertModel(config))
+        PrefixPlacement(PrefixConfig(), DistilBertModel(config))
 
 
 def test_prefix_checks_come_before_loading(model_dir):
@@ -222,7 +222,7 @@ def test_prefix_tuning_mlp_is_collapsed_on_save_and_kept_for_resume(model_dir, s
     assert not any(k.startswith("prompts.encoder") for k in saved)
     resume = torch.load(result.run_dir / "resume/state.pt", weights_only=False)
     assert any(k.startswith("prompts.encoder") for k in resume["trainable"])
-    loaded = load(result.run_dir)
+    loaded = load_run(result.run_dir)
     texts = ["the movie was great", "the film was awful and boring"]
     torch.testing.assert_close(loaded.logits(texts), result.predictor.logits(texts))
 
@@ -230,7 +230,7 @@ def test_prefix_tuning_mlp_is_collapsed_on_save_and_kept_for_resume(model_dir, s
 @pytest.mark.parametrize("family", FAMILIES)
 def test_models_sharing_a_backbone_each_use_their_own_prompts(model_dir, family):
     """Several prompted models on one backbone, called in turn, each give what it gives
-    alone; a released injector refuses to run."""
+    alone; a released placement refuses to run."""
     alone = {
         placement: hidden(model_for(model_dir, family, placement=placement))
         for placement in ("input", "prefix", "deep")
@@ -250,7 +250,7 @@ def test_models_sharing_a_backbone_each_use_their_own_prompts(model_dir, family)
                 torch.testing.assert_close(got, want)
         for got, want in zip(hidden(plain.eval()), plain_alone, strict=True):
             torch.testing.assert_close(got, want)
-    shared["deep"].injector.release()
+    shared["deep"].placement.release()
     with pytest.raises(PromptkitError, match="released"):
         hidden(shared["deep"])
     for got, want in zip(hidden(plain), plain_alone, strict=True):
@@ -263,7 +263,7 @@ def test_a_full_length_input_still_fits_with_a_prefix(model_dir, family):
     positions would run past the position table."""
     model = model_for(model_dir, family)
     longest = model.lm.config.get_text_config().max_position_embeddings
-    longest -= model.injector.position_offset  # RoBERTa counts from padding_idx + 1
+    longest -= model.placement.position_offset  # RoBERTa counts from padding_idx + 1
     model.tokenizer.max_length = longest
     batch = model.collate(model.encode(model.examples([" ".join(["good"] * 200)])))
     assert batch["input_ids"].shape[1] == longest
@@ -282,16 +282,16 @@ def test_prefixes_can_start_as_the_keys_and_values_of_words(model_dir, family):
     tokenizer = model.backbone.tokenizer
     ids = [tokenizer.convert_tokens_to_ids(w) for w in ("great", "movie")]
     words = model.lm.get_input_embeddings().weight[ids].detach()
-    assert torch.allclose(model.prompts(), model.injector.activations(model.lm, words))
+    assert torch.allclose(model.prompts(), model.placement.activations(model.lm, words))
     sampled = model_for(model_dir, family, template="[P*3] <x>" + end, start="activations")
-    assert sampled.prompts().shape == (3, sampled.injector.width)
+    assert sampled.prompts().shape == (3, sampled.placement.width)
     if family in ("t5", "bart"):
         return  # three stacks of attention: the cache below is a decoder-only model's
     cache = DynamicCache(config=model.lm.config)
     with torch.no_grad():
         model.lm(inputs_embeds=words.unsqueeze(0), past_key_values=cache)
-    prefixes = model.injector.prefixes(model.prompts(), {})
-    for index, module in enumerate(model.injector.targets):
+    prefixes = model.placement.prefixes(model.prompts(), {})
+    for index, module in enumerate(model.placement.targets):
         assert torch.allclose(prefixes[module].key, cache.layers[index].keys[0], atol=1e-5)
         assert torch.allclose(prefixes[module].value, cache.layers[index].values[0], atol=1e-5)
 

@@ -8,12 +8,12 @@ import pytest
 from conftest import run_config
 
 import promptkit
-from promptkit.demonstrations import Demonstrations, DemonstrationsConfig
 from promptkit.errors import ConfigError, DataWarning
-from promptkit.modalities.text import TextModality
-from promptkit.model import check_recipe
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.text.demonstrations import Demonstrations, DemonstrationsConfig
+from promptkit.text.modality import TextModality
+from promptkit.text.model import check_recipe
 
 QUERIES = ["the movie was fun", "i hated this plot", "a very dull film"]
 
@@ -125,7 +125,7 @@ def test_saved_and_loaded_predicts_the_same_and_hosts_the_same(model_dir, sentim
     assert loaded.predict(QUERIES) == result.predictor.predict(QUERIES)
     expected = loaded.predict_proba(QUERIES)
     host = promptkit.load({"mood": run})
-    for got, want in zip(host.predict_proba(QUERIES, task="mood"), expected, strict=True):
+    for got, want in zip(host.predict_proba(QUERIES, run="mood"), expected, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
     (run / "demonstrations.jsonl").unlink()
     with pytest.raises(ConfigError, match="demonstrations.jsonl"):

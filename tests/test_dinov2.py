@@ -14,9 +14,9 @@ from transformers import (
 from vision_helpers import TIMM_MODELS, save_dinov2, save_hf_vit, vision_config, write_images
 
 from promptkit.errors import ConfigError
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 from promptkit.vision.config import VisionModelConfig
 from promptkit.vision.model import build_vision_model
 
@@ -193,4 +193,6 @@ def test_fit_save_load_on_dinov2_with_registers(tmp_path):
     result = fit(validate_config(config))
     assert result.test["accuracy"] >= 0.9
     files = sorted(str(p) for p in test.rglob("*.png"))
-    torch.testing.assert_close(load(result.run_dir).logits(files), result.predictor.logits(files))
+    torch.testing.assert_close(
+        load_run(result.run_dir).logits(files), result.predictor.logits(files)
+    )

@@ -14,16 +14,16 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import promptkit
-from promptkit import pipeline
-from promptkit.backbone import load_backbone
+from promptkit.backbone.loading import load_backbone
 from promptkit.cli import app
-from promptkit.config import validate
+from promptkit.core.config import validate
 from promptkit.errors import ConfigError
-from promptkit.generation import generate
-from promptkit.pipeline import fit
-from promptkit.recipe import BackboneConfig
-from promptkit.run_config import validate_config
-from promptkit.serve import create_app
+from promptkit.runs import fitting as pipeline
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.server import create_app
+from promptkit.text.config import BackboneConfig
+from promptkit.text.decoding import generate
 
 runner = CliRunner()
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
@@ -143,7 +143,7 @@ def test_a_run_trains_predicts_and_serves_offloaded(model_dir, sentiment_data, t
     assert json.loads(scores.stdout.splitlines()[-1]) == result.test
     host = promptkit.load({"offloaded": result.run_dir})
     with TestClient(create_app(host)) as client:  # what `promptkit serve` runs
-        answer = client.post("/predict", json={"task": "offloaded", "inputs": texts})
+        answer = client.post("/predict", json={"run": "offloaded", "inputs": texts})
     assert answer.json()["predictions"] == loaded.predict(texts)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from promptkit.config_reference import reference, undescribed
 from promptkit.modalities import MODALITIES
+from promptkit.runs.reference import reference, undescribed
 
 
 @pytest.mark.parametrize("modality", MODALITIES)

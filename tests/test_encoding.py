@@ -3,9 +3,9 @@
 import pytest
 from conftest import make_tokenizer
 
-from promptkit.encoding import PromptTokenizer, fit_lengths
 from promptkit.errors import TemplateError
-from promptkit.template import Template
+from promptkit.text.encoding import PromptTokenizer, fit_lengths
+from promptkit.text.template import Template
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import torch
 from conftest import run_config
 
 import promptkit
-from promptkit import Ensemble
+from promptkit import RunEnsemble
 from promptkit.errors import ConfigError, PromptkitError
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film", "it was fine"]
 LABELS = ["positive", "negative", "negative", "positive", "positive"]
@@ -48,7 +48,7 @@ def member_probs(runs: list[str]) -> torch.Tensor:
 
 
 def test_mean_log_probability(members):
-    together = Ensemble.of(members)
+    together = RunEnsemble.of(members)
     got = torch.tensor([list(p.values()) for p in together.predict_proba(TEXTS)])
     want = member_probs(members).log().mean(0).softmax(-1)
     assert torch.allclose(got, want, atol=1e-5)
@@ -56,7 +56,7 @@ def test_mean_log_probability(members):
 
 
 def test_majority_vote(members):
-    voted = Ensemble.of(members, combine="vote").predict(TEXTS)
+    voted = RunEnsemble.of(members, combine="vote").predict(TEXTS)
     choices = member_probs(members).argmax(-1)  # [M, N]
     for n, label in enumerate(voted):
         counts = torch.bincount(choices[:, n], minlength=2)
@@ -64,12 +64,12 @@ def test_majority_vote(members):
 
 
 def test_weights_learned_on_labelled_data_fit_it_better(members):
-    together = Ensemble.of(members)
+    together = RunEnsemble.of(members)
     log_probs = together.member_log_probs(TEXTS)
     target = torch.tensor([together.classes.index(label) for label in LABELS])
 
     def loss(weights: dict[str, float]) -> float:
-        w = torch.tensor([weights[name] for name in together.host.tasks])
+        w = torch.tensor([weights[name] for name in together.host.runs])
         mixed = (w[:, None, None] * log_probs).sum(0)
         return float(torch.nn.functional.cross_entropy(mixed, target))
 
@@ -80,12 +80,12 @@ def test_weights_learned_on_labelled_data_fit_it_better(members):
 
 
 def test_saved_and_loaded_as_one(members, tmp_path):
-    together = Ensemble.of(members, combine="vote")
+    together = RunEnsemble.of(members, combine="vote")
     folder = together.save(tmp_path / "ensemble")
-    again = Ensemble.load(folder)
+    again = RunEnsemble.load(folder)
     assert again.combine == "vote" and again.predict_proba(TEXTS) == together.predict_proba(TEXTS)
     loaded = promptkit.load(folder)
-    assert isinstance(loaded, Ensemble) and loaded.predict(TEXTS) == together.predict(TEXTS)
+    assert isinstance(loaded, RunEnsemble) and loaded.predict(TEXTS) == together.predict(TEXTS)
     with pytest.raises(PromptkitError, match="is not an empty folder"):
         together.save(folder)
 
@@ -100,11 +100,11 @@ def test_members_must_be_one_task(members, model_dir, sentiment_data):
     config["trainer"]["epochs"] = 1
     swapped = str(fit(validate_config(config)).run_dir)
     with pytest.raises(ConfigError, match="members disagree on the classes"):
-        Ensemble.of([members[0], swapped])
+        RunEnsemble.of([members[0], swapped])
     with pytest.raises(PromptkitError, match="two or more runs"):
-        Ensemble.of({"only": members[0]})
+        RunEnsemble.of({"only": members[0]})
     with pytest.raises(ConfigError, match="combine is one of"):
-        Ensemble.of(members, combine="median")
+        RunEnsemble.of(members, combine="median")
 
 
 def test_the_command_line_saves_evaluates_and_predicts_with_it(members, tmp_path):
@@ -120,14 +120,14 @@ def test_the_command_line_saves_evaluates_and_predicts_with_it(members, tmp_path
         "ensemble", *members, "--output", str(out), "--combine", "weighted", "--data", str(data)
     )
     assert result.exit_code == 0, result.output
-    saved = Ensemble.load(out)
+    saved = RunEnsemble.load(out)
     assert saved.combine == "weighted" and "ensemble (weighted) saved" in result.output
     scored = cli("eval", str(out), "--data", str(data))
     assert scored.exit_code == 0, scored.output
     metrics = json.loads(scored.output[scored.output.index("{") :])  # after load progress
     expected = saved.evaluate(TEXTS, LABELS)
     assert metrics["ensemble"]["accuracy"] == pytest.approx(expected["ensemble"]["accuracy"])
-    assert set(metrics) == {"ensemble", *saved.host.tasks}
+    assert set(metrics) == {"ensemble", *saved.host.runs}
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     written = tmp_path / "predictions.jsonl"
@@ -137,3 +137,8 @@ def test_the_command_line_saves_evaluates_and_predicts_with_it(members, tmp_path
     refused = cli("ensemble", *members, "--output", str(tmp_path / "e2"), "--combine", "weighted")
     assert refused.exit_code != 0 and "give --data" in refused.output
     assert cli("ensemble", *members, "--output", str(out)).exit_code != 0  # not empty
+
+
+def test_the_former_name_ensemble_still_works():
+    with pytest.warns(DeprecationWarning, match="promptkit.Ensemble is now promptkit.RunEnsemble"):
+        assert promptkit.Ensemble is promptkit.RunEnsemble

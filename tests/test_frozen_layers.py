@@ -8,7 +8,7 @@ import torch
 from conftest import prompt_model, review_batch, seeded_step
 from torch import nn
 
-from promptkit.layers import WithoutAutograd, layers_in_order
+from promptkit.backbone.layers import WithoutAutograd, layers_in_order
 
 CLASSIFIER = {"type": "classifier", "classes": ["negative", "positive"], "pool": "mean"}
 # name: family, recipe keys, how many of the backbone's layers run without autograd (the tiny
@@ -73,7 +73,7 @@ def grad_modes(model: nn.Module, batch: dict) -> list[bool]:
         _first_leaf(layer).register_forward_pre_hook(
             lambda *_, index=index: modes.setdefault(index, []).append(torch.is_grad_enabled())
         )
-        for index, layer in enumerate(model.injector.backbone_layers)
+        for index, layer in enumerate(model.placement.backbone_layers)
     ]
     try:
         model(batch)
@@ -94,7 +94,7 @@ def test_frozen_layers_run_without_autograd_and_change_nothing(model_dir, case, 
     batch = review_batch(model)
     spared_modes = grad_modes(model, batch)
     spared = seeded_step(model, batch)
-    model.injector.skips_autograd = False
+    model.placement.skips_autograd = False
     ran = len(grad_modes(model, batch))  # a classifier on T5 runs the encoder only
     assert grad_modes(model, batch) == [True] * ran
     assert spared_modes == [False] * frozen + [True] * (ran - frozen)
@@ -110,7 +110,7 @@ def test_without_gradients_nothing_changes(model_dir):
     model = build(model_dir, "llama", CASES["llama prefix last:1"][1])
     batch = review_batch(model)
     with torch.no_grad():
-        assert model.injector.frozen_depth(prompts_train=True) == 0
+        assert model.placement.frozen_depth(prompts_train=True) == 0
         assert grad_modes(model, batch) == [False, False]
     assert torch.is_grad_enabled()
 
@@ -129,7 +129,7 @@ def test_prompts_frozen_by_the_policy_still_get_a_gradient_when_asked(model_dir)
 def test_the_grad_mode_comes_back_when_a_frozen_layer_fails(model_dir):
     model = build(model_dir, "bert", CASES["bert head only"][1])
     batch = review_batch(model)
-    first = model.injector.backbone_layers[0]
+    first = model.placement.backbone_layers[0]
 
     def fail(*_):
         raise RuntimeError("boom")
@@ -144,10 +144,10 @@ def test_the_grad_mode_comes_back_when_a_frozen_layer_fails(model_dir):
     assert grad_modes(model, batch) == [False, False]
 
 
-def test_a_released_injector_leaves_the_layers_alone(model_dir):
+def test_a_released_placement_leaves_the_layers_alone(model_dir):
     model = build(model_dir, "bert", CASES["bert head only"][1])
-    layers = model.injector.backbone_layers
-    model.injector.release()
+    layers = model.placement.backbone_layers
+    model.placement.release()
     assert not any(layer._forward_pre_hooks or layer._forward_hooks for layer in layers)
 
 
@@ -162,7 +162,7 @@ def test_layers_in_the_order_a_forward_runs_them(model_dir, family, counts):
 
 
 def test_any_stack_of_layers_can_run_without_autograd():
-    """What a vision injector would do with its blocks: a stack of plain modules, and a rule
+    """What a vision placement would do with its blocks: a stack of plain modules, and a rule
     that says, per forward, how many leading blocks need no autograd."""
     torch.manual_seed(0)
     blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))

@@ -14,12 +14,12 @@ from conftest import make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promptkit.data import as_examples, validate_rows
-from promptkit.encoding import PromptTokenizer
+from promptkit.core.data import as_examples, validate_rows
+from promptkit.core.readers import read_rows
 from promptkit.errors import PromptkitError
-from promptkit.readers import read_rows
-from promptkit.run_config import load_config, validate_config
-from promptkit.template import SegmentKind, Template
+from promptkit.runs.config import load_config, validate_config
+from promptkit.text.encoding import PromptTokenizer
+from promptkit.text.template import SegmentKind, Template
 
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 MARKUP = ["<x>", "<y>", "[P1]", "[P*3]", "[P*99999]", "[MASK]", "[P1:great]", "\\", "[", "]"]

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import run_config
 
-from promptkit.config import validate
+from promptkit.backbone.prompting import PROMPTING_KWARG
+from promptkit.core.config import validate
 from promptkit.errors import ConfigError, DataWarning, PromptkitError, TemplateError
-from promptkit.generation import carried
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.placements.base import PROMPTING_KWARG
-from promptkit.predictor import load
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 from promptkit.tasks import IGNORED
+from promptkit.text.config import ModelConfig
+from promptkit.text.decoding import carried
+from promptkit.text.model import build_model
 
 DECODERS = ["gpt2", "llama"]
 SEQ2SEQ = ["t5", "bart"]
@@ -49,7 +49,7 @@ def generator(model_dir, family, placement="input", template=None, **head):
 def steps_and_logits(model, examples, **options):
     """generate()'s tokens and its logits at each step, for a batch of examples."""
     batch = model.collate(model.encode(examples))
-    kwargs = model.injector(batch, model.prompts())
+    kwargs = model.placement(batch, model.prompts())
     kwargs.pop("position_ids", None)
     prompting = kwargs.pop(PROMPTING_KWARG, None)
     with carried(model.lm, prompting), torch.no_grad():
@@ -92,7 +92,7 @@ def test_every_decoding_step_sees_the_prompts(model_dir, family, placement):
     batch, sequences, logits = steps_and_logits(model, examples)
     with torch.no_grad():
         if family in SEQ2SEQ:
-            kwargs = model.injector(batch, model.prompts())
+            kwargs = model.placement(batch, model.prompts())
             full = model.lm(**kwargs, decoder_input_ids=sequences[:, :-1]).logits
         else:  # the prompt and the tokens written so far, as one input
             written = sequences[:, :-1]  # only new tokens: the prompt went in as embeddings
@@ -102,7 +102,7 @@ def test_every_decoding_step_sees_the_prompts(model_dir, family, placement):
                 "attention_mask": torch.ones(1, batch["input_ids"].shape[1] + written.shape[1]),
             }
             longer["attention_mask"] = longer["attention_mask"].long()
-            full = model.lm(**model.injector(longer, model.prompts())).logits[:, -4:]
+            full = model.lm(**model.placement(longer, model.prompts())).logits[:, -4:]
     torch.testing.assert_close(logits, full, atol=1e-4, rtol=1e-4)
     assert (logits[0, 0] - logits[0, 1]).abs().max() > 0
 
@@ -134,7 +134,7 @@ def test_prefixes_go_into_the_chosen_attentions_of_an_encoder_decoder(model_dir)
         )
         model = build_model(recipe).eval()
         assert model.prompts.table.shape[1] == len(attention) * 2 * (2 * 4 * 8)  # 2 layers
-        assert len(model.injector.targets) == 2 * len(attention)
+        assert len(model.placement.targets) == 2 * len(attention)
         batch = model.collate(model.encode(model.examples(TEXTS[:2]), ANSWERS[:2]))
         outputs.append(model(batch))
     assert all((a - b).abs().max() > 1e-4 for i, a in enumerate(outputs) for b in outputs[i + 1 :])
@@ -182,7 +182,7 @@ def test_the_verbalizer_of_an_encoder_decoder_reads_the_first_answer_token(model
     tokenizer = model.backbone.tokenizer
     sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
     assert sentinel in batch["input_ids"][0].tolist()  # [MASK] is T5's sentinel
-    kwargs = model.injector(batch, model.prompts())
+    kwargs = model.placement(batch, model.prompts())
     with torch.no_grad():
         logits = model.lm(**kwargs, decoder_input_ids=torch.tensor([[0, sentinel]])).logits
     words = tokenizer(["great", "bad"], add_special_tokens=False)["input_ids"]
@@ -225,8 +225,8 @@ def test_a_generator_learns_saves_and_loads(model_dir, tmp_path, family, placeme
     texts = ["the movie was fun", "the movie was dull"]
     written = result.predictor.predict(texts)
     assert written == ["it was really fun", "it was really dull"]
-    assert load(result.run_dir).predict(texts) == written
-    assert load(result.run_dir).generate(texts, num_beams=2) == written
+    assert load_run(result.run_dir).predict(texts) == written
+    assert load_run(result.run_dir).generate(texts, num_beams=2) == written
     with pytest.raises(PromptkitError, match="writes text"):
         result.predictor.predict_proba(texts)
 

@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 
 from promptkit.cli import app
 from promptkit.errors import EmptyAnswersWarning
-from promptkit.host import Host
 from promptkit.modalities import modality_of
-from promptkit.model import PromptModel
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
-from promptkit.serve import create_app
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.host import Host
+from promptkit.serving.server import create_app
+from promptkit.text.model import PromptModel
 
 NEWLINE = "\n"
 TEMPLATE = "<x> so it was [MASK]"  # the prompt's last token is "was"
@@ -107,7 +107,7 @@ def test_an_empty_answer_is_counted_with_its_cause(tmp_path, cause):
         ):
             answer(["the movie"])
     with TestClient(create_app(host)) as client:
-        body = client.post("/predict", json={"task": "writer", "inputs": ["the movie"]}).json()
+        body = client.post("/predict", json={"run": "writer", "inputs": ["the movie"]}).json()
     assert body["predictions"] == [""] and body["empty"] == [cause]
     assert body["warning"].startswith(f"1 of 1 answers are empty: 1 because {said}")
 
@@ -115,9 +115,9 @@ def test_an_empty_answer_is_counted_with_its_cause(tmp_path, cause):
 def test_a_written_answer_has_no_empty_cause_in_the_server(tmp_path):
     host = Host({"writer": writer(scripted(tmp_path, NEWLINE_FIRST), stop=[NEWLINE])})
     with TestClient(create_app(host)) as client:
-        body = client.post("/predict", json={"task": "writer", "inputs": ["the movie"]}).json()
+        body = client.post("/predict", json={"run": "writer", "inputs": ["the movie"]}).json()
     assert body == {
-        "task": "writer",
+        "run": "writer",
         "predictions": ["great"],
         "probabilities": None,
         "empty": [None],

@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 from vision_helpers import TIMM_MODELS, save_hf_vit, vision_config, write_images
 
-from promptkit import catalog, cli, hub
-from promptkit.backbone import load_backbone
+from promptkit import cli
+from promptkit.backbone.loading import load_backbone
+from promptkit.core import hub
+from promptkit.core.run_folder import RunFolder
 from promptkit.errors import (
     BackboneMismatchError,
     ConfigError,
@@ -23,11 +25,11 @@ from promptkit.errors import (
     TemplateError,
     TrainingError,
 )
-from promptkit.model import PromptModel
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.run_config import load_config, validate_config
-from promptkit.run_folder import RunFolder
+from promptkit.runs.config import load_config, validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
+from promptkit.text.model import PromptModel
+from promptkit.text.template import check_input_slot, resolve_template
 from promptkit.vision.config import VisionModelConfig
 from promptkit.vision.model import build_vision_model
 
@@ -109,7 +111,7 @@ def test_damaged_run_files_are_named(trained, run_copy):
     for damaged in damages:
         run.file(run.RECIPE).write_text(json.dumps(damaged))
         with pytest.raises(ConfigError, match="promptkit.json is damaged"):
-            load(run_copy)
+            load_run(run_copy)
     for marker in ("garbage", "[1]"):
         run.file(run.MARKER).write_text(marker)
         with pytest.raises(ConfigError, match="promptkit-run is damaged"):
@@ -151,14 +153,14 @@ def test_backbone_given_to_fit_is_checked(model_dir, sentiment_data):
     with pytest.raises(ConfigError, match="not a int"):
         fit(validate_config(config), backbone=5)
     result = fit(validate_config(config), backbone=str(model_dir("bert")))
-    assert load(result.run_dir).classes == ["positive", "negative"]
+    assert load_run(result.run_dir).classes == ["positive", "negative"]
 
 
 def test_load_checks_its_arguments(trained):
     with pytest.raises(ConfigError, match="device 'tpu' cannot be used here"):
-        load(trained[0], device="tpu")
+        load_run(trained[0], device="tpu")
     with pytest.raises(ConfigError, match="backbone= takes a loaded backbone"):
-        load(trained[0], backbone=5)
+        load_run(trained[0], backbone=5)
 
 
 def test_load_config_checks_its_arguments(trained):
@@ -218,14 +220,14 @@ def test_template_check_flags_a_template_without_input():
         result = invoke("template", "check", template)
         assert result.exit_code == 2 and message in result.output, result.output
     with pytest.raises(TemplateError, match="No catalog template is named 'null_promt'"):
-        catalog.check_input_slot(catalog.template("null_promt"), "null_promt")
+        check_input_slot(resolve_template("null_promt"), "null_promt")
 
 
 def test_an_interrupt_before_training_says_nothing_was_saved(trained, monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("promptkit.pipeline.fit", interrupted)
+    monkeypatch.setattr("promptkit.runs.fitting.fit", interrupted)
     args = ("fit", str(trained[1] / "run.yaml"), "--output", str(tmp_path / "new"))
     result = invoke(*args)
     assert result.exit_code == 130 and "nothing was saved yet" in result.output

@@ -9,16 +9,16 @@ import torch
 from conftest import SEQ2SEQ, run_config
 
 import promptkit
-from promptkit.backbone import load_backbone
+from promptkit.backbone.loading import load_backbone
 from promptkit.errors import BackboneMismatchError, PromptkitError
-from promptkit.host import Host
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.placements import PLACEMENTS
-from promptkit.placements.input import InputConfig, InputInjector
-from promptkit.predictor import Predictor
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.host import Host
+from promptkit.serving.predictor import Predictor
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
+from promptkit.text.placements import PLACEMENTS
+from promptkit.text.placements.input import InputConfig, InputPlacement
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
 TEXTS = ["the movie was great", "a dull plot", "i loved this film and the acting", "so bad"]
@@ -101,7 +101,7 @@ def _items(host: Host, task: str) -> list:
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5"])
 def test_a_mixed_batch_answers_each_row_as_its_run_alone(model_dir, family):
     host = hosted(model_dir, family)
-    scored = [t for t in host.tasks if host.models[t].task.has_classes]
+    scored = [t for t in host.runs if host.models[t].task.has_classes]
     pairs = [
         (t, item)
         for item_index in range(3)
@@ -124,27 +124,27 @@ def test_a_mixed_batch_answers_each_row_as_its_run_alone(model_dir, family):
 
 def test_a_closed_host_leaves_the_backbone_as_it_found_it(model_dir):
     host = hosted(model_dir, "bert")
-    layers = host.injector.injectors[0].backbone_layers
+    layers = host.placement.placements[0].backbone_layers
     hooks = sum(len(layer._forward_pre_hooks) for layer in layers)
-    added = len(host.injector._handles)  # the mixed deep prompts' own
+    added = len(host.placement._handles)  # the mixed deep prompts' own
     assert added
     with host:
-        assert host.predict(TEXTS, task="deep-classifier")
+        assert host.predict(TEXTS, run="deep-classifier")
     assert sum(len(layer._forward_pre_hooks) for layer in layers) == hooks - added
     alone = host.models["deep-classifier"]
     assert Predictor(alone).predict(TEXTS)  # the models still answer alone
     with pytest.raises(PromptkitError, match="closed"):
-        host.predict(TEXTS, task="deep-classifier")
+        host.predict(TEXTS, run="deep-classifier")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "t5"])
 def test_generators_and_classifiers_share_a_call(model_dir, family):
     host = hosted(model_dir, family)
-    pairs = [(t, text) for text in TEXTS for t in host.tasks]
+    pairs = [(t, text) for text in TEXTS for t in host.runs]
     answers = host.predict(pairs, batch_size=7)
     for (task, text), answer in zip(pairs, answers, strict=True):
         assert answer == Predictor(host.models[task]).predict([text])[0], task
-    writers = [t for t in host.tasks if not host.models[t].task.has_classes]
+    writers = [t for t in host.runs if not host.models[t].task.has_classes]
     beams = host.generate([(t, x) for x in TEXTS for t in writers], num_beams=3)
     expected = [
         Predictor(host.models[t]).generate([x], num_beams=3)[0] for x in TEXTS for t in writers
@@ -165,12 +165,12 @@ def test_items_must_name_their_task(model_dir):
     with pytest.raises(PromptkitError, match=r"\(task, item\) pair"):
         host.predict(["the movie was great"])
     with pytest.raises(PromptkitError, match="no task is named 'nope'"):
-        host.predict(["x"], task="nope")
+        host.predict(["x"], run="nope")
     with pytest.raises(PromptkitError, match="writes text"):
         host.predict_proba([("prefix-writer", "great")])
     with pytest.raises(PromptkitError, match="does not write text"):
         host.generate([("input-verbalizer", "great")])
-    one = host.predict(TEXTS, task="input-verbalizer")
+    one = host.predict(TEXTS, run="input-verbalizer")
     assert one == Predictor(host.models["input-verbalizer"]).predict(TEXTS)
 
 
@@ -182,7 +182,7 @@ def test_a_task_name_that_is_not_a_text_is_an_error(model_dir):
         with pytest.raises(PromptkitError, match="no task is named"):
             host.describe(task)
     with pytest.raises(PromptkitError, match="not valid Unicode"):
-        host.predict(["\ud800 great"], task="input-verbalizer")
+        host.predict(["\ud800 great"], run="input-verbalizer")
 
 
 def _fitted(model_dir, data, name: str, **extra) -> str:
@@ -201,7 +201,7 @@ def test_load_puts_runs_on_one_backbone(model_dir, sentiment_data):
         prompts={"placement": "prefix", "encoder": "none"},
     )
     host = promptkit.load([plain, prefix])
-    assert host.tasks == ["plain", "prefix"]
+    assert host.runs == ["plain", "prefix"]
     assert host.models["plain"].backbone is host.models["prefix"].backbone
     pairs = [("plain", TEXTS[0]), ("prefix", TEXTS[1]), ("plain", TEXTS[2])]
     assert host.predict(pairs) == [
@@ -210,7 +210,7 @@ def test_load_puts_runs_on_one_backbone(model_dir, sentiment_data):
         promptkit.load(plain).predict([TEXTS[2]])[0],
     ]
     named = promptkit.load({"a": plain, "b": prefix})
-    assert named.tasks == ["a", "b"] and named.describe("b")["classes"] == ["positive", "negative"]
+    assert named.runs == ["a", "b"] and named.describe("b")["classes"] == ["positive", "negative"]
     with pytest.raises(PromptkitError, match="two runs are named"):
         promptkit.load([plain, plain])
 
@@ -234,7 +234,7 @@ class ScaledConfig(InputConfig):
     scale: float = 3.0
 
 
-class ScaledInjector(InputInjector):
+class ScaledPlacement(InputPlacement):
     """The README's example placement: input prompts scaled by a constant."""
 
     name = "scaled"
@@ -249,7 +249,7 @@ class ScaledInjector(InputInjector):
 
 
 def test_a_placement_of_ones_own_is_mixed_through_its_contribution(model_dir, monkeypatch):
-    monkeypatch.setitem(PLACEMENTS, "scaled", ScaledInjector)
+    monkeypatch.setitem(PLACEMENTS, "scaled", ScaledPlacement)
     backbone = load_backbone(str(model_dir("bert")))
     tasks = _tasks("bert")
     models = {}
@@ -258,7 +258,7 @@ def test_a_placement_of_ones_own_is_mixed_through_its_contribution(model_dir, mo
         if name == "input-verbalizer":
             recipe = recipe.model_copy(update={"prompts": ScaledConfig()})
         models[name] = build_model(recipe, backbone=backbone).eval()
-    assert isinstance(models["input-verbalizer"].injector, ScaledInjector)
+    assert isinstance(models["input-verbalizer"].placement, ScaledPlacement)
     host = Host(models)
     pairs = [(name, text) for text in TEXTS for name in models]
     mixed = host.predict_proba(pairs, batch_size=6)
@@ -277,11 +277,11 @@ def test_a_placement_of_ones_own_is_mixed_through_its_contribution(model_dir, mo
 def test_a_placement_that_only_defines_its_forward_cannot_be_mixed(model_dir):
     with pytest.raises(TypeError, match="define contribution"):
 
-        class Unmixable(InputInjector):
+        class Unmixable(InputPlacement):
             def forward_kwargs(self, batch, vectors):
                 return self.embedded(batch, vectors * 2)
 
-    class Alone(InputInjector):
+    class Alone(InputPlacement):
         mixable = False
 
         def forward_kwargs(self, batch, vectors):
@@ -296,7 +296,7 @@ def test_a_placement_that_only_defines_its_forward_cannot_be_mixed(model_dir):
         )
         for name in ("input-verbalizer", "deep-classifier")
     }
-    models["input-verbalizer"].injector = Alone(InputConfig(), backbone.model)
+    models["input-verbalizer"].placement = Alone(InputConfig(), backbone.model)
     with pytest.raises(PromptkitError, match="'input-verbalizer'.*cannot share a batch"):
         Host(models)
     assert Host({"alone": models["input-verbalizer"]}).models

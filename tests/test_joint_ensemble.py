@@ -9,9 +9,9 @@ from conftest import run_config
 
 import promptkit
 from promptkit.errors import ConfigError, PromptkitError
-from promptkit.joint import JointEnsemble
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.text.joint_ensemble import JointEnsemble
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
 MEMBERS = [

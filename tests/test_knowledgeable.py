@@ -11,12 +11,12 @@ from conftest import run_config
 
 import promptkit
 from promptkit.errors import DataWarning, VerbalizerError
-from promptkit.heads.knowledgeable import refined
-from promptkit.heads.verbalizer import vocabulary_log_probs
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.text.config import ModelConfig
+from promptkit.text.heads.knowledgeable import refined
+from promptkit.text.heads.verbalizer import vocabulary_log_probs
+from promptkit.text.model import build_model
 
 WORDS = {"positive": ["great", "good", "wonderful"], "negative": ["terrible", "bad", "dull"]}
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]

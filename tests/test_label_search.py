@@ -13,20 +13,20 @@ from conftest import NEGATIVE, POSITIVE, make_tokenizer, run_config, sentiment_r
 from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
-from promptkit import label_search
 from promptkit.cli import app
-from promptkit.encoding import word_tokens
 from promptkit.errors import ConfigError, DataError, TemplateError
-from promptkit.label_search import (
+from promptkit.runs.config import validate_config
+from promptkit.text import label_search
+from promptkit.text.encoding import word_tokens
+from promptkit.text.label_search import (
     choose_words,
     likelihood_ratios,
     search_label_words,
     whole_words,
     write_verbalizer,
 )
-from promptkit.model import build_model
-from promptkit.run_config import validate_config
-from promptkit.verbalizer import Verbalizer
+from promptkit.text.label_words import Verbalizer
+from promptkit.text.model import build_model
 
 runner = CliRunner()
 WORDS = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
@@ -268,7 +268,7 @@ def test_labels_may_be_a_tensor(copying_lm):
 
 
 def test_a_config_without_a_verbalizer_head_is_named(model_dir, sentiment_data):
-    from promptkit.label_search import search_config
+    from promptkit.text.label_search import search_config
 
     config = validate_config(
         run_config(
@@ -284,7 +284,7 @@ def test_a_config_without_a_verbalizer_head_is_named(model_dir, sentiment_data):
 
 
 def test_a_multi_label_config_is_refused_before_loading(sentiment_data, tmp_path):
-    from promptkit.label_search import search_config
+    from promptkit.text.label_search import search_config
 
     config = run_config(tmp_path / "no-such-model", sentiment_data)
     config["head"] = {**config["head"], "multi_label": True}
@@ -293,7 +293,7 @@ def test_a_multi_label_config_is_refused_before_loading(sentiment_data, tmp_path
 
 
 def test_counts_and_examples_are_checked_before_loading(sentiment_data, tmp_path):
-    from promptkit.label_search import search_config
+    from promptkit.text.label_search import search_config
 
     config = validate_config(run_config(tmp_path / "no-such-model", sentiment_data))
     with pytest.raises(ConfigError, match="per_class 10000000000 and candidates 50"):

@@ -1,5 +1,6 @@
 """Every call goes down: promptkit's modules import one another without a cycle, counting the
-imports made inside functions (imports for type checking only aside)."""
+imports made inside functions (imports for type checking only aside), and each wing imports
+only the wings below it."""
 
 from __future__ import annotations
 
@@ -51,10 +52,43 @@ def imported(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def test_no_module_imports_its_way_back_to_itself():
+# The wings from the bottom up; a wing imports its own level and the levels below, and the
+# wings of one level (text and vision) do not import each other.
+LEVELS = [
+    {"errors"},
+    {"core", "backbone", "tasks", "catalog"},
+    {"text", "vision"},
+    {"modalities"},
+    {"serving"},
+    {"runs"},
+    {"api", "cli", "__main__", ""},
+]
+SIDE_BY_SIDE = {"text", "vision"}
+
+
+def import_graph() -> nx.DiGraph:
     modules = module_names()
     graph = nx.DiGraph()
     for name, path in modules.items():
         graph.add_edges_from((name, target) for target in imported(path, name, modules))
+    return graph
+
+
+def level(module: str) -> int:
+    wing = module.split(".")[1] if "." in module else ""
+    return next(number for number, wings in enumerate(LEVELS) if wing in wings)
+
+
+def test_no_module_imports_its_way_back_to_itself():
+    graph = import_graph()
     cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_each_wing_imports_only_the_wings_below_it():
+    def upward(source: str, target: str) -> bool:
+        wings = {source.split(".")[1], target.split(".")[1]}
+        return level(target) > level(source) or (len(wings) == 2 and wings <= SIDE_BY_SIDE)
+
+    wrong = sorted(f"{a} -> {b}" for a, b in import_graph().edges if upward(a, b))
+    assert not wrong, f"imports that go up or sideways: {wrong}"

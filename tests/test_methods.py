@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from promptkit import catalog
 from promptkit.cli import app
-from promptkit.model import build_model
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.text.model import build_model
 from tests.conftest import run_config
 
 TEXT_METHODS = {

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-import promptkit.backbone
-from promptkit.backbone import fingerprint, load_backbone
-from promptkit.data import collate
+import promptkit.backbone.loading
+from promptkit.backbone.loading import fingerprint, load_backbone
+from promptkit.core.soft_prompts import SoftPrompts
 from promptkit.errors import ConfigError, TemplateError, VerbalizerError
-from promptkit.model import build_model
-from promptkit.prompts import SoftPrompts
-from promptkit.recipe import ModelConfig
-from promptkit.verbalizer import Verbalizer, score_classes
+from promptkit.text.config import ModelConfig
+from promptkit.text.data import collate
+from promptkit.text.label_words import Verbalizer, score_classes
+from promptkit.text.model import build_model
 
 SENTIMENT = {"positive": ["great", "good"], "negative": ["terrible", "bad"]}
 LM_FAMILIES = ["bert", "roberta", "gpt2", "llama"]
@@ -218,7 +218,7 @@ def test_fingerprint_of_the_first_scheme_hashes_float32_values_in_chunks(monkeyp
     weights = torch.randn(37, 5).to(torch.bfloat16)
     whole = hashlib.sha256(b"tag")
     whole.update(weights.float().numpy().tobytes())
-    monkeypatch.setattr(promptkit.backbone, "_FINGERPRINT_CHUNK", 16)
+    monkeypatch.setattr(promptkit.backbone.loading, "_FINGERPRINT_CHUNK", 16)
     assert fingerprint("tag", [("", weights)], scheme=1) == whole.hexdigest()[:16]
     assert fingerprint("tag", [("", weights + 1)], scheme=1) != whole.hexdigest()[:16]
 

@@ -11,8 +11,8 @@ from conftest import run_config, write_splits
 
 import promptkit
 from promptkit.errors import ConfigError, DataError
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
 from promptkit.tasks import MULTI_LABEL
 from promptkit.tasks.multi_label import best_thresholds
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
-from promptkit.backbone import load_backbone
-from promptkit.model import build_model
-from promptkit.recipe import ModelConfig
+from promptkit.backbone.loading import load_backbone
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
 
 P = 4
 TEXTS = ["the movie was great", "i hated this boring film and the acting"]
@@ -54,7 +54,7 @@ def test_prefix_tuning_matches_peft(model_dir, family):
     with torch.no_grad():
         peft.prompt_encoder["default"].embedding.weight.copy_(ours.prompts.table)
     batch = ours.collate(ours.encode(ours.examples(TEXTS)))
-    kwargs = ours.injector(batch, ours.prompts())
+    kwargs = ours.placement(batch, ours.prompts())
     expected = outputs(
         peft,
         input_ids=batch["input_ids"],
@@ -86,7 +86,7 @@ def test_prompt_tuning_matches_peft(model_dir, family):
         "slot_ids": torch.cat([soft, torch.full_like(ids, -1)], 1),
         "attention_mask": torch.cat([torch.ones_like(soft), mask], 1),
     }
-    kwargs = ours.injector(batch, ours.prompts())
+    kwargs = ours.placement(batch, ours.prompts())
     got = outputs(ours.lm, **kwargs)[:, P:]
     expected = outputs(peft, input_ids=ids, attention_mask=mask)[:, P:]
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-4)
@@ -143,15 +143,15 @@ def greedy(model, **inputs):
 
 def ours(model, ids):
     """promptkit's decoding of token ids, the virtual tokens first (PEFT's order)."""
-    from promptkit.generation import carried
+    from promptkit.text.decoding import carried
 
-    soft = torch.arange(P).unsqueeze(0) if model.injector.takes_positions else ids[:, :0]
+    soft = torch.arange(P).unsqueeze(0) if model.placement.takes_positions else ids[:, :0]
     batch = {
         "input_ids": torch.cat([torch.zeros_like(soft), ids], 1),
         "slot_ids": torch.cat([soft, torch.full_like(ids, -1)], 1),
         "attention_mask": torch.ones(1, soft.shape[1] + ids.shape[1], dtype=torch.long),
     }
-    kwargs = model.injector(batch, model.prompts())
+    kwargs = model.placement(batch, model.prompts())
     kwargs.pop("position_ids", None)
     with carried(model.lm, kwargs.pop("promptkit", None)), torch.no_grad():
         return greedy(model.lm, **kwargs)

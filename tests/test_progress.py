@@ -8,8 +8,8 @@ import re
 import pytest
 from conftest import run_config
 
-from promptkit import progress
-from promptkit.progress import Report, Tracker, console_shown, duration, say, timed, track
+from promptkit.core import progress
+from promptkit.core.progress import Report, Tracker, console_shown, duration, say, timed, track
 
 LINE = re.compile(r"^scoring: (\d+)/5 \((\d+)%\), [\d.hms]+ elapsed, ETA [\d.hms?]+$")
 
@@ -109,7 +109,7 @@ def _log_lines(run_dir) -> list[str]:
 def test_fit_logs_training_progress_and_the_test_split(
     model_dir, sentiment_data, monkeypatch, capsys
 ):
-    from promptkit.pipeline import fit
+    from promptkit.runs.fitting import fit
 
     monkeypatch.setattr(progress, "INTERVAL", 0)
     config = run_config(model_dir("bert"), sentiment_data)  # trainer.progress: false
@@ -127,7 +127,7 @@ def test_fit_logs_training_progress_and_the_test_split(
 
 
 def test_fit_shows_plain_lines_off_a_terminal(model_dir, sentiment_data, capsys):
-    from promptkit.pipeline import fit
+    from promptkit.runs.fitting import fit
 
     config = run_config(model_dir("bert"), sentiment_data)
     config["trainer"] = {**config["trainer"], "epochs": 1, "progress": True}
@@ -146,7 +146,7 @@ def test_fit_shows_plain_lines_off_a_terminal(model_dir, sentiment_data, capsys)
 
 
 def test_a_zero_shot_run_logs_its_validation(model_dir, sentiment_data, capsys):
-    from promptkit.pipeline import fit
+    from promptkit.runs.fitting import fit
 
     hard = "<x> it was [MASK]."
     config = run_config(model_dir("bert"), sentiment_data, template=hard, trainable=[])

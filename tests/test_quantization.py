@@ -11,14 +11,14 @@ from conftest import make_tokenizer, prompt_model, review_batch, run_config
 from fastapi.testclient import TestClient
 
 import promptkit
-from promptkit.backbone import load_backbone
-from promptkit.config import validate
+from promptkit.backbone.loading import load_backbone
+from promptkit.backbone.quantization import stored_tensors
+from promptkit.core.config import validate
 from promptkit.errors import BackboneMismatchError, ConfigError
-from promptkit.pipeline import fit
-from promptkit.quantization import stored_tensors
-from promptkit.recipe import BackboneConfig
-from promptkit.run_config import validate_config
-from promptkit.serve import create_app
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.server import create_app
+from promptkit.text.config import BackboneConfig
 
 NF4 = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
 INT8 = {"method": "bitsandbytes", "bits": 8}
@@ -192,7 +192,7 @@ def test_a_quantized_run_loads_back_quantized_with_the_same_predictions(model_di
     loaded = promptkit.load(result.run_dir)
     assert loaded.model.backbone.quantization == "bitsandbytes"
     assert torch.equal(loaded.logits(texts), result.predictor.logits(texts))
-    document = promptkit.run_folder.RunFolder(result.run_dir).read_recipe()
+    document = promptkit.core.run_folder.RunFolder(result.run_dir).read_recipe()
     assert document["recipe"]["backbone"]["quantization"]["quant_type"] == "nf4"
 
 
@@ -231,7 +231,7 @@ def test_two_runs_share_one_quantized_backbone_in_a_host(model_dir, sentiment_da
     ]
     assert host.predict([("plain", texts[0]), ("prefix", texts[1])]) == alone
     with TestClient(create_app(host)) as client:  # what `promptkit serve` runs
-        answer = client.post("/predict", json={"task": "prefix", "inputs": texts[1:]})
+        answer = client.post("/predict", json={"run": "prefix", "inputs": texts[1:]})
     assert answer.json()["predictions"] == alone[1:]
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptkit.backbone import load_backbone
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.run_config import validate_config
+from promptkit.backbone.loading import load_backbone
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -68,7 +68,7 @@ def test_prompt_tuning_with_bitfit_on_minilm(assets, tmp_path):
     assert result.validation["accuracy"] > 0.5
 
     sentences = ["a gripping , beautifully acted film .", "a dull , lifeless mess ."]
-    reloaded = load(result.run_dir)
+    reloaded = load_run(result.run_dir)
     torch.testing.assert_close(reloaded.logits(sentences), result.predictor.logits(sentences))
 
 
@@ -102,7 +102,7 @@ def test_ptuning_v2_tagger_on_wnut16(assets, tmp_path):
     assert {"precision", "recall", "f1"} <= set(epochs[-1])
     assert result.validation["f1"] == max(e["f1"] for e in epochs)
     tweets = ["Watching the Yankees game in New York tonight", "@paul thanks !"]
-    reloaded = load(result.run_dir)
+    reloaded = load_run(result.run_dir)
     assert reloaded.predict(tweets) == result.predictor.predict(tweets)
     assert [len(tags) for tags in reloaded.predict(tweets)] == [8, 3]
 
@@ -143,4 +143,4 @@ def test_ptuning_v2_writes_e2e_descriptions_with_smollm2(assets, tmp_path):
     inputs = [{"input": row["input"]} for row in test[:3]]
     written = result.predictor.generate(inputs)
     assert all(text.strip() for text in written)
-    assert load(result.run_dir).generate(inputs) == written
+    assert load_run(result.run_dir).generate(inputs) == written

@@ -12,11 +12,11 @@ import torch
 from conftest import run_config
 from safetensors.torch import save_file
 
+from promptkit.core.run_folder import RunFolder
 from promptkit.errors import ConfigError, TrainingError
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.run_config import validate_config
-from promptkit.run_folder import RunFolder
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 
 
 def test_fit_refuses_a_folder_that_is_not_a_run(model_dir, sentiment_data):
@@ -105,7 +105,7 @@ def test_a_run_saved_in_the_first_format_still_loads(model_dir, sentiment_data):
     document["backbone"]["fingerprint"] = result.predictor.model.backbone.fingerprint(scheme=1)
     path.write_text(json.dumps(document))
     texts = ["the movie was great", "boring"]
-    assert load(result.run_dir).predict(texts) == result.predictor.predict(texts)
+    assert load_run(result.run_dir).predict(texts) == result.predictor.predict(texts)
 
 
 def test_a_damaged_run_folder_is_named(model_dir, sentiment_data):
@@ -117,7 +117,7 @@ def test_a_damaged_run_folder_is_named(model_dir, sentiment_data):
     good_prompt, good_recipe = prompt.read_bytes(), recipe.read_text()
     prompt.write_bytes(good_prompt[: len(good_prompt) // 2])
     with pytest.raises(ConfigError, match="prompt.safetensors cannot be read.*damaged"):
-        load(run.path)
+        load_run(run.path)
     for bad, message in (
         ({"prompts.table": torch.full((2, 32), float("nan"))}, "non-finite values"),
         ({"prompts.table": torch.zeros(3, 32)}, "has shape"),
@@ -125,20 +125,20 @@ def test_a_damaged_run_folder_is_named(model_dir, sentiment_data):
     ):
         save_file(bad, str(prompt))
         with pytest.raises(ConfigError, match=message):
-            load(run.path)
+            load_run(run.path)
     prompt.write_bytes(good_prompt)
     recipe.write_text(good_recipe[:40])
     with pytest.raises(ConfigError, match="promptkit.json is damaged"):
-        load(run.path)
+        load_run(run.path)
     recipe.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="promptkit.json is damaged"):
-        load(run.path)
+        load_run(run.path)
 
 
 _SAVE_THAT_HANGS = """
 import sys, time
 from pathlib import Path
-from promptkit.run_folder import RunFolder, atomic_write
+from promptkit.core.run_folder import RunFolder, atomic_write
 
 run = RunFolder(sys.argv[1])
 run.mark("training")

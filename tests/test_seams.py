@@ -5,12 +5,12 @@ import pytest
 from conftest import run_config
 
 from promptkit.errors import ConfigError
-from promptkit.heads import HEADS
 from promptkit.modalities import modality_of
-from promptkit.model import build_model, check_recipe
-from promptkit.placements import PLACEMENTS
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
 from promptkit.tasks import CLASSIFICATION, TAGGING
+from promptkit.text.heads import HEADS
+from promptkit.text.model import build_model, check_recipe
+from promptkit.text.placements import PLACEMENTS
 
 BASE = {
     "backbone": {"name": "some/model"},
@@ -78,8 +78,8 @@ def test_modalities_are_looked_up_by_name():
 
 
 def test_every_registry_names_its_plugins_and_refuses_an_unknown_one():
+    from promptkit.backbone.quantization import QUANTIZATIONS
     from promptkit.modalities import MODALITIES
-    from promptkit.quantization import QUANTIZATIONS
     from promptkit.tasks import TASKS
 
     for registry, known in [

@@ -19,9 +19,9 @@ import pytest
 from conftest import run_config, sentiment_rows
 
 import promptkit
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
-from promptkit.run_folder import ENSEMBLE_FILE
+from promptkit.core.run_folder import ENSEMBLE_FILE
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
 
 TEXTS = ["the movie was great", "a dull plot", "so bad", "i loved this film"]
 
@@ -104,14 +104,14 @@ def server(runs):
 
 
 def test_it_answers_as_each_run_does_alone(server, runs):
-    assert httpx.get(server.url + "/health").json()["tasks"] == 3
-    tasks = {t["task"]: t for t in httpx.get(server.url + "/tasks").json()}
-    assert tasks["mood"]["classes"] == ["positive", "negative"]
-    assert tasks["writer"]["classes"] is None and tasks["writer"]["head"] == "generation"
+    assert httpx.get(server.url + "/health").json()["runs"] == 3
+    hosted = {t["run"]: t for t in httpx.get(server.url + "/runs").json()}
+    assert hosted["mood"]["classes"] == ["positive", "negative"]
+    assert hosted["writer"]["classes"] is None and hosted["writer"]["head"] == "generation"
     assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
     for name, run in runs.items():
         alone = promptkit.load(run)
-        response = server.post(task=name, inputs=TEXTS, probabilities=name != "writer")
+        response = server.post(run=name, inputs=TEXTS, probabilities=name != "writer")
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["predictions"] == alone.predict(TEXTS)
@@ -120,12 +120,18 @@ def test_it_answers_as_each_run_does_alone(server, runs):
                 assert all(abs(got[c] - want[c]) < 1e-5 for c in want)
 
 
+def test_the_former_names_task_and_tasks_still_work(server):
+    former = server.post(task="mood", inputs=TEXTS[:1])
+    assert former.status_code == 200 and former.json()["run"] == "mood"
+    assert httpx.get(server.url + "/tasks").json() == httpx.get(server.url + "/runs").json()
+
+
 def test_concurrent_requests_share_batches(server, runs):
     expected = {name: promptkit.load(run).predict(TEXTS) for name, run in runs.items()}
     before = httpx.get(server.url + "/health").json()
     jobs = [(name, text) for text in TEXTS for name in runs]
     with ThreadPoolExecutor(len(jobs)) as pool:
-        responses = list(pool.map(lambda job: server.post(task=job[0], inputs=[job[1]]), jobs))
+        responses = list(pool.map(lambda job: server.post(run=job[0], inputs=[job[1]]), jobs))
     for (name, text), response in zip(jobs, responses, strict=True):
         assert response.status_code == 200
         assert response.json()["predictions"] == [expected[name][TEXTS.index(text)]]
@@ -137,16 +143,16 @@ def test_concurrent_requests_share_batches(server, runs):
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"task": "nope", "inputs": ["a"]}, 404, "no task is named 'nope'"),
-        ({"task": "mood", "inputs": "the movie"}, 422, "list"),
-        ({"task": "mood", "inputs": [5]}, 422, ""),
-        ({"task": "mood", "inputs": []}, 422, ""),
-        ({"task": "mood", "inputs": ["a"], "extra": 1}, 422, "extra"),
-        ({"task": "mood"}, 422, "inputs"),
-        ({"task": "mood", "inputs": ["a"] * 9}, 413, "9 inputs are more than the 8"),
-        ({"task": "mood", "inputs": ["a" * 201]}, 413, "over the 200 characters"),
-        ({"task": "writer", "inputs": ["a"], "probabilities": True}, 400, "no probabilities"),
-        ({"task": "mood", "inputs": [{"y": "a"}]}, 400, ""),
+        ({"run": "nope", "inputs": ["a"]}, 404, "no run is named 'nope'"),
+        ({"run": "mood", "inputs": "the movie"}, 422, "list"),
+        ({"run": "mood", "inputs": [5]}, 422, ""),
+        ({"run": "mood", "inputs": []}, 422, ""),
+        ({"run": "mood", "inputs": ["a"], "extra": 1}, 422, "extra"),
+        ({"run": "mood"}, 422, "inputs"),
+        ({"run": "mood", "inputs": ["a"] * 9}, 413, "9 inputs are more than the 8"),
+        ({"run": "mood", "inputs": ["a" * 201]}, 413, "over the 200 characters"),
+        ({"run": "writer", "inputs": ["a"], "probabilities": True}, 400, "no probabilities"),
+        ({"run": "mood", "inputs": [{"y": "a"}]}, 400, ""),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(server, body, status, message):
@@ -168,12 +174,12 @@ def test_oversize_bodies_and_bad_requests_harm_no_one(server, runs):
     assert chunked.status_code == 413 and "over" in chunked.text
     surrogate = httpx.post(
         server.url + "/predict",
-        content=b'{"task": "mood", "inputs": ["\\ud800 great"]}',
+        content=b'{"run": "mood", "inputs": ["\\ud800 great"]}',
         headers={"content-type": "application/json"},
     )
     assert surrogate.status_code == 400 and "not valid Unicode" in surrogate.text
     expected = promptkit.load(runs["mood"]).predict(TEXTS)
-    bodies = [{"task": "mood", "inputs": TEXTS}, {"task": "mood", "inputs": [{"y": 1}]}] * 4
+    bodies = [{"run": "mood", "inputs": TEXTS}, {"run": "mood", "inputs": [{"y": 1}]}] * 4
     with ThreadPoolExecutor(len(bodies)) as pool:
         responses = list(pool.map(lambda body: server.post(**body), bodies))
     assert [r.status_code for r in responses] == [200, 422] * 4
@@ -183,7 +189,7 @@ def test_oversize_bodies_and_bad_requests_harm_no_one(server, runs):
 def test_shutdown_answers_requests_in_flight(runs):
     server = Server({"mood": runs["mood"]}, "--max-wait-ms", "1500")
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(server.post, task="mood", inputs=TEXTS)
+        pending = pool.submit(server.post, run="mood", inputs=TEXTS)
         time.sleep(0.5)  # the request now waits in a batch that closes after 1.5 s
         clean = server.stop()
         response = pending.result()
@@ -215,10 +221,10 @@ def test_serve_reports_mistakes_without_a_traceback(runs, tmp_path):
 def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import promptkit.host
-    import promptkit.serve
+    import promptkit.serving.host
+    import promptkit.serving.server
     from promptkit.cli import app
-    from promptkit.run_folder import RunFolder
+    from promptkit.core.run_folder import RunFolder
 
     loaded = []
 
@@ -226,9 +232,9 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
         loaded.append(named)
         return SimpleNamespace(tasks=list(named))
 
-    monkeypatch.setattr(promptkit.host, "host_runs", load)
+    monkeypatch.setattr(promptkit.serving.host, "host_runs", load)
     served = []
-    monkeypatch.setattr(promptkit.serve, "serve", lambda *args: served.append(args))
+    monkeypatch.setattr(promptkit.serving.server, "serve", lambda *args: served.append(args))
 
     def serve(*args: str):
         return CliRunner().invoke(app, ["serve", *args], catch_exceptions=False)
@@ -256,14 +262,16 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
 def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
     runs, tmp_path, monkeypatch
 ):
-    import promptkit.host
+    import promptkit.serving.host
 
     joint = tmp_path / "joint"
     shutil.copytree(runs["writer"], joint)
     document = json.loads((joint / "promptkit.json").read_text())
     document["recipe"]["ensemble"] = {"members": [{}, {}]}
     (joint / "promptkit.json").write_text(json.dumps(document))
-    monkeypatch.setattr(promptkit.host, "load_run", lambda *args: pytest.fail("a run loaded"))
+    monkeypatch.setattr(
+        promptkit.serving.host, "load_run", lambda *args: pytest.fail("a run loaded")
+    )
     with pytest.raises(promptkit.PromptkitError, match="is an ensemble trained jointly"):
         promptkit.load({"mood": runs["mood"], "joint": joint})
     saved = tmp_path / "saved"
@@ -275,6 +283,6 @@ def test_a_run_that_cannot_share_the_backbone_is_refused_before_any_loads(
 
 def test_an_empty_input_is_answered_as_predict_answers_it(server, runs):
     inputs = ["", "so bad"]
-    response = server.post(task="mood", inputs=inputs)
+    response = server.post(run="mood", inputs=inputs)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"] == promptkit.load(runs["mood"]).predict(inputs)

@@ -10,7 +10,8 @@ import torch
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from conftest import prompt_model
 
-from promptkit import inference, sharding
+from promptkit.backbone import sharding
+from promptkit.core import inference
 from promptkit.errors import ConfigError
 
 

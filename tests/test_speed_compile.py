@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptkit.config import validate
+from promptkit.core.config import validate
 from promptkit.errors import ConfigError
-from promptkit.model import build_model
-from promptkit.recipe import ModelConfig
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
 
 
 def recipe(folder, **backbone) -> dict:
@@ -36,7 +36,7 @@ def test_a_compiled_backbone_gives_the_same_logits_and_gradients(model_dir):
             validate(ModelConfig, recipe(model_dir("llama"), compile=compiled), "r")
         )
         model.eval()
-        layers = model.injector.backbone_layers
+        layers = model.placement.backbone_layers
         assert all(("forward" in vars(layer)) == compiled for layer in layers)
         batch = model.collate(model.encode(model.examples(texts)))
         logits = model(batch)

@@ -10,15 +10,16 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from promptkit.data import collate, label_indices
-from promptkit.encoding import PromptTokenizer
+from promptkit.core.data import label_indices
+from promptkit.core.readers import read_conll, read_rows, tag_names
 from promptkit.errors import DataError
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.readers import read_conll, read_rows, tag_names
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 from promptkit.tasks import IGNORED, TAGGING
-from promptkit.template import Template
+from promptkit.text.data import collate
+from promptkit.text.encoding import PromptTokenizer
+from promptkit.text.template import Template
 from tests.conftest import NEGATIVE, POSITIVE, WORDS, run_config, zero_shot_tagger
 
 SUBWORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "play", "##ing", "##ed", "the", "film"]
@@ -144,7 +145,7 @@ def test_a_tagger_trains_saves_and_loads(model_dir, tmp_path, placement, templat
     sentences = ["the film was very good", "awful"]
     tags = result.predictor.predict(sentences)
     assert [len(t) for t in tags] == [5, 1]
-    loaded = load(result.run_dir)
+    loaded = load_run(result.run_dir)
     assert loaded.predict(sentences) == tags
     torch.testing.assert_close(loaded.logits(sentences), result.predictor.logits(sentences))
 

@@ -3,7 +3,7 @@
 import pytest
 
 from promptkit.errors import TemplateError
-from promptkit.template import SegmentKind, Template
+from promptkit.text.template import SegmentKind, Template
 
 
 def kinds(template: Template) -> list[tuple[str, str]]:

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 from promptkit.cli import app
 from promptkit.errors import ConfigError, PromptkitError, TemplateError
 from promptkit.modalities import modality_of
-from promptkit.model import build_model
-from promptkit.pipeline import evaluate_split
-from promptkit.run_config import validate_config
-from promptkit.template_search import catalog_candidates, score_templates
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import evaluate_split
+from promptkit.runs.template_search import catalog_candidates, score_templates
+from promptkit.text.model import build_model
 
 CANDIDATES = ["<x> it was [MASK].", "<x> so the movie was [MASK]!", "<x> [MASK]"]
 

@@ -9,7 +9,7 @@ from conftest import REVIEWS, prompt_model, review_batch, seeded_step
 from torch import nn
 from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
 
-from promptkit.placements.top_layer import _top_attention
+from promptkit.backbone.top_layer import _top_attention
 
 CLASSES = ["negative", "positive"]
 HEADS = {
@@ -30,7 +30,7 @@ def build(model_dir, family: str, head: dict, **keys) -> nn.Module:
 
 def top_layer_rows(model: nn.Module, batch: dict) -> list[int]:
     """How many positions the top layer's feed-forward ran, per call, in one forward."""
-    top = model.injector.backbone_layers[-1]
+    top = model.placement.backbone_layers[-1]
     linear = [m for m in top.modules() if isinstance(m, nn.Linear)][-1]
     seen: list[int] = []
     handle = linear.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
@@ -50,10 +50,10 @@ def test_the_top_layer_runs_the_read_positions_only(model_dir, family, head, pla
         model.eval()  # dropout: the narrowed layer draws fewer random numbers
     batch = review_batch(model)
     assert batch["attention_mask"].eq(0).any()  # padding: the mask is narrowed too
-    assert model.injector.top_layer.applies
+    assert model.placement.top_layer.applies
     assert top_layer_rows(model, batch) == [1]
     narrowed = seeded_step(model, batch)
-    model.injector.top_layer.applies = False
+    model.placement.top_layer.applies = False
     assert top_layer_rows(model, batch) == [batch["input_ids"].shape[1]]
     whole = seeded_step(model, batch)
     torch.testing.assert_close(narrowed[0], whole[0])
@@ -107,10 +107,10 @@ def test_the_probe_leaves_the_random_state_alone(model_dir):
 def test_a_position_read_twice_keeps_its_gradient():
     from conftest import make_model
 
-    from promptkit.placements.input import InputConfig, InputInjector
+    from promptkit.text.placements.input import InputConfig, InputPlacement
 
     backbone = make_model("bert-nodropout").double().eval().requires_grad_(False)
-    injector = InputInjector(InputConfig(), backbone)
+    placement = InputPlacement(InputConfig(), backbone)
     ids = torch.arange(5, 17).view(2, 6)
     slots = torch.full_like(ids, -1)
     slots[:, 1] = 0
@@ -118,11 +118,11 @@ def test_a_position_read_twice_keeps_its_gradient():
     read = torch.tensor([[2, 2], [3, 3]])
     results = []
     for narrowed in (True, False):
-        injector.top_layer.applies = narrowed
+        placement.top_layer.applies = narrowed
         vectors = torch.ones(
             1, backbone.config.hidden_size, dtype=torch.float64, requires_grad=True
         )
-        hidden = backbone.base_model(**injector(batch, vectors, read)).last_hidden_state
+        hidden = backbone.base_model(**placement(batch, vectors, read)).last_hidden_state
         states = hidden.gather(1, read.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         states.square().sum().backward()
         results.append((states.detach(), vectors.grad))

@@ -11,19 +11,19 @@ from accelerate.state import AcceleratorState
 from conftest import run_config
 from safetensors.torch import load_file
 
-from promptkit.config import TrainerConfig
+from promptkit.core.config import TrainerConfig
+from promptkit.core.run_folder import RunFolder
+from promptkit.core.training import _accelerator
 from promptkit.errors import (
     BackboneMismatchError,
     ConfigError,
     TrainingError,
     TrainingInterrupted,
 )
-from promptkit.model import PromptModel
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.run_config import validate_config
-from promptkit.run_folder import RunFolder
-from promptkit.train import _accelerator
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
+from promptkit.text.model import PromptModel
 
 
 def metrics_lines(run_dir):
@@ -62,7 +62,7 @@ def test_fit_learns_saves_and_reloads_with_identical_predictions(model_dir, sent
     assert all(k == "prompts.table" or k.startswith("lm.") for k in saved)
     assert sum(v.numel() for v in saved.values()) == result.saved_parameters
 
-    predictor = load(run_dir)
+    predictor = load_run(run_dir)
     texts = ["the movie was great", "the movie was awful", "the movie was boring", "fun and good"]
     examples = [{"text": t} for t in texts]
     assert predictor.predict(texts) == ["positive", "negative", "negative", "positive"]
@@ -95,7 +95,7 @@ def test_loading_onto_another_backbone_is_an_error(model_dir, sentiment_data, tm
     model.save_pretrained(other)
     make_tokenizer(True).save_pretrained(other)
     with pytest.raises(BackboneMismatchError, match="trained on .* fingerprint"):
-        load(result.run_dir, backbone=str(other))
+        load_run(result.run_dir, backbone=str(other))
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(
@@ -213,7 +213,7 @@ def test_classifier_head_on_an_encoder_learns(model_dir, sentiment_data):
     )
     result = fit(cfg)
     assert result.test["accuracy"] >= 0.9
-    assert load(result.run_dir).classes == ["negative", "positive"]
+    assert load_run(result.run_dir).classes == ["negative", "positive"]
 
 
 def test_nothing_to_train_is_an_error(model_dir, sentiment_data):

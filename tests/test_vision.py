@@ -11,13 +11,13 @@ import yaml
 from typer.testing import CliRunner
 from vision_helpers import TIMM_MODELS, save_hf_vit, vision_config, write_images
 
+from promptkit.backbone.layers import select_layers
 from promptkit.cli import app
+from promptkit.core.soft_prompts import SoftPrompts
 from promptkit.errors import ConfigError, DataError, PromptkitError
-from promptkit.layers import select_layers
-from promptkit.pipeline import fit
-from promptkit.predictor import load
-from promptkit.prompts import SoftPrompts
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.serving.predictor import load_run
 from promptkit.vision.config import ImageDataConfig, VisionModelConfig
 from promptkit.vision.data import read_image_rows, to_rgb
 from promptkit.vision.model import VisionPromptModel, build_vision_model
@@ -41,7 +41,7 @@ def pixels(n: int = 2, size: int = 16) -> dict:
 
 def capture_block_inputs(model) -> list[torch.Tensor]:
     seen = []
-    for block in model.adapter.blocks:  # registered after the injector's hooks: sees their work
+    for block in model.adapter.blocks:  # registered after the placement's hooks: sees their work
         block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     return seen
 
@@ -137,7 +137,7 @@ def test_vpt_models_sharing_a_backbone_each_use_their_own_prompts():
     other = second(batch)
     assert (alone - other).abs().max() > 1e-4
     torch.testing.assert_close(first(batch), alone)
-    first.injector.release()
+    first.placement.release()
     torch.testing.assert_close(second(batch), other)
     with pytest.raises(PromptkitError, match="released"):
         first(batch)
@@ -225,7 +225,7 @@ def test_fit_save_load_same_predictions(tmp_path):
     config = validate_config(vision_config(train, test, tmp_path / "run"))
     result = fit(config)
     assert result.test["accuracy"] >= 0.9
-    predictor = load(result.run_dir)
+    predictor = load_run(result.run_dir)
     files = sorted(str(p) for p in test.rglob("*.png"))
     torch.testing.assert_close(predictor.logits(files), result.predictor.logits(files))
     saved = json.loads((result.run_dir / "promptkit.json").read_text())
@@ -320,7 +320,7 @@ def test_blocks_below_the_first_prompted_one_run_without_autograd(vpt, trainable
         if checkpointing:
             model.enable_checkpointing()
         if not skip:
-            model.injector.blocks = []  # no block counts as frozen: every block records
+            model.placement.blocks = []  # no block counts as frozen: every block records
         grad_modes = []
         for block in model.adapter.blocks:
             block.register_forward_pre_hook(

@@ -10,10 +10,10 @@ from conftest import run_config
 
 import promptkit
 from promptkit.errors import ConfigError, PromptkitError
-from promptkit.model import build_model
-from promptkit.pipeline import fit
-from promptkit.recipe import ModelConfig
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
+from promptkit.text.config import ModelConfig
+from promptkit.text.model import build_model
 
 PHRASES = {"positive": ["great", "good movie"], "negative": ["bad plot", "dull"]}
 TEXT = "the movie was great"

@@ -11,8 +11,8 @@ from vision_helpers import vision_config
 
 import promptkit
 from promptkit.errors import ConfigError
-from promptkit.pipeline import fit
-from promptkit.run_config import validate_config
+from promptkit.runs.config import validate_config
+from promptkit.runs.fitting import fit
 
 TEXTS = ["the movie was great", "so bad"]
 

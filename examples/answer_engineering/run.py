@@ -41,11 +41,11 @@ sys.path.insert(0, str(HERE.parent))
 from assets import ensure  # noqa: E402
 
 import promptkit  # noqa: E402
-from promptkit.autoprompt import autoprompt  # noqa: E402
-from promptkit.config import merged  # noqa: E402
-from promptkit.label_search import search_label_words  # noqa: E402
+from promptkit.core.config import merged  # noqa: E402
 from promptkit.modalities import modality_of  # noqa: E402
-from promptkit.run_config import validate_config  # noqa: E402
+from promptkit.runs.config import validate_config  # noqa: E402
+from promptkit.text.autoprompt import autoprompt  # noqa: E402
+from promptkit.text.label_search import search_label_words  # noqa: E402
 
 CALIBRATED = {"calibration": {}}
 TEMPLATES = ["sentiment_cloze", "sentiment_review", "sentiment_overall"]
@@ -111,7 +111,7 @@ def ensemble(rows: Rows, members: list[Path]) -> None:
     prepared = rows.splits()
     validation, test = prepared.splits.validation, prepared.splits.test
     classes = prepared.model.classes
-    members_ = promptkit.Ensemble.of(members)
+    members_ = promptkit.RunEnsemble.of(members)
     members_.fit_weights(_texts(validation), [classes[y] for y in validation.labels])
     members_.save(_fresh(rows.out / "ensemble"))
     predicted = members_.predict(_texts(test))

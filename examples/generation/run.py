@@ -34,11 +34,12 @@ sys.path.insert(0, str(HERE.parent))
 from assets import ensure  # noqa: E402
 
 import promptkit  # noqa: E402
-from promptkit.config import merged  # noqa: E402
-from promptkit.data import Split, load_splits  # noqa: E402
-from promptkit.model import build_model  # noqa: E402
-from promptkit.pipeline import evaluate_split  # noqa: E402
-from promptkit.run_config import validate_config  # noqa: E402
+from promptkit.core.config import merged  # noqa: E402
+from promptkit.core.data import Split  # noqa: E402
+from promptkit.runs.config import validate_config  # noqa: E402
+from promptkit.runs.fitting import evaluate_split  # noqa: E402
+from promptkit.text.data import load_splits  # noqa: E402
+from promptkit.text.model import build_model  # noqa: E402
 
 ANSWER = "\nDescription: [MASK]"
 METHODS: dict[str, dict[str, Any]] = {

@@ -28,9 +28,9 @@ sys.path.insert(0, str(HERE.parent))
 from assets import ensure  # noqa: E402
 
 import promptkit  # noqa: E402
-from promptkit.data import load_splits  # noqa: E402
-from promptkit.model import build_model  # noqa: E402
-from promptkit.pipeline import evaluate_split  # noqa: E402
+from promptkit.runs.fitting import evaluate_split  # noqa: E402
+from promptkit.text.data import load_splits  # noqa: E402
+from promptkit.text.model import build_model  # noqa: E402
 
 ZERO_SHOT_TEMPLATE = "<x> It was [MASK]."  # the config's template without its soft slots
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 import promptkit
-from promptkit.run_folder import atomic_write
+from promptkit.core.run_folder import atomic_write
 from promptkit.vision.data import FASHION_MNIST_DIR
 
 HERE = Path(__file__).resolve().parent

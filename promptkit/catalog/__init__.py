@@ -11,8 +11,7 @@ from typing import Any
 
 import yaml
 
-from promptkit.errors import ConfigError, TemplateError
-from promptkit.template import Template
+from promptkit.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_\-]{1,100}")
 
@@ -38,31 +37,3 @@ def entry(kind: str, name: str) -> dict[str, Any]:
 def has(kind: str, name: str) -> bool:
     """Whether the catalog has an entry of that name (a template's text is never one)."""
     return bool(_NAME.fullmatch(name)) and (_folder(kind) / f"{name}.yaml").is_file()
-
-
-def template(source: str) -> Template:
-    """The catalog template of that name, else ``source`` itself, compiled."""
-    if has("templates", source):
-        return Template(entry("templates", source)["template"], name=source)
-    return Template(source)
-
-
-def check_input_slot(template: Template, source: str) -> None:
-    """A template (``source``: as the user wrote it) must show the model the data: an empty
-    one, or one without an input slot (a misspelt catalog name, often), is an error."""
-    if not source.strip():
-        raise TemplateError("the template is empty: write one, e.g. '<x> It was [MASK].'")
-    if template.inputs or template.uses_jinja:
-        return
-    plain = not (template.slots or template.has_mask)
-    hint = (
-        f" No catalog template is named {source!r} either; known: "
-        f"{', '.join(entries('templates'))}."
-        if plain
-        else ""
-    )
-    raise TemplateError(
-        f"{template.name} has no input slot, so the model would never see the data: put "
-        f"<x> where the input goes (and map it to a column with `inputs: {{x: COLUMN}}`)."
-        f"{hint}"
-    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from promptkit.registry import Registry
+from promptkit.core.registry import Registry
 from promptkit.tasks.base import IGNORED, Task
 from promptkit.tasks.classification import Classification
 from promptkit.tasks.generation import Generation

@@ -13,17 +13,17 @@ import torch
 from promptkit.errors import DataError
 
 if TYPE_CHECKING:
-    from promptkit.data import Split
-    from promptkit.policy import PolicyModule
+    from promptkit.core.data import Split
+    from promptkit.core.trainable import TrainableModule
 
 IGNORED = -100  # label of a position that has no loss (padding, words cut by max_length)
 
 
 class Scorer(Protocol):
-    """What a task asks of the model it evaluates (``promptkit.inference`` runs the model: a
+    """What a task asks of the model it evaluates (``promptkit.core.inference`` runs the model: a
     task only turns what it answers into metrics)."""
 
-    model: PolicyModule
+    model: TrainableModule
 
     def logits(self, encoded: Sequence[Any]) -> torch.Tensor:
         """The model's logits for encoded examples, in their order."""

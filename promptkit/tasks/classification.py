@@ -10,7 +10,7 @@ import torch
 from promptkit.tasks.base import Task
 
 if TYPE_CHECKING:
-    from promptkit.data import Split
+    from promptkit.core.data import Split
 
 
 class Classification(Task):

@@ -11,8 +11,8 @@ import torch
 from promptkit.tasks.base import IGNORED, Scorer, Task
 
 if TYPE_CHECKING:
-    from promptkit.data import Split
-    from promptkit.policy import PolicyModule
+    from promptkit.core.data import Split
+    from promptkit.core.trainable import TrainableModule
 
 TEXT_METRICS = ("bleu", "chrf", "rougeL")
 
@@ -96,7 +96,7 @@ class Generation(Task):
         raise NotImplementedError("a generator writes text: use generate()")
 
 
-def _grouped(model: PolicyModule, split: Split) -> tuple[list[Any], list[list[str]]]:
+def _grouped(model: TrainableModule, split: Split) -> tuple[list[Any], list[list[str]]]:
     """The distinct prompts of a split (by their encoding) and the references of each."""
     groups: dict[tuple[int, ...], tuple[Any, list[str]]] = {}
     for example, encoded, target in zip(

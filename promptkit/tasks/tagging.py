@@ -12,7 +12,7 @@ from promptkit.errors import DataError
 from promptkit.tasks.base import IGNORED, Task
 
 if TYPE_CHECKING:
-    from promptkit.data import Split
+    from promptkit.core.data import Split
 
 
 class Tagging(Task):

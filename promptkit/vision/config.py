@@ -7,9 +7,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from promptkit.config import DataConfig, Group, TrainerConfig, recipe_of
-from promptkit.layers import check_layers
-from promptkit.schema import Strict, absolute_if_local
+from promptkit.backbone.layers import check_layers
+from promptkit.core.config import (
+    DataConfig,
+    Group,
+    Strict,
+    TrainerConfig,
+    absolute_if_local,
+    recipe_of,
+)
 
 
 class VisionBackboneConfig(Strict):

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 
-from promptkit.data import (
+from promptkit.core.data import (
     Splits,
     build_splits,
     enough_classes,
@@ -23,8 +23,8 @@ from promptkit.data import (
     read_splits,
     validate_rows,
 )
+from promptkit.core.readers import read_rows
 from promptkit.errors import DataError
-from promptkit.readers import read_rows
 from promptkit.tasks import CLASSIFICATION
 from promptkit.vision.config import ImageDataConfig
 

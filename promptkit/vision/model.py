@@ -12,19 +12,19 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from promptkit import hub
-from promptkit.backbone import FINGERPRINT_SCHEME, fingerprint, parameter_count
+from promptkit.backbone.layers import select_layers
+from promptkit.backbone.loading import FINGERPRINT_SCHEME, fingerprint, parameter_count
+from promptkit.core import hub
+from promptkit.core.progress import timed
+from promptkit.core.seeding import seeded
+from promptkit.core.soft_prompts import SoftPrompts
+from promptkit.core.trainable import TrainableModule, parameter_groups
 from promptkit.errors import ConfigError, DataError
-from promptkit.layers import select_layers
-from promptkit.policy import PolicyModule, parameter_groups
-from promptkit.progress import timed
-from promptkit.prompts import SoftPrompts
-from promptkit.seeding import seeded
 from promptkit.tasks import CLASSIFICATION
 from promptkit.vision.config import ImageConfig, VisionBackboneConfig, VisionModelConfig
 from promptkit.vision.data import image_transform
-from promptkit.vision.injection import (
-    VisualPromptInjector,
+from promptkit.vision.placement import (
+    VisualPromptPlacement,
     ViTAdapter,
     adapter_for,
     load_transformers_vit,
@@ -32,7 +32,7 @@ from promptkit.vision.injection import (
 )
 
 
-class VisionPromptModel(PolicyModule):
+class VisionPromptModel(TrainableModule):
     """A ViT with prompt tokens: ``model(batch)`` gives logits over ``model.classes``.
 
     Args:
@@ -41,7 +41,7 @@ class VisionPromptModel(PolicyModule):
         layers: the blocks that get prompts (shallow: the first only).
         tokens: prompt tokens per prompted block.
         classes: the label names.
-        trainable: the policy ("prompts", "head", "bias", "norm", "all").
+        trainable: the groups that train ("prompts", "head", "bias", "norm", "all").
         image: the input size and fit (default: the backbone's own).
     """
 
@@ -62,7 +62,7 @@ class VisionPromptModel(PolicyModule):
         self.prompts = prompts
         self.adapter = adapter
         self.layers, self.tokens, self.classes = list(layers), tokens, list(classes)
-        self.injector = VisualPromptInjector(adapter)
+        self.placement = VisualPromptPlacement(adapter)
         self.transform = image_transform(adapter.data_config(image))
         self.groups = parameter_groups(prompts, adapter.classifier(), adapter.model, trainable)
 
@@ -103,7 +103,7 @@ class VisionPromptModel(PolicyModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits ``[B, C]``."""
         table = self.prompts().view(len(self.layers), self.tokens, -1) if self.tokens else None
-        self.injector.set_prompts(
+        self.placement.set_prompts(
             {} if table is None else dict(zip(self.layers, table, strict=True))
         )
         return self.adapter.logits(batch["pixel_values"])
