@@ -152,7 +152,7 @@ def test_generators_and_classifiers_share_a_call(model_dir, family):
     assert beams == expected
 
 
-def test_the_logits_differ_per_task(model_dir):
+def test_the_logits_differ_per_run(model_dir):
     """The check above would pass if every row got one task's prompts and the heads agreed;
     here two tasks with the same head but different prompts disagree on the same text."""
     host = hosted(model_dir, "gpt2")
@@ -160,11 +160,11 @@ def test_the_logits_differ_per_task(model_dir):
     assert abs(both[0]["positive"] - both[1]["positive"]) > 1e-4
 
 
-def test_items_must_name_their_task(model_dir):
+def test_items_must_name_their_run(model_dir):
     host = hosted(model_dir, "gpt2")
-    with pytest.raises(PromptkitError, match=r"\(task, item\) pair"):
+    with pytest.raises(PromptkitError, match=r"\(run, item\) pair"):
         host.predict(["the movie was great"])
-    with pytest.raises(PromptkitError, match="no task is named 'nope'"):
+    with pytest.raises(PromptkitError, match="no run is named 'nope'"):
         host.predict(["x"], run="nope")
     with pytest.raises(PromptkitError, match="writes text"):
         host.predict_proba([("prefix-writer", "great")])
@@ -174,13 +174,13 @@ def test_items_must_name_their_task(model_dir):
     assert one == Predictor(host.models["input-verbalizer"]).predict(TEXTS)
 
 
-def test_a_task_name_that_is_not_a_text_is_an_error(model_dir):
+def test_a_run_name_that_is_not_a_text_is_an_error(model_dir):
     host = hosted(model_dir, "gpt2")
-    for task in (["input-verbalizer"], {"a": 1}):
-        with pytest.raises(PromptkitError, match="no task is named"):
-            host.predict([(task, "great")])
-        with pytest.raises(PromptkitError, match="no task is named"):
-            host.describe(task)
+    for run in (["input-verbalizer"], {"a": 1}):
+        with pytest.raises(PromptkitError, match="no run is named"):
+            host.predict([(run, "great")])
+        with pytest.raises(PromptkitError, match="no run is named"):
+            host.describe(run)
     with pytest.raises(PromptkitError, match="not valid Unicode"):
         host.predict(["\ud800 great"], run="input-verbalizer")
 

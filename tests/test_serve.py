@@ -230,7 +230,7 @@ def test_serve_checks_runs_and_port_before_loading(runs, tmp_path, monkeypatch):
 
     def load(named, device):
         loaded.append(named)
-        return SimpleNamespace(tasks=list(named))
+        return SimpleNamespace(runs=list(named))
 
     monkeypatch.setattr(promptkit.serving.host, "host_runs", load)
     served = []
